@@ -1,0 +1,3 @@
+from intents_mm.cli import main
+
+raise SystemExit(main())
