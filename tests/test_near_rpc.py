@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from intents_mm.clock import ManualClock
 from intents_mm.errors import ContractError, RpcError, TransportError
 from intents_mm.near.encoding import b58encode, b64decode, b64encode
 from intents_mm.near.keys import SigningKey
@@ -508,3 +509,43 @@ async def test_broadcast_tx_commit_legacy(servers: Servers, client: NearRpcClien
     outcome = await client.broadcast_tx_commit(sign_transaction(tx, KEY))
     assert outcome["transaction"]["nonce"] == 99
     assert servers.node.requests[-1]["params"] == [sign_transaction(tx, KEY).to_base64()]
+
+
+async def test_sender_expired_tx_refreshes_and_retries(servers: Servers, client: NearRpcClient) -> None:
+    sender = TransactionSender(client, ACCOUNT, KEY)
+    original = servers.node.submit
+    rejected: list[int] = []
+
+    def expire_first(stx: SignedTransaction) -> web.Response:
+        if not rejected:
+            rejected.append(stx.transaction.nonce)
+            expired = {"InvalidTxError": "Expired"}
+            return servers.node.answer(
+                error=handler_error("INVALID_TRANSACTION", expired, {"TxExecutionError": expired})
+            )
+        return original(stx)
+
+    servers.node.submit = expire_first  # type: ignore[method-assign]
+    result = await sender.call("intents.near", "noop", {})
+    assert rejected == [41]
+    assert [stx.transaction.nonce for stx in servers.node.txs] == [42]
+    assert result.tx_hash == servers.node.txs[0].hash_b58()
+
+
+async def test_sender_refreshes_stale_block_hash(servers: Servers, client: NearRpcClient) -> None:
+    clock = ManualClock()
+    sender = TransactionSender(client, ACCOUNT, KEY, clock=clock)
+    await sender.call("intents.near", "noop", {})
+    await sender.call("intents.near", "noop", {})
+    assert not [r for r in servers.node.requests if r["method"] == "block"]
+    clock.advance(61 * 10**9)
+    await sender.call("intents.near", "noop", {})
+    assert len([r for r in servers.node.requests if r["method"] == "block"]) == 1
+    assert [stx.transaction.nonce for stx in servers.node.txs] == [41, 42, 43]
+
+
+async def test_unknown_access_key_surfaces_from_sender(servers: Servers, client: NearRpcClient) -> None:
+    sender = TransactionSender(client, ACCOUNT, SigningKey.generate())
+    with pytest.raises(UnknownAccessKeyError):
+        await sender.call("intents.near", "noop", {})
+    assert servers.node.txs == []
