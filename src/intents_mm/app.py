@@ -1,0 +1,178 @@
+"""Composition root: builds the bus, the store and the services, and runs them until a signal.
+
+``intents-mm run <service>`` runs one service (NATS bus, PostgreSQL); ``intents-mm run-all`` runs all
+seven in one process (memory bus unless ``NATS_URL`` is set). ``simulate`` uses the same code with the
+simulated venue's URLs. This module and ``cli.py`` are the only ones that import everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intents_mm.bus import make_bus
+from intents_mm.bus.port import Bus
+from intents_mm.clock import SYSTEM_CLOCK, Clock
+from intents_mm.config import SERVICES, Config
+from intents_mm.domain.assets import AssetRegistry
+from intents_mm.errors import IntentsMMError
+from intents_mm.services.runtime import ControlServer, Service, ServiceContext
+from intents_mm.storage.store import HistoryStore
+
+log = logging.getLogger("intents_mm.app")
+
+SERVICE_CLASSES: dict[str, str] = {
+    "near-intents-ingest": "intents_mm.services.near_intents_ingest:NearIntentsIngest",
+    "market-reference-ingest": "intents_mm.services.market_reference_ingest:MarketReferenceIngest",
+    "inventory-sync": "intents_mm.services.inventory_sync:InventorySync",
+    "liquidity-manager": "intents_mm.services.liquidity_manager:LiquidityManager",
+    "history-writer": "intents_mm.services.history_writer:HistoryWriter",
+    "strategy-engine": "intents_mm.services.strategy_engine:StrategyEngine",
+    "trade-executor": "intents_mm.services.trade_executor:TradeExecutor",
+}
+assert tuple(SERVICE_CLASSES) == SERVICES
+
+
+def service_class(name: str) -> type[Service]:
+    if name not in SERVICE_CLASSES:
+        raise IntentsMMError(f"unknown service {name!r}; known: {', '.join(SERVICES)}")
+    module_name, _, attr = SERVICE_CLASSES[name].partition(":")
+    cls: type[Service] = getattr(importlib.import_module(module_name), attr)
+    return cls
+
+
+def store_url_for(config: Config, *, require_postgres: bool) -> str:
+    from intents_mm.storage.migrate import resolve_store_url
+
+    if require_postgres and not config["POSTGRES_URL"]:
+        raise IntentsMMError(
+            "POSTGRES_URL is not set (a single service process keeps its history in PostgreSQL)"
+        )
+    return resolve_store_url(config["POSTGRES_URL"], Path(config["INTENTS_MM_VAR_DIR"]))
+
+
+def bus_for(config: Config, *, require_nats: bool) -> Bus:
+    url = config["NATS_URL"]
+    if require_nats and not url:
+        raise IntentsMMError("NATS_URL is not set (services in separate processes talk over NATS JetStream)")
+    return (
+        make_bus(
+            url,
+            stream=config["NATS_STREAM"],
+            subject_prefix=config["NATS_SUBJECT_PREFIX"],
+            max_age_s=float(config["NATS_MAX_AGE_S"]),
+            max_bytes=config["NATS_MAX_BYTES"],
+        )
+        if url
+        else make_bus(None)
+    )
+
+
+@dataclass
+class Running:
+    """A started set of services with their control servers."""
+
+    services: list[Service]
+    servers: list[ControlServer]
+    bus: Bus
+    store: HistoryStore
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def service(self, name: str) -> Service:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise KeyError(name)
+
+    def url(self, name: str) -> str:
+        for server in self.servers:
+            if server.service.name == name:
+                return server.url
+        raise KeyError(name)
+
+
+async def start_services(
+    names: Sequence[str],
+    config: Config,
+    *,
+    bus: Bus,
+    store: HistoryStore,
+    clock: Clock = SYSTEM_CLOCK,
+    overrides: dict[str, Any] | None = None,
+    ports: dict[str, int] | None = None,
+) -> Running:
+    """Start the named services (bus and store already started) and their control APIs."""
+    assets = AssetRegistry.default(eure_per_eur=config["EURE_PER_EUR"])
+    ctx_overrides = overrides or {}
+    running = Running(services=[], servers=[], bus=bus, store=store)
+    try:
+        for name in names:
+            ctx = ServiceContext(
+                config=config, bus=bus, clock=clock, assets=assets, store=store, overrides=ctx_overrides
+            )
+            svc = service_class(name)(ctx)
+            running.services.append(svc)
+            port = (ports or {}).get(name, config.port(name))
+            server = ControlServer(svc, config["CONTROL_API_HOST"], port, config["CONTROL_API_TOKEN"])
+            await svc.start()
+            await server.start()
+            running.servers.append(server)
+            svc.ready = True
+            running.tasks.append(svc.spawn(svc.run(), "run"))
+    except BaseException:
+        await stop_services(running, close_bus=False)
+        raise
+    return running
+
+
+async def stop_services(running: Running, *, close_bus: bool = True) -> None:
+    for server in reversed(running.servers):
+        await server.stop()
+    for svc in reversed(running.services):
+        svc.ready = False
+        await svc.cancel_tasks()
+        with contextlib.suppress(Exception):
+            await svc.stop()
+    if close_bus:
+        await running.bus.close()
+        await running.store.close()
+
+
+async def serve(names: Sequence[str], config: Config, *, distributed: bool) -> int:
+    """Run services until SIGTERM/SIGINT; exit code 0 on a clean stop."""
+    from intents_mm.storage.migrate import current_revision, head_revision, migrate
+
+    store_url = store_url_for(config, require_postgres=distributed)
+    if distributed:
+        if await current_revision(store_url) != head_revision():
+            raise IntentsMMError("the history store is not migrated: run `intents-mm migrate` first")
+    else:
+        await migrate(store_url)
+    bus = bus_for(config, require_nats=distributed)
+    store = HistoryStore(store_url)
+    await bus.start()
+    await store.connect()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start_services(names, config, bus=bus, store=store)
+    for server in running.servers:
+        log.info("%s control API on %s", server.service.name, server.url)
+    print(
+        f"intents-mm: {', '.join(names)} running; control APIs on "
+        + ", ".join(f"{s.service.name}={s.url}" for s in running.servers),
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await asyncio.wait_for(stop_services(running), timeout=10)
+    return 0

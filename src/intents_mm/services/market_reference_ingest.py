@@ -1,0 +1,14 @@
+"""market-reference-ingest: runtime shell. Its own issue fills in the work; until then /state says what it does not do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from intents_mm.services.runtime import Service
+
+
+class MarketReferenceIngest(Service):
+    name = "market-reference-ingest"
+
+    def state(self) -> dict[str, Any]:
+        return {"implemented": False, "note": "market-reference-ingest only runs its control API so far"}

@@ -1,0 +1,349 @@
+"""Service runtime: the lifecycle and control API every runbook service shares.
+
+A :class:`Service` is a thin shell around domain logic. The runtime gives it:
+
+- a life cycle: ``start()`` (open connections; readiness is reported only after it returns),
+  ``run()`` (long-running work, owned by the runtime's task group), ``stop()`` (clean shutdown);
+- a control API (aiohttp) on its runbook port, bound to ``CONTROL_API_HOST`` (127.0.0.1 by default):
+  ``GET /healthz`` (200 only when every check passes; the body names the failing checks),
+  ``GET /state`` (JSON, secrets redacted) and ``GET /metrics`` (Prometheus text), plus the
+  service's own routes;
+- control-plane security: mutating routes require ``Authorization: Bearer CONTROL_API_TOKEN`` when
+  a token is configured (and a token is mandatory off loopback: config refuses to start without
+  one); every mutating call is audited as ``control.operator_action`` with who, when and what;
+- JSON body parsing that answers malformed bodies with 400 and a JSON error naming the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from intents_mm.clock import SYSTEM_CLOCK, Clock
+from intents_mm.config import Config, is_loopback
+from intents_mm.domain.assets import AssetRegistry
+from intents_mm.errors import InputError, IntentsMMError
+
+if TYPE_CHECKING:
+    from intents_mm.bus.port import Bus
+    from intents_mm.storage.store import HistoryStore
+
+log = logging.getLogger("intents_mm.services")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HttpError(IntentsMMError):
+    """Raised by a route handler to answer with a JSON error and the given status."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.extra = extra
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    mutating: bool = False
+    action: str = ""  # audit name; defaults to the path
+
+
+@dataclass
+class Check:
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class ServiceContext:
+    """What a service is given: configuration, bus, clock, assets and (optionally) the store."""
+
+    config: Config
+    bus: Bus
+    clock: Clock = SYSTEM_CLOCK
+    assets: AssetRegistry = field(default_factory=AssetRegistry.default)
+    store: HistoryStore | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # composition-root hooks (simulation, tests)
+
+
+def to_jsonable(value: Any) -> Any:
+    """JSON-safe view: Decimals and big ints as strings, structs and dataclasses as dicts."""
+    import dataclasses
+
+    import msgspec
+
+    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < (1 << 53) else str(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, msgspec.Struct):
+        return to_jsonable(msgspec.structs.asdict(value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
+    return str(value)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        text=json.dumps(to_jsonable(data), separators=(",", ":")),
+        status=status,
+        content_type="application/json",
+    )
+
+
+async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object, or HttpError 400 naming the problem."""
+    raw = await request.read()
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise HttpError(400, "request body must be a JSON object")
+    if len(raw) > 64 * 1024:
+        raise HttpError(413, "request body too large (max 64 KiB)")
+    try:
+        doc = json.loads(raw, parse_float=Decimal)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HttpError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise HttpError(400, "request body must be a JSON object")
+    return doc
+
+
+class Service:
+    """Base of the seven runbook services. Subclasses override what they need."""
+
+    name: str = "service"
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+        self.bus = ctx.bus
+        self.clock = ctx.clock
+        self.metrics = CollectorRegistry(auto_describe=True)
+        self.started_ns = ctx.clock.now_ns()
+        self.ready = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._m_requests = Counter(
+            "control_requests", "Control API requests", ["method", "path", "status"], registry=self.metrics
+        )
+        self._m_ready = Gauge("service_ready", "1 when the service is ready", registry=self.metrics)
+
+    # -- life cycle (override) -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open connections; the service is ready when this returns."""
+
+    async def run(self) -> None:
+        """Long-running work. Returns when the service has nothing more to do (or is cancelled)."""
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        """Release resources. Called once, after ``run`` is cancelled."""
+
+    # -- introspection (override) ----------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        return []
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def checks(self) -> dict[str, Check]:
+        return {"bus": Check(self.bus.healthy(), "" if self.bus.healthy() else "bus disconnected")}
+
+    # -- helpers ---------------------------------------------------------------------------------
+    async def publish(self, subject: str, payload: Any, *, msg_id: str | None = None) -> str:
+        from intents_mm.messages import encode, new_envelope
+
+        env = new_envelope(subject, payload, clock=self.clock, msg_id=msg_id)
+        await self.bus.publish(subject, encode(env), msg_id=env.msg_id)
+        return env.msg_id
+
+    def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        """Start a background task owned by the service; it is cancelled on stop."""
+
+        async def guarded() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: task %s failed", self.name, name)
+                raise
+
+        task = asyncio.get_running_loop().create_task(guarded(), name=f"{self.name}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def base_state(self) -> dict[str, Any]:
+        return {
+            "service": self.name,
+            "ready": self.ready,
+            "uptime_s": round((self.clock.now_ns() - self.started_ns) / 1e9, 3),
+            "bus": self.bus.describe(),
+        }
+
+
+class ControlServer:
+    """The aiohttp control API of one service."""
+
+    def __init__(self, service: Service, host: str, port: int, token: str | None) -> None:
+        if not is_loopback(host) and not token:
+            raise IntentsMMError(f"{service.name}: refusing to bind {host} without CONTROL_API_TOKEN")
+        self.service = service
+        self.host = host
+        self.port = port
+        self.token = token
+        self._runner: web.AppRunner | None = None
+        self.app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024)
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/state", self._state)
+        self.app.router.add_get("/metrics", self._metrics)
+        for route in service.routes():
+            self.app.router.add_route(route.method, route.path, self._wrap(route))
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        if self.port == 0:  # ephemeral (tests): learn the real port
+            server = site._server
+            if server is not None and getattr(server, "sockets", None):
+                self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except HttpError as exc:
+            response = json_response({"error": str(exc), **exc.extra}, status=exc.status)
+        except InputError as exc:
+            response = json_response({"error": str(exc)}, status=400)
+        except web.HTTPException as exc:
+            response = json_response({"error": exc.reason}, status=exc.status)
+        except IntentsMMError as exc:
+            response = json_response({"error": str(exc)}, status=502)
+        except Exception as exc:  # never a stack trace to the caller
+            log.exception("%s: %s %s failed", self.service.name, request.method, request.path)
+            response = json_response({"error": f"internal error: {exc.__class__.__name__}"}, status=500)
+        self.service._m_requests.labels(request.method, request.path, str(response.status)).inc()
+        return response
+
+    def _authorized(self, request: web.Request) -> bool:
+        if not self.token:
+            return True
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), self.token)
+
+    def _wrap(self, route: Route) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if not route.mutating:
+                return await route.handler(request)
+            if not self._authorized(request):
+                await self._audit(request, route, "refused", "missing or wrong bearer token", {})
+                raise HttpError(401, "this control call needs Authorization: Bearer <CONTROL_API_TOKEN>")
+            body = await request.read()
+            params: dict[str, Any] = {}
+            if body.strip():
+                try:
+                    parsed = json.loads(body)
+                    params = parsed if isinstance(parsed, dict) else {"body": parsed}
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    params = {"body": "<malformed>"}
+            try:
+                response = await route.handler(request)
+            except HttpError as exc:
+                await self._audit(request, route, "refused", str(exc), params)
+                raise
+            except IntentsMMError as exc:
+                await self._audit(request, route, "refused", str(exc), params)
+                raise
+            await self._audit(request, route, "ok" if response.status < 400 else "refused", None, params)
+            return response
+
+        return handler
+
+    async def _audit(
+        self, request: web.Request, route: Route, result: str, detail: str | None, params: dict[str, Any]
+    ) -> None:
+        from intents_mm.messages import OperatorAction
+
+        actor = request.headers.get("X-Operator") or (
+            "token" if self.token and result == "ok" else "anonymous"
+        )
+        action = OperatorAction(
+            service=self.service.name,
+            action=route.action or route.path.strip("/"),
+            params=to_jsonable(params),
+            actor=actor[:64],
+            remote=request.remote or "",
+            result="ok" if result == "ok" else "refused",
+            detail=detail,
+        )
+        try:
+            await self.service.publish("control.operator_action", action)
+        except Exception:  # auditing must not hide the answer; it is logged
+            log.exception("%s: could not publish the audit record", self.service.name)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        checks = {"ready": Check(self.service.ready, "" if self.service.ready else "starting")}
+        try:
+            checks.update(self.service.checks())
+        except Exception as exc:
+            checks["checks"] = Check(False, f"health check failed: {exc.__class__.__name__}")
+        failing = {k: c.detail or "failing" for k, c in checks.items() if not c.ok}
+        body = {
+            "service": self.service.name,
+            "ok": not failing,
+            "checks": {k: {"ok": c.ok, "detail": c.detail} for k, c in checks.items()},
+            "failing": failing,
+        }
+        return json_response(body, status=200 if not failing else 503)
+
+    async def _state(self, request: web.Request) -> web.Response:
+        state = self.service.base_state()
+        state.update(self.service.state())
+        return json_response(state)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.service._m_ready.set(1 if self.service.ready else 0)
+        return web.Response(
+            body=generate_latest(self.service.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
