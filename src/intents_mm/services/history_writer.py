@@ -1,4 +1,4 @@
-"""history-writer: runtime shell. Its own issue fills in the work; until then /state says what it does not do."""
+"""history-writer: runtime shell; /state says what it does not do yet."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""inventory-sync: runtime shell. Its own issue fills in the work; until then /state says what it does not do."""
+"""inventory-sync: runtime shell; /state says what it does not do yet."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""market-reference-ingest: runtime shell. Its own issue fills in the work; until then /state says what it does not do."""
+"""market-reference-ingest: runtime shell; /state says what it does not do yet."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""near-intents-ingest: runtime shell. Its own issue fills in the work; until then /state says what it does not do."""
+"""near-intents-ingest: runtime shell; /state says what it does not do yet."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""strategy-engine: runtime shell. Its own issue fills in the work; until then /state says what it does not do."""
+"""strategy-engine: runtime shell; /state says what it does not do yet."""
 
 from __future__ import annotations
 
