@@ -14,8 +14,10 @@ from intents_mm.domain.addresses import (
     decode_segwit_address,
     encode_segwit_address,
     keccak256,
+    parse_withdraw_memo,
     to_checksum_address,
     validate_destination,
+    withdraw_memo,
 )
 from intents_mm.errors import InputError
 
@@ -217,3 +219,28 @@ def test_encode_segwit_rejects_bad_programs() -> None:
 def test_unknown_chain_is_an_input_error(chain: str) -> None:
     with pytest.raises(InputError, match="unsupported destination chain"):
         validate_destination(chain, "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed")
+
+
+# --- withdrawal memo ----------------------------------------------------------------------------------
+
+
+def test_withdraw_memo_round_trip() -> None:
+    memo = withdraw_memo("eth:100", "0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed")
+    assert memo == "WITHDRAW_TO:0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+    assert parse_withdraw_memo(memo) == ("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", None)
+    tagged = withdraw_memo("btc:mainnet", "BC1QW508D6QEJXTDG4Y5R3ZARVARY0C5XW7KV8F3T4", tag="42")
+    assert tagged == "WITHDRAW_TO:bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4:42"
+    assert parse_withdraw_memo(tagged) == ("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4", "42")
+
+
+@pytest.mark.parametrize("memo", ["", "WITHDRAW_TO:", "WITHDRAW_TO:abc:", "withdraw_to:abc", "abc"])
+def test_parse_withdraw_memo_rejects_other_memos(memo: str) -> None:
+    with pytest.raises(InputError):
+        parse_withdraw_memo(memo)
+
+
+def test_withdraw_memo_validates_the_destination() -> None:
+    with pytest.raises(InputError):
+        withdraw_memo("btc:mainnet", "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed")
+    with pytest.raises(InputError):
+        withdraw_memo("btc:mainnet", "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa", tag="a b")

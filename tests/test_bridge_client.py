@@ -142,7 +142,7 @@ async def test_recent_deposits_argument_checks(canned: tuple[Canned, BridgeClien
         await client.recent_deposits("mm.near", limit=101)
     with pytest.raises(InputError):
         await client.recent_deposits("")
-    with pytest.raises(ValueError):
+    with pytest.raises(InputError, match="unknown deposit status"):
         await client.recent_deposits("mm.near", status="SETTLED")
 
 

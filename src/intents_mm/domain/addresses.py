@@ -32,8 +32,10 @@ __all__ = [
     "decode_segwit_address",
     "encode_segwit_address",
     "keccak256",
+    "parse_withdraw_memo",
     "to_checksum_address",
     "validate_destination",
+    "withdraw_memo",
 ]
 
 # ---------------------------------------------------------------------------------------------------
@@ -358,3 +360,31 @@ def validate_destination(chain: str, address: str) -> str:
     if _EVM_CHAIN_RE.fullmatch(chain):
         return _validate_evm(address)
     raise InputError(f"unsupported destination chain {chain!r} (supported: btc:mainnet, eth:<chain id>)")
+
+
+WITHDRAW_MEMO_PREFIX = "WITHDRAW_TO:"
+
+
+def withdraw_memo(chain: str, destination: str, tag: str | None = None) -> str:
+    """The ``ft_withdraw`` memo that makes the PoA bridge pay out to ``destination`` on ``chain``.
+
+    ``WITHDRAW_TO:<address>[:<destination memo/tag>]`` (protocol reference 6.5); the address is
+    validated and written in its canonical form.
+    """
+    address = validate_destination(chain, destination)
+    if tag is not None and (not tag or any(ch.isspace() for ch in tag)):
+        raise InputError("withdrawal memo tag must be non-empty and contain no whitespace")
+    return WITHDRAW_MEMO_PREFIX + address + (f":{tag}" if tag is not None else "")
+
+
+def parse_withdraw_memo(memo: str) -> tuple[str, str | None]:
+    """Split ``WITHDRAW_TO:<address>[:<tag>]`` into ``(address, tag)``; ``InputError`` if it is not one.
+
+    The address is returned as written (not validated: the caller knows the chain).
+    """
+    if not isinstance(memo, str) or not memo.startswith(WITHDRAW_MEMO_PREFIX):
+        raise InputError(f"not a bridge withdrawal memo (want {WITHDRAW_MEMO_PREFIX}<address>): {memo!r}")
+    address, sep, tag = memo[len(WITHDRAW_MEMO_PREFIX) :].partition(":")
+    if not address or (sep and not tag):
+        raise InputError(f"bridge withdrawal memo has an empty address or tag: {memo!r}")
+    return address, (tag if sep else None)

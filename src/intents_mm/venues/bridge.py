@@ -339,6 +339,8 @@ class BridgeClient:
         if chain is not None:
             params["chain"] = chain
         if status is not None:
+            if status not in DepositStatus.__members__:
+                raise InputError(f"recent_deposits: unknown deposit status {status!r}")
             params["status"] = DepositStatus(status).value
         reply = _Reply("recent_deposits", await self.call("recent_deposits", params), "result")
         items = reply.raw("deposits")
