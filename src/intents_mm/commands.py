@@ -6,8 +6,12 @@ Kept apart from ``cli.py`` so the quick commands stay light; each handler import
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+from pathlib import Path
 from typing import Any
 
+from intents_mm.config import SERVICES
 from intents_mm.errors import IntentsMMError
 
 
@@ -18,7 +22,60 @@ def _not_built(what: str) -> Any:
     return handler
 
 
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from intents_mm.config import load_config
+    from intents_mm.storage.migrate import migrate, redact_url, resolve_store_url
+
+    config = load_config()
+    url = resolve_store_url(config["POSTGRES_URL"], Path(config["INTENTS_MM_VAR_DIR"]))
+    applied = asyncio.run(migrate(url))
+    if applied:
+        print(f"applied {', '.join(applied)} to {redact_url(url)}")
+    else:
+        print(f"{redact_url(url)} is up to date")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from intents_mm.app import serve
+    from intents_mm.config import load_config
+
+    _setup_logging(args.log_level)
+    config = load_config()
+    return asyncio.run(serve([args.service], config, distributed=True))
+
+
+def cmd_run_all(args: argparse.Namespace) -> int:
+    from intents_mm.app import serve
+    from intents_mm.config import load_config
+
+    _setup_logging(args.log_level)
+    config = load_config()
+    return asyncio.run(serve(list(SERVICES), config, distributed=False))
+
+
 def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "migrate", help="apply history-store migrations (PostgreSQL from POSTGRES_URL, else SQLite)"
+    )
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("run", help="run one service (NATS bus, PostgreSQL)")
+    p.add_argument("service", choices=SERVICES)
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("run-all", help="run all seven services in one process")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_run_all)
+
     p = sub.add_parser("simulate", help="run the whole system against the simulated venue (play money)")
     p.add_argument("--duration", type=float, default=120.0, help="seconds (default 120)")
     p.add_argument("--seed", type=int, default=7)

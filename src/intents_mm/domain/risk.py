@@ -41,8 +41,8 @@ class Limits:
 class Check:
     name: str
     passed: bool
-    value: str
-    limit: str
+    value: Decimal
+    limit: Decimal
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,8 @@ def check_limits(
     """Every limit check for one priced quote, in a fixed order. All must pass to quote."""
     checks: list[Check] = []
 
-    def add(name: str, passed: bool, value: object, limit: object) -> None:
-        checks.append(Check(name, passed, str(value), str(limit)))
+    def add(name: str, passed: bool, value: Decimal | int, limit: Decimal | int) -> None:
+        checks.append(Check(name, passed, Decimal(value), Decimal(limit)))
 
     add(
         "min_deadline_ms",
@@ -127,12 +127,8 @@ def check_limits(
         min_deadline_ms,
         limits.max_min_deadline_ms,
     )
-    add(
-        "amount_nonzero",
-        quote.amount_in > 0 and quote.amount_out > 0,
-        f"{quote.amount_in}/{quote.amount_out}",
-        ">0",
-    )
+    smallest = min(quote.amount_in, quote.amount_out)
+    add("amount_nonzero", smallest > 0, smallest, 1)
     add(
         "max_notional_eure",
         quote.notional_quote / pair.quote_per_fiat <= limits.max_notional_eure,
