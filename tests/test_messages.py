@@ -128,6 +128,7 @@ def test_type_and_version_are_checked() -> None:
         (lambda p: p.update(exact_amount_in=2**128), "between 0 and 2"),
         (lambda p: p.update(exact_amount_in=-1), "between 0 and 2"),
         (lambda p: p.update(min_deadline_ms=-5), "Expected `int` >= 0"),
+        (lambda p: p.update(relay_deadline_ns=2**63), "Expected `int` <= 9223372036854775807"),
     ],
 )
 def test_malformed_swap_request_is_input_error(mutate: Any, reason: str) -> None:

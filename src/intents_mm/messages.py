@@ -31,8 +31,10 @@ I128_MAX: Final = 2**127 - 1
 #: Prices and PnL figures must fit NUMERIC(38,18): fewer than 20 integer digits.
 PRICE_ABS_LIMIT: Final = Decimal(10) ** 20
 
-NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
-"""A non-negative integer (counts, durations, timestamps)."""
+NonNegInt = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""A non-negative integer that fits a signed 64-bit column (counts, durations, timestamps)."""
+I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""A signed 64-bit integer."""
 
 
 def _check_u128(name: str, value: int | None) -> None:
@@ -120,7 +122,7 @@ class QuoteStatus(Payload, kw_only=True, frozen=True):
     intent_hash: str
     tx_hash: str
     received_ts_ns: NonNegInt
-    seq: int | None = None
+    seq: I64 | None = None
 
 
 # --------------------------------------------------------------------------------------- market.*
@@ -136,7 +138,7 @@ class SourceQuote(Payload, kw_only=True, frozen=True):
     bid: Decimal | None = None
     ask: Decimal | None = None
     mid: Decimal | None = None
-    exchange_ts_ns: int | None = None
+    exchange_ts_ns: NonNegInt | None = None
     received_ts_ns: NonNegInt
     status: SourceStatus
     reason: str | None = None
@@ -191,6 +193,7 @@ class InventorySnapshot(Payload, kw_only=True, frozen=True):
     stale: bool
     stale_reason: str | None = None
     unexplained_changes: list[UnexplainedChange] = msgspec.field(default_factory=list)
+    fee_pips: int | None = None  # the Verifier's protocol fee read with the balances (fee() view)
 
     def __post_init__(self) -> None:
         _check_amounts("credited", self.credited, signed=False)
@@ -302,7 +305,7 @@ class TradeDecision(Payload, kw_only=True, frozen=True):
     price_terms: dict[str, Decimal] = msgspec.field(default_factory=dict)
     limit_checks: list[LimitCheck] = msgspec.field(default_factory=list)
     inputs: dict[str, Any] = msgspec.field(default_factory=dict)
-    deadline_ms: int | None = None
+    deadline_ms: NonNegInt | None = None
 
     def __post_init__(self) -> None:
         _check_u128("exact_amount_in", self.exact_amount_in)
@@ -353,8 +356,8 @@ class TradeResult(Payload, kw_only=True, frozen=True):
     error: str | None = None
     quote_hash: str | None = None
     nonce_b64: str | None = None
-    deadline_ns: int | None = None
-    latency_us: int | None = None
+    deadline_ns: NonNegInt | None = None
+    latency_us: I64 | None = None
     amount_in: int
     amount_out: int
     asset_in: str
@@ -389,7 +392,7 @@ class PortfolioMetrics(Payload, kw_only=True, frozen=True):
     """Portfolio value and PnL derived by history-writer (``portfolio.metrics``). EUR figures in EURe."""
 
     computed_ts_ns: NonNegInt
-    baseline_ts_ns: int | None = None
+    baseline_ts_ns: NonNegInt | None = None
     baseline_price: Decimal | None = None
     current_price: Decimal | None = None
     price_stale: bool

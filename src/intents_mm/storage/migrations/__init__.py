@@ -1,0 +1,1 @@
+"""Alembic migrations of the history store; run them with :func:`intents_mm.storage.migrate.migrate`."""
