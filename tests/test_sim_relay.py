@@ -22,7 +22,7 @@ from intents_mm.clock import SystemClock
 from intents_mm.near.encoding import b64encode
 from intents_mm.near.keys import SigningKey
 from intents_mm.near.nonce import encode_versioned_nonce
-from intents_mm.near.payload import parse_multipayload, sign_nep413
+from intents_mm.near.payload import parse_multipayload, sign_nep413, sign_raw_ed25519
 from intents_mm.near.timefmt import format_deadline
 from intents_mm.sim.near_rpc import SimNear, SimNearRpcServer
 from intents_mm.sim.participants import CompetingSolver, SolverConfig
@@ -328,7 +328,27 @@ async def test_quote_response_refusals_name_the_reason(venue: Venue) -> None:
 
     def good(diff: dict[str, int] | None = None, **kw: Any) -> dict[str, Any]:
         kw.setdefault("deadline_ns", venue.deadline())
-        return sign_diff(key, account, diff or {BTC: 100_000, EURE: -out}, salt=salt, **kw)
+        kw.setdefault("salt", salt)
+        return sign_diff(key, account, diff or {BTC: 100_000, EURE: -out}, **kw)
+
+    def other_recipient() -> dict[str, Any]:
+        signed = good()
+        payload = parse_multipayload(signed)
+        return sign_nep413(key, payload.message, payload.nonce, "evil.near").to_json_obj()
+
+    def raw_ed25519_quote() -> dict[str, Any]:
+        deadline_ns = venue.deadline() // NS_PER_MS * NS_PER_MS
+        payload = json.dumps(
+            {
+                "signer_id": account,
+                "verifying_contract": "intents.near",
+                "deadline": format_deadline(deadline_ns),
+                "nonce": b64encode(encode_versioned_nonce(salt, deadline_ns, os.urandom(15))),
+                "intents": [{"intent": "token_diff", "diff": {BTC: "100000", EURE: str(-out)}}],
+            },
+            separators=(",", ":"),
+        )
+        return sign_raw_ed25519(key, payload).to_json_obj()
 
     # unregistered key: a named account that never added this key
     named = sign_diff(key, "mm.near", {BTC: 100_000, EURE: -out}, deadline_ns=venue.deadline(), salt=salt)
@@ -365,6 +385,8 @@ async def test_quote_response_refusals_name_the_reason(venue: Venue) -> None:
         ),
         (lambda d: response(d, {**good(), "signature": named["signature"]}), "invalid signature"),
         (lambda d: response(d, {"standard": "erc191", "payload": "x"}), "invalid signed_data"),
+        (lambda d: response(d, other_recipient()), "wrong verifying_contract"),
+        (lambda d: response(d, good(salt=b"\xde\xad\xbe\xef")), "invalid salt"),
         (lambda d: {**response(d, good()), "quote_id": "nope"}, "unknown quote_id"),
     ]
     for build, expected in cases:
@@ -373,9 +395,13 @@ async def test_quote_response_refusals_name_the_reason(venue: Venue) -> None:
         assert reply["error"]["code"] == -32000
         assert expected in reply["error"]["message"], (expected, reply["error"]["message"])
         assert result is None
-    # the same signed payload is fine on its own
+    # a correct payload passes, in either standard
     reply, result = await _answer(venue, c, build=lambda d: response(d, good()))
     assert reply["result"] == "OK" and result is not None and len(result) == 1
+    raw = raw_ed25519_quote()
+    reply, result = await _answer(venue, c, build=lambda d: response(d, raw))
+    assert reply["result"] == "OK" and result is not None
+    assert result[0]["quote_hash"] == parse_multipayload(raw).hash_b58()
     assert venue.relay.stats()["counts"]["quote_responses_rejected"] == len(cases)
 
 

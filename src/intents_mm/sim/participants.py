@@ -34,7 +34,7 @@ import msgspec
 from intents_mm.clock import Clock
 from intents_mm.domain.amounts import Rounding, parse_u128, to_units
 from intents_mm.domain.assets import BTC_EURE, Pair
-from intents_mm.errors import InputError, RpcError, TransportError
+from intents_mm.errors import InputError, IntentsMMError, RpcError, TransportError
 from intents_mm.near.keys import SigningKey
 from intents_mm.near.nonce import random_versioned_nonce
 from intents_mm.near.payload import build_intent_message, sign_nep413, token_diff_intent
@@ -556,8 +556,8 @@ class CompetingSolver:
                             await self._on_frame(cast(str, msg.data))
                         elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
                             break
-            except (aiohttp.ClientError, OSError) as exc:
-                log.debug("competing solver: connection failed: %s", type(exc).__name__)
+            except (aiohttp.ClientError, OSError, IntentsMMError) as exc:
+                log.debug("competing solver: connection lost: %s", type(exc).__name__)
             self._ws = None
             self._ready.clear()
             await asyncio.sleep(self.config.reconnect_delay_s)
@@ -708,7 +708,12 @@ class CompetingSolver:
         return response, quote_hash
 
     async def _answer(self, data: dict[str, Any]) -> None:
-        built = self._build_response(data)
+        try:
+            built = self._build_response(data)
+        except IntentsMMError as exc:
+            self.stats.skipped["error"] += 1
+            log.debug("competing solver: cannot quote: %s", exc)
+            return
         if built is None:
             return
         response, quote_hash = built

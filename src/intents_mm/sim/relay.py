@@ -59,6 +59,7 @@ _OUTBOX_LIMIT = 4096
 _CLOSED_QUOTES_KEPT = 100_000
 _LATENCY_KEPT = 200_000
 _STATUSES_KEPT = 100_000
+_QUEUE_KEPT = 100_000  # unacknowledged events per guaranteed queue (the real relay keeps 7 days)
 
 _json_encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
@@ -857,6 +858,9 @@ class SimRelay:
             seqs[key] = queue.next_seq
             queue.pending[queue.next_seq] = data
             queue.next_seq += 1
+            while len(queue.pending) > _QUEUE_KEPT:
+                queue.pending.popitem(last=False)
+                self._counts["guaranteed_dropped"] += 1
         for conn in list(self._conns.values()):
             if conn.partner_id != partner_id:
                 continue
