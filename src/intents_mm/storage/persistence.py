@@ -1,0 +1,280 @@
+"""history-writer persistence: every bus subject into its table, in batches, acked only once stored.
+
+:class:`HistoryPersister` subscribes a durable consumer to every subject, decodes each delivery,
+collects deliveries into batches (up to ``batch_max`` messages, waiting at most
+``batch_interval_s`` after the first) and writes each batch in one transaction with
+:meth:`HistoryStore.write_batch`. Deliveries are acked only after their batch is committed.
+
+Failure handling:
+
+- database unreachable (:class:`StoreError`): nothing is acked; the same batch is retried with
+  exponential backoff (``retry_initial_s`` doubling up to ``retry_max_s``) while new deliveries wait
+  in a bounded queue (which pushes back on the bus). ``healthy`` turns False and ``last_error``
+  says why; once the database is back the backlog drains. Writes are idempotent by ``msg_id``, so a
+  redelivered message is never stored twice.
+- malformed message (not a valid envelope for its subject): acked and counted as poison, never
+  retried. The same holds for a message the database refuses for its content
+  (:class:`StoreRejectedError`): the batch is split in halves until the refused message is isolated,
+  and every other message of the batch is still stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from intents_mm import messages as m
+from intents_mm.errors import BusError, InputError, StoreError
+from intents_mm.storage.store import StoreRejectedError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DURABLE: Final = "history-writer"
+
+
+class Delivery(Protocol):
+    """One message as the bus hands it to a consumer."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def msg_id(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def num_delivered(self) -> int: ...
+
+    async def ack(self) -> None: ...
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+class SubscribingBus(Protocol):
+    """The part of the bus port the persister uses."""
+
+    def subscribe(self, subjects: Sequence[str], durable: str, handler: Handler) -> Any: ...
+
+
+class BatchWriter(Protocol):
+    """The part of :class:`HistoryStore` the persister uses."""
+
+    async def write_batch(self, envelopes: Sequence[m.Envelope[m.Payload]]) -> int: ...
+
+
+class PersisterStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counters for ``/state`` and metrics; all counts are since start."""
+
+    healthy: bool
+    last_error: str | None
+    last_poison: str | None
+    backlog: int
+    received: int
+    stored: int
+    duplicates: int
+    poison: int
+    acked: int
+    ack_failures: int
+    write_failures: int
+    batches: int
+
+
+class _Item(msgspec.Struct):
+    env: m.Envelope[m.Payload]
+    delivery: Delivery
+
+
+class HistoryPersister:
+    """Consumes every subject durably and stores it; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        bus: SubscribingBus,
+        store: BatchWriter,
+        *,
+        batch_max: int = 500,
+        batch_interval_s: float = 0.05,
+        durable: str = DEFAULT_DURABLE,
+        subjects: Sequence[str] = m.ALL_SUBJECTS,
+        retry_initial_s: float = 0.05,
+        retry_max_s: float = 5.0,
+        queue_max: int | None = None,
+    ) -> None:
+        if batch_max < 1:
+            raise InputError("batch_max must be at least 1")
+        if batch_interval_s < 0 or retry_initial_s <= 0 or retry_max_s < retry_initial_s:
+            raise InputError("batch and retry intervals must be positive, retry_max_s >= retry_initial_s")
+        self._bus = bus
+        self._store = store
+        self._batch_max = batch_max
+        self._batch_interval_s = batch_interval_s
+        self._durable = durable
+        self._subjects = tuple(subjects)
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_max or 4 * batch_max)
+        self._inflight = 0
+        self._subscription: Any = None
+        self._progress = asyncio.Event()
+        self.healthy = True
+        self.last_error: str | None = None
+        self.last_poison: str | None = None
+        self.received = 0
+        self.stored = 0
+        self.duplicates = 0
+        self.poison = 0
+        self.acked = 0
+        self.ack_failures = 0
+        self.write_failures = 0
+        self.batches = 0
+
+    # ------------------------------------------------------------------------------ state
+
+    @property
+    def backlog(self) -> int:
+        """Messages received but not yet stored and acked (queued plus the batch being written)."""
+        return self._queue.qsize() + self._inflight
+
+    def stats(self) -> PersisterStats:
+        return PersisterStats(
+            healthy=self.healthy,
+            last_error=self.last_error,
+            last_poison=self.last_poison,
+            backlog=self.backlog,
+            received=self.received,
+            stored=self.stored,
+            duplicates=self.duplicates,
+            poison=self.poison,
+            acked=self.acked,
+            ack_failures=self.ack_failures,
+            write_failures=self.write_failures,
+            batches=self.batches,
+        )
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until nothing is queued or being written; False if ``timeout_s`` passes first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.backlog:
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Subscribe and persist until cancelled. Unacked messages are redelivered by the bus later."""
+        subscription = self._bus.subscribe(self._subjects, self._durable, self._on_delivery)
+        if inspect.isawaitable(subscription):
+            subscription = await subscription
+        self._subscription = subscription
+        try:
+            while True:
+                batch = await self._next_batch()
+                self._inflight = len(batch)
+                try:
+                    await self._commit(batch)
+                finally:
+                    self._inflight = 0
+                    self._progress.set()
+        finally:
+            await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
+        sub, self._subscription = self._subscription, None
+        for name in ("unsubscribe", "stop", "close"):
+            method = getattr(sub, name, None)
+            if callable(method):
+                with contextlib.suppress(Exception):
+                    result = method()
+                    if inspect.isawaitable(result):
+                        await result
+                return
+
+    async def _on_delivery(self, delivery: Delivery) -> None:
+        self.received += 1
+        try:
+            env = m.decode(delivery.data, subject=delivery.subject)
+        except InputError as exc:
+            self.poison += 1
+            self.last_poison = f"{delivery.subject} {delivery.msg_id}: {exc}"
+            log.warning("history-writer: poison message acked and dropped: %s", self.last_poison)
+            await self._ack(delivery)
+            return
+        await self._queue.put(_Item(env=env, delivery=delivery))
+
+    async def _next_batch(self) -> list[_Item]:
+        batch = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._batch_interval_s
+        while len(batch) < self._batch_max:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    batch.append(await self._queue.get())
+            except TimeoutError:
+                break
+        return batch
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        """Store ``batch`` (retrying while the database is down), then ack every delivery in it."""
+        delay = self._retry_initial_s
+        while True:
+            try:
+                inserted = await self._store.write_batch([item.env for item in batch])
+            except StoreRejectedError as exc:
+                if len(batch) == 1:
+                    self.poison += 1
+                    self.last_poison = f"{batch[0].env.subject} {batch[0].env.msg_id}: {exc}"
+                    log.warning("history-writer: message refused by the store, dropped: %s", self.last_poison)
+                    await self._ack(batch[0].delivery)
+                    return
+                middle = len(batch) // 2
+                await self._commit(batch[:middle])
+                await self._commit(batch[middle:])
+                return
+            except StoreError as exc:
+                self.write_failures += 1
+                self.last_error = str(exc)
+                if self.healthy:
+                    log.warning(
+                        "history-writer: store unavailable, holding %d messages: %s", self.backlog, exc
+                    )
+                self.healthy = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            break
+        if not self.healthy:
+            log.info("history-writer: store available again, draining %d messages", self.backlog)
+        self.healthy = True
+        self.batches += 1
+        self.stored += inserted
+        self.duplicates += len(batch) - inserted
+        for item in batch:
+            await self._ack(item.delivery)
+
+    async def _ack(self, delivery: Delivery) -> None:
+        try:
+            await delivery.ack()
+        except BusError as exc:
+            # Stored (or poison) already: a redelivery is deduplicated by msg_id.
+            self.ack_failures += 1
+            log.warning("history-writer: ack of %s failed: %s", delivery.msg_id, exc)
+            return
+        self.acked += 1
