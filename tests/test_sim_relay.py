@@ -808,10 +808,23 @@ async def test_faults_stats_and_latency_samples(venue: Venue) -> None:
     assert await task is None
     assert loop.time() - started >= 0.14
 
+    # max_wait_ms caps wait_ms; min_wait_ms holds the window open after every solver answered
+    started = loop.time()
+    task = asyncio.create_task(venue.relay.request_quote(exact_in_request(wait_ms=60_000, max_wait_ms=100)))
+    await c.next_event()
+    assert await task is None
+    assert loop.time() - started < 30
+    started = loop.time()
+    reply, result = await _answer(
+        venue, c, build=build, request=exact_in_request(wait_ms=1000, min_wait_ms=250)
+    )
+    assert reply["result"] == "OK" and result is not None
+    assert loop.time() - started >= 0.24
+
     stats = venue.relay.stats()
     assert stats["counts"]["faults_injected"] == 1
-    assert stats["counts"]["quote_requests"] == 3
-    assert stats["counts"]["quote_responses_accepted"] == 1
+    assert stats["counts"]["quote_requests"] == 5
+    assert stats["counts"]["quote_responses_accepted"] == 2
     assert stats["connections_open"] == 1 and stats["subscriptions"]["quote"] == 1
     assert "key-solver" not in json.dumps(stats)  # never leaks a key
 

@@ -296,6 +296,12 @@ def _int_ms(value: Any, name: str) -> int:
     return value
 
 
+def _opt_ms(req: dict[str, Any], name: str, default: int) -> int:
+    """An optional millisecond field of a request; absent or null gives ``default``."""
+    value = req.get(name)
+    return default if value is None else _int_ms(value, name)
+
+
 class SimRelay:
     """The simulated Solver Relay. See the module docstring for the protocol.
 
@@ -370,10 +376,7 @@ class SimRelay:
         site = web.TCPSite(runner, host, port)
         await site.start()
         self._runner = runner
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        bound_port = sockets[0].getsockname()[1] if sockets else port
+        bound_port = runner.addresses[0][1] if runner.addresses else port
         self._base_url = f"http://{host}:{bound_port}"
         return self._base_url
 
@@ -902,11 +905,11 @@ class SimRelay:
             fixed = parse_u128(req[name], name=name)
         except InputError as exc:
             raise RelayRequestError(str(exc)) from None
-        min_deadline_ms = _int_ms(req.get("min_deadline_ms", self.min_deadline_ms), "min_deadline_ms")
-        window_ms = _int_ms(req.get("wait_ms", self.window_ms), "wait_ms")
+        min_deadline_ms = _opt_ms(req, "min_deadline_ms", self.min_deadline_ms)
+        window_ms = _opt_ms(req, "wait_ms", self.window_ms)
         if req.get("max_wait_ms") is not None:
-            window_ms = min(window_ms, _int_ms(req["max_wait_ms"], "max_wait_ms"))
-        min_wait_ms = _int_ms(req.get("min_wait_ms", 0), "min_wait_ms") if req.get("min_wait_ms") else 0
+            window_ms = min(window_ms, _opt_ms(req, "max_wait_ms", window_ms))
+        min_wait_ms = _opt_ms(req, "min_wait_ms", 0)
         min_wait_ms = min(min_wait_ms, window_ms)
         quote = _QuoteRequest(
             quote_id=str(uuid.uuid4()),
