@@ -31,11 +31,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-install() { "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null; }
+install() { ${SUDO[@]+"${SUDO[@]}"} apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null; }
 
 # An install from a stale or empty package list fails; refresh the list once and try again.
 if ! install 2>/dev/null; then
-    "${SUDO[@]}" apt-get update -q >/dev/null || true
+    ${SUDO[@]+"${SUDO[@]}"} apt-get update -q >/dev/null || true
     if ! install; then
         echo "ensure-tools: could not install ${need_apt[*]} (deployment tests will skip)" >&2
         exit 0

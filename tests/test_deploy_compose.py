@@ -344,3 +344,9 @@ def test_service_healthcheck_command_follows_healthz(config: dict[str, Any], hea
     assert probe() == 0
     health_server.status = 503
     assert probe() != 0
+
+
+def test_deployment_doc_lists_the_runbook_ports() -> None:
+    text = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| (\d{4}) \| ([a-z-]+) \|$", text, flags=re.M))
+    assert {name: int(port) for port, name in rows.items()} == DEFAULT_PORTS
