@@ -17,6 +17,7 @@ import pytest
 
 from conftest import ensure_postgres, start_postgres, stop_postgres
 from intents_mm import messages as m
+from intents_mm.errors import InputError
 from intents_mm.storage import schema
 from intents_mm.storage.migrate import migrate
 from intents_mm.storage.persistence import HistoryPersister
@@ -279,3 +280,55 @@ async def test_postgres_outage_loses_nothing_and_doubles_nothing(pg_url: str) ->
         start_postgres()
         ensure_postgres()
         await store.close()
+
+
+class _StallingStore:
+    """A real store whose first ``stalls`` writes hang, like a database that accepts and never answers."""
+
+    def __init__(self, store: HistoryStore, stalls: int) -> None:
+        self.store = store
+        self.stalls = stalls
+
+    async def write_batch(self, envelopes: Sequence[m.Envelope[m.Payload]]) -> int:
+        if self.stalls:
+            self.stalls -= 1
+            await asyncio.Event().wait()
+        return await self.store.write_batch(envelopes)
+
+
+async def test_a_hanging_write_times_out_and_is_retried(sqlite_url: str) -> None:
+    await migrate(sqlite_url)
+    store = HistoryStore(sqlite_url)
+    await store.connect()
+    bus = FakeBus()
+    persister = HistoryPersister(
+        bus, _StallingStore(store, stalls=2), batch_interval_s=0.01, write_timeout_s=0.1, retry_initial_s=0.01
+    )
+    envs = sample_envelopes(prefix="h")
+    try:
+        async with running(persister):
+            await _publish(bus, envs)
+            await _wait_for(lambda: len(bus.acks) == 11, 10)
+            assert await persister.wait_idle(5)
+        assert persister.write_failures == 2 and persister.healthy
+        assert persister.last_error is not None and "timed out after 0.1 s" in persister.last_error
+        assert await _event_rows(store) == 11
+    finally:
+        await store.close()
+
+
+def test_constructor_validates_settings() -> None:
+    class NoBus:
+        def subscribe(self, subjects: Sequence[str], durable: str, handler: object) -> None:
+            raise AssertionError("not called")
+
+    class NoStore:
+        async def write_batch(self, envelopes: Sequence[m.Envelope[m.Payload]]) -> int:
+            raise AssertionError("not called")
+
+    with pytest.raises(InputError, match="batch_max"):
+        HistoryPersister(NoBus(), NoStore(), batch_max=0)
+    with pytest.raises(InputError, match="retry_max_s"):
+        HistoryPersister(NoBus(), NoStore(), retry_initial_s=1, retry_max_s=0.5)
+    with pytest.raises(InputError, match="positive"):
+        HistoryPersister(NoBus(), NoStore(), write_timeout_s=0)

@@ -7,11 +7,11 @@ collects deliveries into batches (up to ``batch_max`` messages, waiting at most
 
 Failure handling:
 
-- database unreachable (:class:`StoreError`): nothing is acked; the same batch is retried with
-  exponential backoff (``retry_initial_s`` doubling up to ``retry_max_s``) while new deliveries wait
-  in a bounded queue (which pushes back on the bus). ``healthy`` turns False and ``last_error``
-  says why; once the database is back the backlog drains. Writes are idempotent by ``msg_id``, so a
-  redelivered message is never stored twice.
+- database unreachable, or a write slower than ``write_timeout_s`` (:class:`StoreError`): nothing
+  is acked; the same batch is retried with exponential backoff (``retry_initial_s`` doubling up to
+  ``retry_max_s``) while new deliveries wait in a bounded queue (which pushes back on the bus).
+  ``healthy`` turns False and ``last_error`` says why; once the database is back the backlog
+  drains. Writes are idempotent by ``msg_id``, so a redelivered message is never stored twice.
 - malformed message (not a valid envelope for its subject): acked and counted as poison, never
   retried. The same holds for a message the database refuses for its content
   (:class:`StoreRejectedError`): the batch is split in halves until the refused message is isolated,
@@ -105,11 +105,14 @@ class HistoryPersister:
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
         queue_max: int | None = None,
+        write_timeout_s: float = 30.0,
     ) -> None:
         if batch_max < 1:
             raise InputError("batch_max must be at least 1")
-        if batch_interval_s < 0 or retry_initial_s <= 0 or retry_max_s < retry_initial_s:
-            raise InputError("batch and retry intervals must be positive, retry_max_s >= retry_initial_s")
+        if batch_interval_s < 0 or retry_initial_s <= 0 or write_timeout_s <= 0:
+            raise InputError("batch interval, retry delay and write timeout must be positive")
+        if retry_max_s < retry_initial_s:
+            raise InputError("retry_max_s must be at least retry_initial_s")
         self._bus = bus
         self._store = store
         self._batch_max = batch_max
@@ -118,6 +121,7 @@ class HistoryPersister:
         self._subjects = tuple(subjects)
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
+        self._write_timeout_s = write_timeout_s
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_max or 4 * batch_max)
         self._inflight = 0
         self._subscription: Any = None
@@ -236,7 +240,13 @@ class HistoryPersister:
         delay = self._retry_initial_s
         while True:
             try:
-                inserted = await self._store.write_batch([item.env for item in batch])
+                try:
+                    async with asyncio.timeout(self._write_timeout_s):
+                        inserted = await self._store.write_batch([item.env for item in batch])
+                except TimeoutError:
+                    raise StoreError(
+                        f"history store write timed out after {self._write_timeout_s:g} s"
+                    ) from None
             except StoreRejectedError as exc:
                 if len(batch) == 1:
                     self.poison += 1
