@@ -25,7 +25,7 @@ from intents_mm.storage.migrate import (
     migrate,
     resolve_store_url,
 )
-from intents_mm.storage.store import HistoryStore, StoreRejectedError
+from intents_mm.storage.store import HistoryStore, StoreRejectedError, event_row
 from intents_mm.storage.types import Amount, Price, datetime_to_ns, ns_to_datetime
 from test_messages_samples import BTC, EURE, T0, U128_MAX, sample_envelopes, sample_payloads
 
@@ -184,6 +184,13 @@ async def test_write_every_subject_and_read_back_equal(store: HistoryStore) -> N
     assert set(counts) == EXPECTED_TABLES
     assert all(counts[_subject_table(s)] == 1 for s in m.ALL_SUBJECTS)
     assert counts["settlements"] == counts["service_state"] == counts["signed_commands"] == 0
+
+
+def test_every_column_is_filled_from_its_envelope() -> None:
+    for env in sample_envelopes():
+        table, row = event_row(env)
+        assert set(row) == {c.name for c in table.columns} - {"id"}, table.name
+        assert table is schema.SUBJECT_TABLES[env.subject][0]
 
 
 async def test_replay_inserts_nothing(store: HistoryStore) -> None:

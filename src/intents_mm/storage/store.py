@@ -9,7 +9,6 @@ NUL character) is the subclass :class:`StoreRejectedError`, which retrying canno
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, Final, Literal, TypeVar
 
@@ -26,8 +25,6 @@ from intents_mm.errors import InputError, StoreError
 from intents_mm.storage import schema as s
 from intents_mm.storage.migrate import create_engine, head_revision, one_line, redact_url
 from intents_mm.storage.types import ns_to_datetime
-
-log = logging.getLogger(__name__)
 
 P = TypeVar("P", bound=m.Payload)
 
