@@ -349,6 +349,12 @@ VARIABLES: tuple[Var, ...] = (
         "15000",
         "healthz fails after this long disconnected",
     ),
+    Var(
+        "INVENTORY_MAX_READ_FAILURES",
+        _int(1, 10_000),
+        "3",
+        "inventory-sync /healthz fails after this many balance reads failed in a row",
+    ),
 )
 VAR_BY_NAME = {v.name: v for v in VARIABLES}
 
