@@ -117,6 +117,7 @@ class ExchangeFeed:
         backoff_max_s: float = 4.0,
         idle_timeout_s: float = 30.0,
         connect_timeout_s: float = 10.0,
+        close_timeout_s: float = 2.0,
         rest_timeout_s: float = 5.0,
         ws_ping_s: float | None = 15.0,
         max_connection_age_s: float | None = None,
@@ -141,6 +142,7 @@ class ExchangeFeed:
         self.backoff_max_s = backoff_max_s
         self.idle_timeout_s = idle_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.close_timeout_s = close_timeout_s
         self.rest_timeout_s = rest_timeout_s
         self.ws_ping_s = ws_ping_s
         self.max_connection_age_s = (
@@ -204,7 +206,11 @@ class ExchangeFeed:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 ws = await self._session.ws_connect(
-                    self.ws_url, heartbeat=self.ws_ping_s, autoping=True, max_msg_size=8 * 1024 * 1024
+                    self.ws_url,
+                    heartbeat=self.ws_ping_s,
+                    autoping=True,
+                    max_msg_size=8 * 1024 * 1024,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=self.close_timeout_s),
                 )
         except aiohttp.WSServerHandshakeError as exc:
             return _SessionEnd(f"websocket handshake refused: HTTP {exc.status}", False, False)
@@ -299,6 +305,7 @@ class ExchangeFeed:
             return False
         self.stats.ticks += 1
         self.stats.last_tick_ns = now
+        self.stats.subscribed = True  # a price proves it (Binance streams named in the URL send no ack)
         await self._call(self._on_tick, event)
         return True
 
