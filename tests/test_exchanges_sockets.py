@@ -420,3 +420,97 @@ def test_frame_error_is_an_input_error() -> None:
     from intents_mm.errors import InputError
 
     assert issubclass(FrameError, InputError)
+
+
+async def test_bitstamp_coinbase_binance_wire_formats_on_the_socket(rig: Rig) -> None:
+    async with rig.session.ws_connect(rig.urls["bitstamp"].ws_url) as ws:
+        await ws.send_str('{"event":"bts:subscribe","data":{"channel":"order_book_btceur"}}')
+        ack = json.loads((await ws.receive(timeout=2)).data)
+        assert ack == {"event": "bts:subscription_succeeded", "channel": "order_book_btceur", "data": {}}
+        book = json.loads((await ws.receive(timeout=2)).data)
+        assert book["event"] == "data" and book["channel"] == "order_book_btceur"
+        data = book["data"]
+        assert isinstance(data["timestamp"], str) and isinstance(data["microtimestamp"], str)
+        assert all(isinstance(x, str) for level in data["bids"] + data["asks"] for x in level)
+        assert Decimal(data["bids"][0][0]) < Decimal(data["asks"][0][0])
+        await ws.send_str('{"event":"bts:heartbeat"}')
+        for _ in range(10):
+            frame = json.loads((await ws.receive(timeout=2)).data)
+            if frame["event"] == "bts:heartbeat":
+                assert frame["data"] == {"status": "success"}
+                break
+        else:
+            raise AssertionError("no bts:heartbeat answer")
+
+    async with rig.session.ws_connect(rig.urls["coinbase"].ws_url) as ws:
+        await ws.send_str('{"type":"subscribe","product_ids":["BTC-EUR"],"channels":["ticker","heartbeat"]}')
+        subs = json.loads((await ws.receive(timeout=2)).data)
+        assert subs["type"] == "subscriptions"
+        assert [c["name"] for c in subs["channels"]] == ["ticker", "heartbeat"]
+        seen: dict[str, dict[str, object]] = {}
+        while len(seen) < 2:
+            frame = json.loads((await ws.receive(timeout=2)).data)
+            seen[frame["type"]] = frame
+        assert set(seen["heartbeat"]) == {"type", "sequence", "last_trade_id", "product_id", "time"}
+        ticker = seen["ticker"]
+        assert ticker["product_id"] == "BTC-EUR"
+        for name in (
+            "price",
+            "best_bid",
+            "best_ask",
+            "best_bid_size",
+            "best_ask_size",
+            "volume_24h",
+            "last_size",
+        ):
+            assert isinstance(ticker[name], str), name
+        assert isinstance(ticker["sequence"], int) and isinstance(ticker["trade_id"], int)
+
+    base = rig.urls["binance"].ws_url.split("/ws/")[0]
+    async with rig.session.ws_connect(base + "/ws") as ws:
+        await ws.send_str('{"method":"SUBSCRIBE","params":["btceur@bookTicker"],"id":1}')
+        assert json.loads((await ws.receive(timeout=2)).data) == {"result": None, "id": 1}
+        frame = json.loads((await ws.receive(timeout=2)).data)
+        assert set(frame) == {"u", "s", "b", "B", "a", "A"}
+        assert frame["s"] == "BTCEUR" and all(isinstance(frame[k], str) for k in "bBaA")
+
+    async with rig.session.get(
+        rig.urls["binance"].rest_url + "/api/v3/ticker/bookTicker?symbol=BTCUSDT"
+    ) as resp:
+        assert resp.status == 400
+        assert await resp.json() == {"code": -1121, "msg": "Invalid symbol."}
+    async with rig.session.get(rig.urls["kraken"].rest_url + "/0/public/Ticker?pair=XBTEUR") as resp:
+        body = await resp.json()
+        assert body["error"] == [] and list(body["result"]) == ["XXBTZEUR"]
+        assert all(isinstance(x, str) for x in body["result"]["XXBTZEUR"]["a"])
+
+
+async def test_fault_controls_validate_venue_names(rig: Rig) -> None:
+    from intents_mm.errors import InputError
+
+    with pytest.raises(InputError, match="unknown simulated exchange"):
+        rig.sim.set_stale("bitfinex", True)
+    with pytest.raises(InputError):
+        await rig.sim.disconnect("ftx")
+    state = rig.sim.state()
+    assert set(state) == set(SOURCES)
+    assert state["kraken"]["stale"] is False and state["kraken"]["ws_url"] == rig.urls["kraken"].ws_url
+
+
+async def test_same_seed_gives_the_same_venue_quotes() -> None:
+    from intents_mm.clock import ManualClock
+
+    clock = ManualClock()
+    books = []
+    for _ in range(2):
+        sim = SimExchanges(PricePath(5, clock=clock), clock, 5)
+        venue = sim.venue("coinbase")
+        quotes = []
+        for _ in range(20):
+            venue.refresh(clock.now_ns())
+            quotes.append(sim.quote("coinbase"))
+        books.append(quotes)
+    assert books[0] == books[1]
+    other = SimExchanges(PricePath(5, clock=clock), clock, 6).venue("coinbase")
+    other.refresh(clock.now_ns())
+    assert other.quote != books[0][0]

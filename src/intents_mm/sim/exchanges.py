@@ -623,9 +623,8 @@ class _Binance(_Venue):
             streams = request.query.get("streams", "").split("/")
         else:
             streams = request.match_info.get("streams", "").split("/")
-        if self.STREAM in streams:
-            conn.subscribed = True
-            self.send(conn, self.update_frame(conn, self.current(), snapshot=True))
+        # Like the real stream, nothing is sent until the book next changes.
+        conn.subscribed = self.STREAM in streams
 
     async def on_text(self, conn: _Conn, text: str) -> None:
         msg = _decode(text)
