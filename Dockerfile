@@ -51,10 +51,10 @@ USER 10001:10001
 EXPOSE 8081-8087
 
 # GET /healthz on the service's control port (HEALTHCHECK_PORT, set per service in compose.yml):
-# 200 is healthy; a 503 or no answer raises, and python exits 1 (unhealthy). Stdlib only: the
-# slim image has no curl.
+# 200 is healthy; a 503 or no answer exits 1 (unhealthy) with one line saying why, which
+# `docker inspect` shows. Stdlib only: the slim image has no curl.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HEALTHCHECK_PORT', '8081') + '/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, sys, urllib.error, urllib.request\nurl = 'http://127.0.0.1:' + os.environ.get('HEALTHCHECK_PORT', '8081') + '/healthz'\ntry:\n    urllib.request.urlopen(url, timeout=4)\nexcept urllib.error.HTTPError as e:\n    sys.exit(f'{url}: {e.code} ' + e.read(500).decode(errors='replace'))\nexcept OSError as e:\n    sys.exit(f'{url}: {e}')\n"]
 
 ENTRYPOINT ["intents-mm"]
 CMD ["run-all"]

@@ -337,13 +337,16 @@ def test_service_healthcheck_command_follows_healthz(config: dict[str, Any], hea
     test = services(config)["strategy-engine"]["healthcheck"]["test"]
     argv = [sys.executable, *test[2:]]
 
-    def probe() -> int:
+    def probe() -> tuple[int, str]:
         env = {"PATH": "/usr/bin:/bin", "HEALTHCHECK_PORT": str(health_server.port)}
-        return subprocess.run(argv, env=env, capture_output=True, timeout=30, check=False).returncode
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
+        return result.returncode, result.stderr
 
-    assert probe() == 0
+    assert probe() == (0, "")
     health_server.status = 503
-    assert probe() != 0
+    code, stderr = probe()
+    assert code == 1
+    assert stderr.strip() == f"http://127.0.0.1:{health_server.port}/healthz: 503"
 
 
 def test_deployment_doc_lists_the_runbook_ports() -> None:

@@ -199,22 +199,29 @@ def health_server() -> Iterator[_Health]:
     server.close()
 
 
-def run_probe(argv: list[str], port: int) -> int:
+def run_probe(argv: list[str], port: int) -> tuple[int, str]:
+    """Run the HEALTHCHECK command as Docker would (exit code, stderr), with the venv's python."""
     assert argv[0] == "python"
     env = {"PATH": "/usr/bin:/bin", "HEALTHCHECK_PORT": str(port)}
-    return subprocess.run(
-        [sys.executable, *argv[1:]], env=env, capture_output=True, timeout=30, check=False
-    ).returncode
+    result = subprocess.run(
+        [sys.executable, *argv[1:]], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    return result.returncode, result.stderr
 
 
 def test_healthcheck_probes_healthz_on_healthcheck_port(
     instructions: list[Instruction], health_server: _Health
 ) -> None:
     argv = healthcheck_command(instructions)
-    assert run_probe(argv, health_server.port) == 0
+    assert run_probe(argv, health_server.port) == (0, "")
     assert health_server.paths == ["/healthz"]
     health_server.status = 503
-    assert run_probe(argv, health_server.port) != 0
+    code, stderr = run_probe(argv, health_server.port)
+    assert code == 1
+    # One line for `docker inspect`: the URL, the status and the failing checks from the body.
+    assert stderr.strip().splitlines() == [
+        f'http://127.0.0.1:{health_server.port}/healthz: 503 {{"failing": ["nats"]}}'
+    ]
 
 
 def test_healthcheck_fails_when_nothing_listens(instructions: list[Instruction]) -> None:
@@ -222,7 +229,10 @@ def test_healthcheck_fails_when_nothing_listens(instructions: list[Instruction])
     server = _Health()
     port = server.port
     server.close()
-    assert run_probe(argv, port) != 0
+    code, stderr = run_probe(argv, port)
+    assert code == 1
+    assert len(stderr.strip().splitlines()) == 1
+    assert "refused" in stderr.lower()
 
 
 def test_dockerignore_is_an_allowlist_without_secrets() -> None:
