@@ -3,6 +3,7 @@
 Unlike ``intents_mm.sim.relay.SimRelay`` (the simulated venue, which validates everything it sends),
 this server sends exactly what a test tells it to: recorded fixture frames, malformed frames, odd
 envelopes. It answers requests through per-method reply templates and records what it received.
+:class:`SimVenue` wraps the simulated venue with the signing helpers a settled quote needs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from intents_mm.clock import SystemClock
+from intents_mm.near.keys import SigningKey
+from intents_mm.near.nonce import encode_versioned_nonce
+from intents_mm.near.payload import build_intent_message, sign_nep413, token_diff_intent
+from intents_mm.sim.near_rpc import SimNear
+from intents_mm.sim.relay import SimRelay
+from intents_mm.sim.verifier import Verifier
+from intents_mm.venues.relay import QuoteRequestEvent, SolverRelayClient
 
 FIXTURES = Path(__file__).parent / "fixtures" / "relay"
 
@@ -141,3 +152,119 @@ class ScriptedRelay:
                 await ws.send_str(text)
             await self._notify()
         return ws
+
+
+# ---------------------------------------------------------------------------- the simulated venue
+
+
+BTC = "nep141:btc.omft.near"
+EURE = "nep141:gnosis-0x420ca0f9b9b604ce0fd9c18ef134c705e5fa3430.omft.near"
+EUR = 10**18
+NS_PER_MS = 1_000_000
+
+
+def sign_diff(
+    key: SigningKey, signer_id: str, diff: dict[str, int], *, deadline_ns: int, salt: bytes
+) -> dict[str, Any]:
+    """A NEP-413 ``token_diff`` signed with the ``intents_mm.near`` primitives."""
+    deadline_ns = deadline_ns // NS_PER_MS * NS_PER_MS
+    message = build_intent_message(signer_id, deadline_ns, [token_diff_intent(diff)])
+    nonce = encode_versioned_nonce(salt, deadline_ns, os.urandom(15))
+    return sign_nep413(key, message, nonce, "intents.near").to_json_obj()
+
+
+def closure(mm_diff: dict[str, int], fee_pips: int) -> dict[str, int]:
+    """The user's side of a two-party swap with the Verifier's fee (protocol reference 3.9)."""
+
+    def ceil_div(a: int, b: int) -> int:
+        return -(-a // b)
+
+    out = {}
+    for token, delta in mm_diff.items():
+        if delta > 0:  # we receive delta: the user gives ceil(delta * 1e6 / (1e6 - fee))
+            out[token] = -ceil_div(delta * 1_000_000, 1_000_000 - fee_pips)
+        else:  # we give -delta: the user receives it minus the fee
+            out[token] = -delta - ceil_div(-delta * fee_pips, 1_000_000)
+    return out
+
+
+@dataclass
+class SimVenue:
+    """SimRelay with its simulated Verifier and chain, serving on loopback."""
+
+    clock: SystemClock
+    verifier: Verifier
+    chain: SimNear
+    relay: SimRelay
+
+    @classmethod
+    async def start(cls, keys: dict[str, str], **relay_kw: Any) -> SimVenue:
+        clock = SystemClock()
+        verifier = Verifier(clock)
+        chain = SimNear(clock, verifier)
+        relay_kw.setdefault("window_ms", 500)
+        relay = SimRelay(clock, chain, verifier, api_keys=keys, **relay_kw)
+        await relay.start()
+        return cls(clock, verifier, chain, relay)
+
+    async def stop(self) -> None:
+        await self.relay.stop()
+
+    def account(self, label: str, balances: dict[str, int]) -> tuple[SigningKey, str]:
+        key = SigningKey.from_seed(label.encode().ljust(32, b"\0"))
+        account = key.public_key.implicit_account_id()
+        for token, amount in balances.items():
+            self.verifier.credit(account, token, amount)
+        return key, account
+
+    def deadline(self, ms: int = 70_000) -> int:
+        return self.clock.now_ns() + ms * NS_PER_MS
+
+    async def answer_and_settle(
+        self,
+        solver: SolverRelayClient,
+        *,
+        amount_in: int = 1000,
+        amount_out: int = EUR,
+        solver_label: str = "solver",
+        user_label: str = "user",
+    ) -> tuple[str, str]:
+        """A user asks (exact in BTC → EURe), ``solver`` answers over its socket, the user publishes.
+
+        Returns ``(quote_hash, intent_hash)``. ``solver`` must hold a ``quote`` subscription and be the
+        only consumer of its events.
+        """
+        s_key, s_acc = self.account(solver_label, {EURE: 100 * EUR})
+        u_key, u_acc = self.account(user_label, {BTC: 10**8})
+        salt = self.verifier.current_salt()
+        asking = asyncio.create_task(
+            self.relay.request_quote(
+                {
+                    "defuse_asset_identifier_in": BTC,
+                    "defuse_asset_identifier_out": EURE,
+                    "exact_amount_in": str(amount_in),
+                    "min_deadline_ms": 60000,
+                }
+            )
+        )
+        event = await asyncio.wait_for(solver.next_event(), 5)
+        assert isinstance(event, QuoteRequestEvent)
+        mm_diff = {BTC: amount_in, EURE: -amount_out}
+        signed = sign_diff(s_key, s_acc, mm_diff, deadline_ns=self.deadline(), salt=salt)
+        reply = await solver.send_quote_response(
+            {
+                "quote_id": event.quote_id,
+                "quote_output": {"amount_out": str(amount_out)},
+                "signed_data": signed,
+            }
+        )
+        assert reply.ok, reply
+        quotes = await asking
+        assert quotes is not None
+        quote_hash = str(quotes[0]["quote_hash"])
+        user = sign_diff(
+            u_key, u_acc, closure(mm_diff, self.verifier.fee_pips), deadline_ns=self.deadline(), salt=salt
+        )
+        published = await self.relay.publish_intent([quote_hash], user)
+        assert published["status"] == "OK", published
+        return quote_hash, str(published["intent_hash"])
