@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # intents-mm image: one image for every service; the command picks what runs.
 #   docker run intents-mm                              -> run-all (every service in one process)
 #   docker run intents-mm run near-intents-ingest      -> one service (NATS_URL + POSTGRES_URL)
