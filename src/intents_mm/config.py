@@ -355,6 +355,18 @@ VARIABLES: tuple[Var, ...] = (
         "3",
         "inventory-sync /healthz fails after this many balance reads failed in a row",
     ),
+    Var(
+        "INGEST_RELAY_WINDOW_MS",
+        _int(100, 60_000),
+        "3000",
+        "how long the Solver Relay waits for quote responses; sets relay_deadline_ns of a swap request",
+    ),
+    Var(
+        "INGEST_MAX_MIN_DEADLINE_MS",
+        _int(1000, 86_400_000),
+        "600000",
+        "near-intents-ingest drops quote requests asking a longer min_deadline_ms than this",
+    ),
 )
 VAR_BY_NAME = {v.name: v for v in VARIABLES}
 
