@@ -22,6 +22,7 @@ types: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
+	bash scripts/ensure-tools.sh
 	$(BIN)/pytest
 
 test: lint types unit
