@@ -514,3 +514,55 @@ async def test_same_seed_gives_the_same_venue_quotes() -> None:
     other = SimExchanges(PricePath(5, clock=clock), clock, 6).venue("coinbase")
     other.refresh(clock.now_ns())
     assert other.quote != books[0][0]
+
+
+async def test_bitstamp_reconnect_request_is_a_planned_reconnect() -> None:
+    connections = 0
+    book = (
+        '{"data":{"timestamp":"1","microtimestamp":"%d","bids":[["60000","1"]],"asks":[["60001","1"]]},'
+        '"channel":"order_book_btceur","event":"data"}'
+    )
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        nonlocal connections
+        connections += 1
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive(timeout=2)
+        if connections == 1:
+            await ws.send_str('{"event":"bts:request_reconnect","channel":"","data":""}')
+        else:
+            await ws.send_str(book % (CLOCK.now_ns() // 1000))
+        async for _ in ws:
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    statuses: list[FeedStatus] = []
+    ticks: list[SourceTick] = []
+    async with aiohttp.ClientSession() as session:
+        feed = ExchangeFeed(
+            "bitstamp",
+            f"ws://127.0.0.1:{port}",
+            "http://unused",
+            CLOCK,
+            ticks.append,
+            statuses.append,
+            session,
+        )
+        feed.start()
+        try:
+            await wait_until(lambda: len(ticks) == 1, what="a tick on the second connection")
+        finally:
+            await feed.stop()
+    await runner.cleanup()
+    assert connections == 2
+    assert feed.stats.connects == 2
+    assert not [s for s in statuses if s.state == "down"]
+    assert ticks[0].bid == Decimal("60000")

@@ -228,7 +228,9 @@ class _Venue:
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         if self.down:
             return web.Response(status=503, text="Service Unavailable")
-        ws = web.WebSocketResponse(heartbeat=self.sim.ws_ping_s if self.name == "binance" else None)
+        ws = web.WebSocketResponse(
+            timeout=2.0, heartbeat=self.sim.ws_ping_s if self.name == "binance" else None
+        )
         await ws.prepare(request)
         conn = _Conn(ws)
         conn.tasks.append(asyncio.create_task(self._writer(conn)))

@@ -7,8 +7,9 @@ hands prices to ``on_tick`` and connection news to ``on_status``. It never dies 
 connection ends it reports ``down`` and reconnects after an exponential backoff with jitter
 (``backoff_initial_s`` doubling up to ``backoff_max_s``, each delay drawn in [50 %, 100 %] of
 that; reset once a connection delivered a price). Planned reconnects — the venue's maximum
-connection age (Binance: 24 h) or its own reconnect request (Bitstamp) — happen at once and are
-not reported as ``down``. A connection with no frame for ``idle_timeout_s`` is treated as dead.
+connection age (Binance: 24 h) or its own reconnect request (Bitstamp) — happen after a short
+pause (a fifth of ``backoff_initial_s``) and are not reported as ``down``. A connection with no
+frame for ``idle_timeout_s`` is treated as dead.
 
 Timestamps come from the injected clock; waiting (backoff, timeouts) uses the event loop's clock.
 """
@@ -190,6 +191,8 @@ class ExchangeFeed:
                     attempt = 0
                 if end.planned:
                     log.info("%s feed reconnecting: %s", self.source, end.reason)
+                    # A short pause so a venue repeating its reconnect request cannot spin us.
+                    await asyncio.sleep(self.backoff_initial_s / 5)
                     continue
                 self.stats.last_error = end.reason
                 log.warning("%s feed down: %s", self.source, end.reason)
@@ -232,7 +235,7 @@ class ExchangeFeed:
                 keepalive = asyncio.create_task(self._keepalive(ws, self.spec.keepalive))
             return await self._read(ws)
         except (aiohttp.ClientError, OSError) as exc:
-            return _SessionEnd(f"connection failed: {_describe(exc)}", False, self.stats.ticks > 0)
+            return _SessionEnd(f"connection failed: {_describe(exc)}", False, False)
         finally:
             if keepalive is not None:
                 keepalive.cancel()
