@@ -5,6 +5,7 @@ from __future__ import annotations
 from intents_mm.domain.assets import BTC, EURE
 from intents_mm.messages import (
     LiquidityAction,
+    LiquidityActionStatus,
     LiquidityState,
     PendingDeposit,
     QuoteStatus,
@@ -134,15 +135,15 @@ def test_pending_deposit_candidate_then_confirmation_is_not_counted_twice() -> N
 def test_withdrawal_requested_candidate_confirmed_by_submission() -> None:
     r = Reconciler([B, E], GRACE)
 
-    def action(status: str, tx: str | None = None) -> LiquidityAction:
+    def action(status: LiquidityActionStatus, tx: str | None = None) -> LiquidityAction:
         return LiquidityAction(
             action_id="wd-1", kind="withdraw", asset_id=E, amount=5 * 10**18, status=status, near_tx_hash=tx
         )
 
     r.on_liquidity_action(action("requested"), now_ns=0)
-    assert not r.expectations["withdraw:wd-1"].confirmed
+    assert [e.confirmed for e in r.expectations.values()] == [False]
     r.on_liquidity_action(action("submitted", "H"), now_ns=1)
-    assert r.expectations["withdraw:wd-1"].confirmed
+    assert [e.confirmed for e in r.expectations.values()] == [True]
     rec = r.reconcile({B: 0, E: 6 * 10**18}, {B: 0, E: 10**18}, now_ns=2)
     assert rec.unexplained == [] and rec.explained_by == ["withdrawal H"]
     # a refused request withdraws its candidate
