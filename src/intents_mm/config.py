@@ -367,6 +367,12 @@ VARIABLES: tuple[Var, ...] = (
         "600000",
         "near-intents-ingest drops quote requests asking a longer min_deadline_ms than this",
     ),
+    Var(
+        "HISTORY_METRICS_MS",
+        _int(200, 3_600_000),
+        "5000",
+        "how often history-writer publishes portfolio.metrics",
+    ),
 )
 VAR_BY_NAME = {v.name: v for v in VARIABLES}
 

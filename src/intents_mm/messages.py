@@ -410,6 +410,8 @@ class PortfolioMetrics(Payload, kw_only=True, frozen=True):
     fills: NonNegInt = 0
     volume_eure: Decimal = Decimal(0)
     avg_edge_bps: Decimal | None = None
+    reason: str | None = None  # why figures are null or flagged (no baseline yet, stale price, ...)
+    current_price_ts_ns: NonNegInt | None = None  # when the current price was computed
 
     def __post_init__(self) -> None:
         for name in (
