@@ -189,7 +189,13 @@ class LossGuard:
     def observe(self, trade_pnl_eure: Decimal, now_ns: int) -> str | None:
         """Feed the latest trade PnL; returns the reason when quoting must pause."""
         day = now_ns // NS_PER_DAY
-        if day != self.day:
+        if self.day == -1:
+            # First observation since start: trade PnL is 0 at its baseline, and without history we
+            # cannot tell what it was at midnight, so measure from 0 (conservative: earlier losses count).
+            self.day = day
+            self.day_start_pnl = Decimal(0)
+            self.peak_pnl = max(Decimal(0), trade_pnl_eure)
+        elif day != self.day:
             self.day = day
             self.day_start_pnl = trade_pnl_eure
         if self.peak_pnl is None or trade_pnl_eure > self.peak_pnl:

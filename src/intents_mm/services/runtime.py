@@ -238,9 +238,9 @@ class ControlServer:
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
         if self.port == 0:  # ephemeral (tests): learn the real port
-            server = site._server
-            if server is not None and getattr(server, "sockets", None):
-                self.port = server.sockets[0].getsockname()[1]
+            sockets = getattr(site._server, "sockets", None) or []
+            if sockets:
+                self.port = int(sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -283,7 +283,7 @@ class ControlServer:
             params: dict[str, Any] = {}
             if body.strip():
                 try:
-                    parsed = json.loads(body)
+                    parsed = json.loads(body, parse_float=Decimal)
                     params = parsed if isinstance(parsed, dict) else {"body": parsed}
                 except (json.JSONDecodeError, UnicodeDecodeError):
                     params = {"body": "<malformed>"}

@@ -1,14 +1,523 @@
-"""strategy-engine: runtime shell; /state says what it does not do yet."""
+"""strategy-engine (8086): quote requests in, priced and risk-checked decisions out.
+
+Every ``demand.swap_request`` gets a ``decision.trade_decision`` with the full reasoning chain (inputs,
+each price term, each limit check, outcome). An actionable decision emits ``cmd.execute_trade`` only
+while armed; the engine starts disarmed. Guards that stop quoting (each recorded as the decline reason):
+the relay window already passed, a stale or below-quorum reference, stale inventory, an unknown
+protocol fee, a recent price jump, consecutive venue errors from the executor, a tripped loss limit,
+and partner filtering. Limits are changed with ``PUT /limits`` (validated, applied at once, persisted in
+the store so a restart keeps them, audited as ``control.operator_action``).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import logging
+from dataclasses import asdict, dataclass
+from decimal import Decimal
 from typing import Any
 
-from intents_mm.services.runtime import Service
+from aiohttp import web
+
+from intents_mm.bus.port import Delivery
+from intents_mm.domain.amounts import Rounding, format_units, to_decimal, to_units
+from intents_mm.domain.pricing import Inventory, PricedQuote, PricingParams, QuoteRequest, price_quote
+from intents_mm.domain.risk import (
+    Limits,
+    LossGuard,
+    Reservation,
+    ReservationBook,
+    check_limits,
+    first_failure,
+)
+from intents_mm.errors import InputError
+from intents_mm.messages import (
+    DecisionOutcome,
+    ExecuteTrade,
+    InventorySnapshot,
+    LimitCheck,
+    PortfolioMetrics,
+    QuoteStatus,
+    ReferencePrice,
+    SwapRequest,
+    TradeDecision,
+    TradeResult,
+    decode,
+)
+from intents_mm.services.runtime import HttpError, Route, Service, json_response, read_json_object
+
+log = logging.getLogger(__name__)
+
+LIMITS_STATE_KEY = "strategy-engine.limits"
+MS = 1_000_000
+VENUE_ERROR_STREAK = 3
+VENUE_ERROR_COOLDOWN_NS = 30_000 * MS
+JUMP_COOLDOWN_NS = 10_000 * MS
+RESERVATION_MARGIN_NS = 5_000 * MS
+
+# operator-facing limit names (human units) -> how they map onto domain Limits
+LIMIT_FIELDS: dict[str, str] = {
+    "max_notional_eure": "decimal",
+    "max_outstanding_eure": "decimal",
+    "min_btc": "base",
+    "max_btc": "base",
+    "min_eure": "quote",
+    "max_eure": "quote",
+    "max_min_deadline_ms": "int",
+    "min_edge_bps": "decimal",
+    "price_band_bps": "decimal",
+    "daily_loss_limit_eure": "decimal",
+    "max_drawdown_eure": "decimal",
+}
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    quoted: int = 0
+    commands: int = 0
+    declined: int = 0
+    fills: int = 0
 
 
 class StrategyEngine(Service):
     name = "strategy-engine"
 
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        c = self.config
+        self.pair = self.ctx.assets.active_pair
+        self.params = PricingParams(
+            base_edge_bps=c["STRATEGY_BASE_EDGE_BPS"],
+            vol_multiplier=c["STRATEGY_VOL_MULTIPLIER"],
+            option_multiplier=c["STRATEGY_OPTION_MULTIPLIER"],
+            skew_bps=c["STRATEGY_SKEW_BPS"],
+            size_bps_per_eure=c["STRATEGY_SIZE_BPS_PER_EURE"],
+            reaction_ms=3000,
+            fee_in_price=True,
+        )
+        self.human_limits: dict[str, Decimal] = {
+            "max_notional_eure": c["STRATEGY_MAX_NOTIONAL_EURE"],
+            "max_outstanding_eure": c["STRATEGY_MAX_OUTSTANDING_EURE"],
+            "min_btc": c["STRATEGY_MIN_BTC"],
+            "max_btc": c["STRATEGY_MAX_BTC"],
+            "min_eure": c["STRATEGY_MIN_EURE"],
+            "max_eure": c["STRATEGY_MAX_EURE"],
+            "max_min_deadline_ms": Decimal(c["STRATEGY_MAX_MIN_DEADLINE_MS"]),
+            "min_edge_bps": c["STRATEGY_MIN_EDGE_BPS"],
+            "price_band_bps": c["STRATEGY_PRICE_BAND_BPS"],
+            "daily_loss_limit_eure": c["STRATEGY_DAILY_LOSS_LIMIT_EURE"],
+            "max_drawdown_eure": c["STRATEGY_MAX_DRAWDOWN_EURE"],
+        }
+        self.limits = self._domain_limits(self.human_limits)
+        self.buffer_ms: int = c["EXECUTOR_DEADLINE_BUFFER_MS"]
+        self.reference_stale_ns: int = c["REFERENCE_STALE_MS"] * MS
+        self.inventory_stale_ns: int = c["STRATEGY_INVENTORY_STALE_MS"] * MS
+        partners = c["STRATEGY_ALLOWED_PARTNER_IDS"]
+        self.allowed_partners = {p.strip() for p in partners.split(",") if p.strip()} if partners else None
+        self.armed = False
+        self.reference: ReferencePrice | None = None
+        self.reference_rx_ns = 0
+        self.last_jump_ns: int | None = None
+        self.inventory: InventorySnapshot | None = None
+        self.fee_pips: int | None = None
+        self.book = ReservationBook()
+        self.command_by_hash: dict[str, str] = {}
+        self.seen_quotes: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.venue_error_streak = 0
+        self.venue_error_until_ns = 0
+        self.loss_guard = LossGuard(self.limits.daily_loss_limit_eure, self.limits.max_drawdown_eure)
+        self.last_trade_pnl: Decimal | None = None
+        self.counters = Counters()
+        self.declines: collections.Counter[str] = collections.Counter()
+        self.last_decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
+        self._subs: list[Any] = []
+
+    # -- limits ----------------------------------------------------------------------------------
+    def _domain_limits(self, human: dict[str, Decimal]) -> Limits:
+        base, quote = self.pair.base, self.pair.quote
+        return Limits(
+            max_notional_eure=human["max_notional_eure"],
+            min_base_units=to_units(base, human["min_btc"], Rounding.CEIL),
+            max_base_units=to_units(base, human["max_btc"], Rounding.FLOOR),
+            min_quote_units=to_units(quote, human["min_eure"], Rounding.CEIL),
+            max_quote_units=to_units(quote, human["max_eure"], Rounding.FLOOR),
+            max_outstanding_eure=human["max_outstanding_eure"],
+            max_min_deadline_ms=int(human["max_min_deadline_ms"]),
+            min_edge_bps=human["min_edge_bps"],
+            price_band_bps=human["price_band_bps"],
+            daily_loss_limit_eure=human["daily_loss_limit_eure"],
+            max_drawdown_eure=human["max_drawdown_eure"],
+        )
+
+    def validate_limits(self, changes: dict[str, Any]) -> dict[str, Decimal]:
+        if not changes:
+            raise HttpError(400, "no limits given", known=sorted(LIMIT_FIELDS))
+        unknown = sorted(set(changes) - set(LIMIT_FIELDS))
+        if unknown:
+            raise HttpError(400, f"unknown limit(s): {', '.join(unknown)}", known=sorted(LIMIT_FIELDS))
+        merged = dict(self.human_limits)
+        for key, raw in changes.items():
+            try:
+                value = to_decimal(raw if not isinstance(raw, float) else str(raw), name=key)
+            except InputError as exc:
+                raise HttpError(400, str(exc)) from None
+            if value < 0:
+                raise HttpError(400, f"{key} must not be negative")
+            if LIMIT_FIELDS[key] == "int" and value != value.to_integral_value():
+                raise HttpError(400, f"{key} must be a whole number")
+            if value > Decimal(10) ** 15:
+                raise HttpError(400, f"{key} is too large")
+            merged[key] = value
+        if merged["min_btc"] > merged["max_btc"]:
+            raise HttpError(400, "min_btc must not exceed max_btc")
+        if merged["min_eure"] > merged["max_eure"]:
+            raise HttpError(400, "min_eure must not exceed max_eure")
+        if merged["max_min_deadline_ms"] < 1000:
+            raise HttpError(400, "max_min_deadline_ms must be at least 1000")
+        return merged
+
+    def apply_limits(self, merged: dict[str, Decimal]) -> None:
+        self.human_limits = merged
+        self.limits = self._domain_limits(merged)
+        self.loss_guard.daily_limit_eure = self.limits.daily_loss_limit_eure
+        self.loss_guard.drawdown_limit_eure = self.limits.max_drawdown_eure
+
+    # -- life cycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        store = self.ctx.store
+        if store is not None:
+            saved = await store.get_state(LIMITS_STATE_KEY)
+            if isinstance(saved, dict):
+                try:
+                    self.apply_limits(
+                        self.validate_limits({k: v for k, v in saved.items() if k in LIMIT_FIELDS})
+                    )
+                except HttpError as exc:
+                    log.warning("ignoring persisted limits: %s", exc)
+        bus = self.bus
+        self._subs = [
+            await bus.subscribe(["market.reference_price"], f"{self.name}-reference", self._on_reference),
+            await bus.subscribe(["inventory.snapshot"], f"{self.name}-inventory", self._on_inventory),
+            await bus.subscribe(["exec.trade_result"], f"{self.name}-results", self._on_result),
+            await bus.subscribe(["demand.quote_status"], f"{self.name}-status", self._on_status),
+            await bus.subscribe(["portfolio.metrics"], f"{self.name}-metrics", self._on_metrics),
+            await bus.subscribe(["demand.swap_request"], f"{self.name}-demand", self._on_request),
+        ]
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.book.expire(self.clock.now_ns(), grace_ns=RESERVATION_MARGIN_NS)
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.stop()
+
+    # -- inputs ----------------------------------------------------------------------------------
+    async def _on_reference(self, d: Delivery) -> None:
+        payload = decode(d.data).payload
+        if isinstance(payload, ReferencePrice):
+            self.reference = payload
+            self.reference_rx_ns = self.clock.now_ns()
+            if payload.jump_detected:
+                self.last_jump_ns = self.reference_rx_ns
+        await d.ack()
+
+    async def _on_inventory(self, d: Delivery) -> None:
+        payload = decode(d.data).payload
+        if isinstance(payload, InventorySnapshot) and not payload.stale:
+            self.inventory = payload
+            if payload.fee_pips is not None:
+                self.fee_pips = payload.fee_pips
+            self.book.on_inventory(payload.read_ts_ns)
+        await d.ack()
+
+    async def _on_result(self, d: Delivery) -> None:
+        payload = decode(d.data).payload
+        if isinstance(payload, TradeResult):
+            if payload.outcome == "accepted":
+                self.venue_error_streak = 0
+                if payload.quote_hash:
+                    self.command_by_hash[payload.quote_hash] = payload.command_id
+            else:
+                self.book.release(payload.command_id)
+                if payload.outcome in ("rejected", "error"):
+                    self.venue_error_streak += 1
+                    if self.venue_error_streak >= VENUE_ERROR_STREAK:
+                        self.venue_error_until_ns = self.clock.now_ns() + VENUE_ERROR_COOLDOWN_NS
+        await d.ack()
+
+    async def _on_status(self, d: Delivery) -> None:
+        payload = decode(d.data).payload
+        if isinstance(payload, QuoteStatus):
+            command_id = self.command_by_hash.pop(payload.quote_hash, None)
+            if command_id is not None and self.book.mark_filled(command_id, self.clock.now_ns()):
+                self.counters.fills += 1
+        await d.ack()
+
+    async def _on_metrics(self, d: Delivery) -> None:
+        payload = decode(d.data).payload
+        if isinstance(payload, PortfolioMetrics) and payload.trade_pnl_eure is not None:
+            self.last_trade_pnl = payload.trade_pnl_eure
+            self.loss_guard.observe(payload.trade_pnl_eure, self.clock.now_ns())
+        await d.ack()
+
+    # -- the hot path ----------------------------------------------------------------------------
+    async def _on_request(self, d: Delivery) -> None:
+        try:
+            payload = decode(d.data).payload
+        except InputError:
+            await d.ack()  # poison: recorded by history-writer's own decode, never retried
+            return
+        if isinstance(payload, SwapRequest) and payload.quote_id not in self.seen_quotes:
+            self.seen_quotes[payload.quote_id] = None
+            if len(self.seen_quotes) > 50_000:
+                self.seen_quotes.popitem(last=False)
+            await self.decide(payload)
+        await d.ack()
+
+    def guard_reason(self, req: SwapRequest, now: int) -> tuple[str | None, dict[str, Any]]:
+        """The first guard that stops quoting, with the inputs it looked at."""
+        ref, inv = self.reference, self.inventory
+        inputs: dict[str, Any] = {
+            "reference_quality": ref.quality if ref else None,
+            "reference_age_ms": (now - self.reference_rx_ns) // MS if ref else None,
+            "inventory_age_ms": (now - inv.read_ts_ns) // MS if inv else None,
+            "fee_pips": self.fee_pips,
+            "partner_id": req.partner_id,
+        }
+        if now > req.relay_deadline_ns:
+            return "relay_window_passed", inputs
+        if self.allowed_partners is not None and req.partner_id not in self.allowed_partners:
+            return "partner_not_allowed", inputs
+        if ref is None or ref.mid is None or ref.quality == "stale":
+            return "reference_stale", inputs
+        if (
+            now - self.reference_rx_ns > self.reference_stale_ns
+            or now - ref.computed_ts_ns > self.reference_stale_ns
+        ):
+            return "reference_stale", inputs
+        if self.last_jump_ns is not None and now - self.last_jump_ns < JUMP_COOLDOWN_NS:
+            return "price_jump", inputs
+        if inv is None or now - inv.read_ts_ns > self.inventory_stale_ns:
+            return "inventory_stale", inputs
+        if self.fee_pips is None:
+            return "fee_unknown", inputs
+        if now < self.venue_error_until_ns:
+            return "venue_errors", inputs
+        if self.loss_guard.tripped is not None:
+            return "loss_limit", inputs
+        return None, inputs
+
+    async def decide(self, req: SwapRequest) -> TradeDecision:
+        now = self.clock.now_ns()
+        self.counters.requests += 1
+        reason, inputs = self.guard_reason(req, now)
+        deadline_ms = req.min_deadline_ms + self.buffer_ms
+        quote: PricedQuote | None = None
+        checks: list[LimitCheck] = []
+        if reason is None:
+            assert (
+                self.reference is not None and self.reference.mid is not None and self.inventory is not None
+            )
+            credited = self.inventory.credited
+            base_id = self.pair.base.token_id
+            sigma = self.reference.volatility_bps_per_sqrt_s or Decimal(0)
+            inv = Inventory(
+                base_units=self.book.available(base_id, credited.get(base_id, 0)),
+                min_base_units=self.limits.min_base_units,
+                max_base_units=self.limits.max_base_units,
+            )
+            quote = price_quote(
+                self.pair,
+                QuoteRequest(
+                    req.quote_id,
+                    req.asset_in,
+                    req.asset_out,
+                    req.exact_amount_in,
+                    req.exact_amount_out,
+                    req.min_deadline_ms,
+                ),
+                reference_mid_fiat=self.reference.mid,
+                sigma_bps_per_sqrt_s=sigma,
+                deadline_ms=deadline_ms,
+                inventory=inv,
+                fee_pips=self.fee_pips or 0,
+                params=self.params,
+            )
+            domain_checks = check_limits(
+                self.pair,
+                quote,
+                min_deadline_ms=req.min_deadline_ms,
+                credited=credited,
+                book=self.book,
+                limits=self.limits,
+            )
+            checks = [
+                LimitCheck(name=c.name, passed=c.passed, value=c.value, limit=c.limit) for c in domain_checks
+            ]
+            reason = first_failure(domain_checks)
+            inputs.update(
+                sigma_bps_per_sqrt_s=str(sigma),
+                credited={k: str(v) for k, v in credited.items()},
+                reserved_out={a: str(self.book.reserved_out(a)) for a in credited},
+                mid_quote_per_base=str(quote.mid),
+                price=str(quote.price),
+                notional_eure=str(quote.notional_quote),
+                edge_bps=str(quote.edge_bps),
+            )
+        decision_id = f"decision:{req.quote_id}"
+        outcome: DecisionOutcome = "quote" if reason is None else "decline"
+        command: ExecuteTrade | None = None
+        if outcome == "quote" and quote is not None and self.armed:
+            command = ExecuteTrade(
+                command_id=f"cmd:{req.quote_id}",
+                decision_id=decision_id,
+                quote_id=req.quote_id,
+                asset_in=req.asset_in,
+                asset_out=req.asset_out,
+                amount_in=quote.amount_in,
+                amount_out=quote.amount_out,
+                exact_side="in" if req.exact_amount_in is not None else "out",
+                min_deadline_ms=req.min_deadline_ms,
+                relay_deadline_ns=req.relay_deadline_ns,
+                reference_mid=quote.mid,
+            )
+            self.book.reserve(
+                Reservation(
+                    command_id=command.command_id,
+                    quote_id=req.quote_id,
+                    asset_in=req.asset_in,
+                    amount_in=quote.amount_in,
+                    asset_out=req.asset_out,
+                    amount_out=quote.amount_out,
+                    notional_eure=quote.notional_quote / self.pair.quote_per_fiat,
+                    expires_ns=now + deadline_ms * MS,
+                )
+            )
+            await self.publish("cmd.execute_trade", command, msg_id=command.command_id)
+            self.counters.commands += 1
+        decision = TradeDecision(
+            decision_id=decision_id,
+            quote_id=req.quote_id,
+            outcome=outcome,
+            reason=reason or "ok",
+            armed=self.armed,
+            asset_in=req.asset_in,
+            asset_out=req.asset_out,
+            exact_amount_in=req.exact_amount_in,
+            exact_amount_out=req.exact_amount_out,
+            amount_in=quote.amount_in if quote else None,
+            amount_out=quote.amount_out if quote else None,
+            reference_mid=self.reference.mid if self.reference else None,
+            price_terms=dict(quote.terms_bps) if quote else {},
+            limit_checks=checks,
+            inputs=inputs,
+            deadline_ms=deadline_ms,
+        )
+        await self.publish("decision.trade_decision", decision, msg_id=decision_id)
+        if outcome == "quote":
+            self.counters.quoted += 1
+        else:
+            self.counters.declined += 1
+            self.declines[reason or "unknown"] += 1
+        self.last_decisions.append(
+            {
+                "quote_id": req.quote_id,
+                "outcome": outcome,
+                "reason": reason or "ok",
+                "armed": self.armed,
+                "command": command is not None,
+                "amount_in": quote.amount_in if quote else None,
+                "amount_out": quote.amount_out if quote else None,
+                "edge_bps": str(quote.edge_bps) if quote else None,
+            }
+        )
+        return decision
+
+    # -- control ---------------------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        return [
+            Route("POST", "/arm", self._arm, mutating=True, action="arm"),
+            Route("POST", "/disarm", self._disarm, mutating=True, action="disarm"),
+            Route("PUT", "/limits", self._put_limits, mutating=True, action="limits"),
+            Route("GET", "/limits", self._get_limits),
+        ]
+
+    async def _arm(self, request: web.Request) -> web.Response:
+        was_paused = self.loss_guard.tripped
+        self.loss_guard.reset(self.last_trade_pnl)
+        self.armed = True
+        return json_response({"armed": True, "cleared_pause": was_paused})
+
+    async def _disarm(self, request: web.Request) -> web.Response:
+        self.armed = False
+        return json_response({"armed": False})
+
+    async def _put_limits(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        merged = self.validate_limits(body)
+        if self.ctx.store is not None:
+            await self.ctx.store.put_state(LIMITS_STATE_KEY, {k: str(v) for k, v in merged.items()})
+        self.apply_limits(merged)
+        return json_response({"limits": self.human_limits})
+
+    async def _get_limits(self, request: web.Request) -> web.Response:
+        return json_response({"limits": self.human_limits})
+
+    def disarm(self) -> None:
+        """Used by the executor's emergency stop when both run in one process (and over the bus)."""
+        self.armed = False
+
     def state(self) -> dict[str, Any]:
-        return {"implemented": False, "note": "strategy-engine only runs its control API so far"}
+        now = self.clock.now_ns()
+        reasons = []
+        probe = SwapRequest(
+            quote_id="probe",
+            asset_in=self.pair.base.token_id,
+            asset_out=self.pair.quote.token_id,
+            exact_amount_in=1,
+            min_deadline_ms=0,
+            received_ts_ns=now,
+            relay_deadline_ns=now + 1,
+        )
+        reason, inputs = self.guard_reason(probe, now)
+        if reason is not None:
+            reasons.append(reason)
+        return {
+            "armed": self.armed,
+            "quoting": self.armed and reason is None,
+            "paused_reason": self.loss_guard.tripped or reason,
+            "pause_reasons": reasons,
+            "limits": self.human_limits,
+            "pricing": asdict(self.params),
+            "reference": {
+                "mid": self.reference.mid if self.reference else None,
+                "quality": self.reference.quality if self.reference else None,
+                "age_ms": inputs["reference_age_ms"],
+            },
+            "inventory": {
+                "credited": {
+                    a.symbol: format_units(a, self.inventory.credited.get(a.token_id, 0))
+                    for a in self.pair.assets()
+                }
+                if self.inventory
+                else None,
+                "age_ms": inputs["inventory_age_ms"],
+            },
+            "fee_pips": self.fee_pips,
+            "reservations": {
+                "live": len(self.book.live),
+                "outstanding_eure": self.book.outstanding_eure(),
+                "reserved_out": {
+                    a.symbol: format_units(a, self.book.reserved_out(a.token_id)) for a in self.pair.assets()
+                },
+            },
+            "loss_guard": {"tripped": self.loss_guard.tripped, "last_trade_pnl_eure": self.last_trade_pnl},
+            "venue_error_streak": self.venue_error_streak,
+            "counters": asdict(self.counters),
+            "declined_by_reason": dict(self.declines),
+            "last_decisions": list(self.last_decisions),
+        }
