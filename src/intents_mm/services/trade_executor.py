@@ -1,14 +1,891 @@
-"""trade-executor: runtime shell; /state says what it does not do yet."""
+"""trade-executor (8087): signs and sends quote responses, each command at most once; emergency stop.
+
+Contract
+--------
+* Starts DISARMED, always (also after a restart). ``POST /arm`` re-checks that the signer key is
+  registered for the account on the Verifier (``has_public_key``; an implicit account owns its own key)
+  and answers 409 with the reason when it is not, when the check cannot be made, or when no key is
+  configured. ``POST /disarm`` disarms. Both are audited by the runtime.
+* Consumes ``cmd.execute_trade`` (durable ``trade-executor-commands``). Every command gets exactly one
+  ``exec.trade_result`` (msg_id ``result:<command_id>``, so a republished result is deduplicated):
+
+  1. disarmed → ``skipped_disarmed``, nothing is signed or sent;
+  2. ``now > relay_deadline_ns`` (the relay's answer window has passed) → ``dropped_late``, never signed;
+  3. signed at most once: the command id goes into the store's ledger
+     (``HistoryStore.record_signed_command``) BEFORE anything is sent; a command the ledger already holds
+     is not sent again (``error``). An in-memory set and the results of this process are the fast path:
+     a redelivered command gets its first result republished, never a second signature;
+  4. the signed ``token_diff`` is from our side: ``{asset_in: +amount_in, asset_out: -amount_out}``,
+     deadline ``now + min_deadline_ms + EXECUTOR_DEADLINE_BUFFER_MS`` (floored to the ms), a fresh
+     versioned nonce with the Verifier's cached salt and nonce deadline = intent deadline, NEP-413 (or
+     raw_ed25519, ``EXECUTOR_SIGNING_STANDARD``). The ``quote_response`` goes over the executor's own
+     Solver Relay connection (no subscriptions). A relay/Verifier ``invalid salt`` refreshes the salt
+     and retries the command once with a fresh nonce while the relay window is open;
+  5. outcome ``accepted`` (relay said OK), ``rejected`` (relay error reply) or ``error`` (no reply,
+     ledger unavailable, already signed), with the relay reply, quote hash, nonce, deadline and the
+     latency from command receipt to relay reply.
+
+  The hot path makes no RPC call (salt and key are cached; the salt is refreshed in the background)
+  and logs nothing above DEBUG per command. Commands are processed concurrently (bounded).
+* ``POST /kill`` (emergency stop): disarms the executor and the strategy (a ``control.operator_action``
+  for ``strategy-engine``/``disarm`` with actor ``trade-executor/kill``, plus the composition root's
+  ``overrides["disarm_strategy"]`` callable when present), then cancels every signed quote whose deadline
+  has not passed with ONE ``invalidate_nonces`` transaction (1 yoctoNEAR) from the account. Nonces the
+  Verifier already reports used (settled quotes) are left out; if one is used meanwhile the panic is
+  caught and the call retried once without it. The outcome is returned, kept in ``/state`` and
+  published as a ``control.operator_action`` (action ``kill_result``). The list of signed quotes
+  survives restarts through the store's service state (written every few seconds when it changed).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import collections
+import contextlib
+import inspect
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Final, Literal, cast
 
-from intents_mm.services.runtime import Service
+from aiohttp import web
+
+from intents_mm.bus.port import Delivery, Subscription
+from intents_mm.errors import ContractError, InputError, IntentsMMError, StoreError
+from intents_mm.messages import (
+    EXECUTE_TRADE,
+    OPERATOR_ACTION,
+    TRADE_RESULT,
+    ExecuteTrade,
+    OperatorAction,
+    TradeOutcome,
+    TradeResult,
+    decode,
+)
+from intents_mm.near.encoding import b64decode, b64encode
+from intents_mm.near.keys import SigningKey, is_implicit_account
+from intents_mm.near.nonce import random_versioned_nonce
+from intents_mm.near.payload import (
+    SignedPayload,
+    build_intent_message,
+    sign_nep413,
+    sign_raw_ed25519,
+    token_diff_intent,
+)
+from intents_mm.near.rpc import NearRpcClient
+from intents_mm.near.sender import TransactionSender
+from intents_mm.near.timefmt import format_deadline
+from intents_mm.near.verifier import VerifierClient
+from intents_mm.services.runtime import Check, HttpError, Route, Service, json_response, read_json_object
+from intents_mm.venues.relay import RelayReply, SolverRelayClient
+
+log = logging.getLogger(__name__)
+
+MS: Final = 1_000_000
+S: Final = 1_000_000_000
+OUTSTANDING_STATE_KEY: Final = "trade-executor.outstanding"
+KEY_CHECK_INTERVAL_NS: Final = 30 * S
+SALT_REFRESH_INTERVAL_NS: Final = 60 * S
+PERSIST_INTERVAL_NS: Final = 2 * S
+TICK_S: Final = 0.5
+MAX_IN_FLIGHT: Final = 64
+REMEMBERED_COMMANDS: Final = 100_000
+LAST_RESULTS: Final = 20
+INVALIDATE_GAS: Final = 300 * 10**12
+RELAY_OVERRIDE: Final = "trade_executor_relay"  # ctx.overrides key: a pre-built SolverRelayClient
+DISARM_STRATEGY_OVERRIDE: Final = "disarm_strategy"  # ctx.overrides key: callable, sync or async
+OUTCOMES: Final[tuple[TradeOutcome, ...]] = (
+    "accepted",
+    "rejected",
+    "skipped_disarmed",
+    "dropped_late",
+    "error",
+)
+
+Standard = Literal["nep413", "raw_ed25519"]
+
+
+# ----------------------------------------------------------------------------- signing (pure)
+
+
+@dataclass(frozen=True)
+class SignedQuote:
+    """One signed quote: the ``quote_response`` params and what identifies it."""
+
+    params: dict[str, Any]
+    payload: SignedPayload
+    quote_hash: str
+    nonce: bytes
+    nonce_b64: str
+    deadline_ns: int
+
+
+def quote_token_diff(cmd: ExecuteTrade) -> dict[str, int]:
+    """Our side of the swap: we receive ``asset_in`` (positive) and give ``asset_out`` (negative)."""
+    if cmd.asset_in == cmd.asset_out:
+        raise InputError(f"command {cmd.command_id}: asset_in and asset_out are the same asset")
+    if cmd.amount_in <= 0 or cmd.amount_out <= 0:
+        raise InputError(f"command {cmd.command_id}: amounts must be positive")
+    return {cmd.asset_in: cmd.amount_in, cmd.asset_out: -cmd.amount_out}
+
+
+def quote_deadline_ns(cmd: ExecuteTrade, now_ns: int, buffer_ms: int) -> int:
+    """``now + min_deadline_ms + buffer``, floored to the millisecond (what RFC 3339 carries)."""
+    return (now_ns + (cmd.min_deadline_ms + buffer_ms) * MS) // MS * MS
+
+
+def sign_quote(
+    cmd: ExecuteTrade,
+    *,
+    key: SigningKey,
+    signer_id: str,
+    contract_id: str,
+    salt: bytes,
+    now_ns: int,
+    buffer_ms: int,
+    standard: Standard = "nep413",
+) -> SignedQuote:
+    """Sign ``cmd`` as a ``token_diff`` and build the ``quote_response`` params.
+
+    ``quote_output`` carries the side the request left open: ``amount_out`` for exact-in,
+    ``amount_in`` for exact-out. The nonce is a fresh V1 versioned nonce with ``salt`` whose deadline
+    equals the intent deadline.
+    """
+    deadline_ns = quote_deadline_ns(cmd, now_ns, buffer_ms)
+    intents = [token_diff_intent(quote_token_diff(cmd))]
+    nonce = random_versioned_nonce(salt, deadline_ns)
+    nonce_b64 = b64encode(nonce)
+    if standard == "nep413":
+        payload = sign_nep413(key, build_intent_message(signer_id, deadline_ns, intents), nonce, contract_id)
+    else:
+        body = {
+            "signer_id": signer_id,
+            "verifying_contract": contract_id,
+            "deadline": format_deadline(deadline_ns),
+            "nonce": nonce_b64,
+            "intents": intents,
+        }
+        payload = sign_raw_ed25519(key, json.dumps(body, separators=(",", ":")))
+    output = (
+        {"amount_out": str(cmd.amount_out)} if cmd.exact_side == "in" else {"amount_in": str(cmd.amount_in)}
+    )
+    params = {"quote_id": cmd.quote_id, "quote_output": output, "signed_data": payload.to_json_obj()}
+    return SignedQuote(params, payload, payload.hash_b58(), nonce, nonce_b64, deadline_ns)
+
+
+def is_invalid_salt(message: str | None) -> bool:
+    return message is not None and "invalid salt" in message.lower()
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+
+
+@dataclass(frozen=True)
+class Outstanding:
+    """A quote we signed; it can settle until ``deadline_ns`` unless its nonce is invalidated."""
+
+    command_id: str
+    quote_hash: str
+    nonce_b64: str
+    deadline_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "command_id": self.command_id,
+            "quote_hash": self.quote_hash,
+            "nonce": self.nonce_b64,
+            "deadline_ns": self.deadline_ns,
+        }
+
+    @classmethod
+    def from_json(cls, obj: object) -> Outstanding | None:
+        if not isinstance(obj, dict):
+            return None
+        c, h, n, d = obj.get("command_id"), obj.get("quote_hash"), obj.get("nonce"), obj.get("deadline_ns")
+        if not (isinstance(c, str) and isinstance(h, str) and isinstance(n, str) and type(d) is int):
+            return None
+        try:
+            if len(b64decode(n)) != 32:
+                return None
+        except InputError:
+            return None
+        return cls(c, h, n, d)
+
+
+class _Work:
+    """One command being processed; ``done`` resolves with its result."""
+
+    __slots__ = ("cmd", "done", "recv_mono_ns")
+
+    def __init__(self, cmd: ExecuteTrade, recv_mono_ns: int) -> None:
+        self.cmd = cmd
+        self.recv_mono_ns = recv_mono_ns
+        self.done: asyncio.Future[TradeResult] = asyncio.get_running_loop().create_future()
 
 
 class TradeExecutor(Service):
     name = "trade-executor"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        c = self.config
+        secret: str | None = c["NEAR_INTENTS_SIGNER_PRIVATE_KEY"]
+        self._key: SigningKey | None = SigningKey.from_string(secret) if secret else None
+        configured_account: str | None = c["NEAR_INTENTS_ACCOUNT_ID"] or None
+        self.account_id: str | None = configured_account or (
+            self._key.public_key.implicit_account_id() if self._key else None
+        )
+        self.public_key: str | None = self._key.public_key.to_string() if self._key else None
+        self.contract_id: str = c["NEAR_INTENTS_CONTRACT_ID"]
+        self.buffer_ms: int = c["EXECUTOR_DEADLINE_BUFFER_MS"]
+        self.standard: Standard = cast(Standard, c["EXECUTOR_SIGNING_STANDARD"])
+        self.armed = False
+        self.disarm_reason: str | None = "starts disarmed"
+        # Verifier views
+        self.rpc: NearRpcClient | None = None
+        self.verifier: VerifierClient | None = None
+        self.sender: TransactionSender | None = None
+        self.relay: SolverRelayClient | None = None
+        self._owns_relay = True
+        self.key_registered: bool | None = None
+        self.key_source: str | None = None  # "implicit" | "verifier"
+        self.key_checked_ts_ns: int | None = None
+        self.key_check_error: str | None = None
+        self._key_checked_mono: int | None = None
+        self.salt: bytes | None = None
+        self.salt_fetched_ts_ns: int | None = None
+        self.salt_error: str | None = None
+        self.salt_refreshes = 0
+        self._salt_lock = asyncio.Lock()
+        self._salt_mono: int | None = None
+        # commands
+        self._sub: Subscription | None = None
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._inflight: dict[str, _Work] = {}
+        self._work_tasks: set[asyncio.Task[None]] = set()
+        self._results: collections.OrderedDict[str, TradeResult] = collections.OrderedDict()
+        self._signed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.counts: collections.Counter[str] = collections.Counter({o: 0 for o in OUTCOMES})
+        self.salt_retries = 0
+        self.last_results: collections.deque[dict[str, Any]] = collections.deque(maxlen=LAST_RESULTS)
+        self.last_error: str | None = None
+        # emergency stop
+        self.outstanding: dict[str, Outstanding] = {}
+        self._outstanding_dirty = False
+        self._persisted_mono: int | None = None
+        self.persist_error: str | None = None
+        self._kill_lock = asyncio.Lock()
+        self.last_kill: dict[str, Any] | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.rpc = NearRpcClient(list(self.config["NEAR_RPC_URLS"]))
+        self.verifier = VerifierClient(self.rpc, self.contract_id)
+        if self._key is not None and self.account_id is not None:
+            self.sender = TransactionSender(self.rpc, self.account_id, self._key, clock=self.clock)
+        override = self.ctx.overrides.get(RELAY_OVERRIDE)
+        if override is not None:
+            self.relay, self._owns_relay = cast(SolverRelayClient, override), False
+        else:
+            self.relay = SolverRelayClient(
+                self.config["NEAR_INTENTS_RELAY_WS_URL"],
+                api_key=self.config["NEAR_INTENTS_API_KEY"],
+                clock=self.clock,
+                request_timeout_s=3.0,
+            )
+        await self.relay.start()
+        await self._load_outstanding()
+        self._sub = await self.bus.subscribe([EXECUTE_TRADE], f"{self.name}-commands", self._on_command)
+
+    async def run(self) -> None:
+        """Housekeeping: key registration and salt checks, expiry of signed quotes, persistence."""
+        while True:
+            now_mono = self.clock.monotonic_ns()
+            if self._key_checked_mono is None or now_mono - self._key_checked_mono >= KEY_CHECK_INTERVAL_NS:
+                registered = await self.check_key()
+                if registered is False and self.armed:
+                    self.armed = False
+                    self.disarm_reason = "signer key is no longer registered on the Verifier"
+                    log.error("%s: disarmed: %s", self.name, self.disarm_reason)
+            if self._key is not None and (
+                self._salt_mono is None or now_mono - self._salt_mono >= SALT_REFRESH_INTERVAL_NS
+            ):
+                with contextlib.suppress(IntentsMMError):
+                    await self.refresh_salt()
+            self._expire_outstanding()
+            if self._outstanding_dirty and (
+                self._persisted_mono is None or now_mono - self._persisted_mono >= PERSIST_INTERVAL_NS
+            ):
+                await self._persist_outstanding()
+            await asyncio.sleep(TICK_S)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.stop()
+            self._sub = None
+        if self._work_tasks:
+            await asyncio.wait(list(self._work_tasks), timeout=5.0)
+            for task in list(self._work_tasks):
+                task.cancel()
+            await asyncio.gather(*self._work_tasks, return_exceptions=True)
+        self._expire_outstanding()
+        if self._outstanding_dirty:
+            await self._persist_outstanding()
+        if self.relay is not None and self._owns_relay:
+            await self.relay.close()
+        self.relay = None
+        if self.rpc is not None:
+            await self.rpc.close()
+            self.rpc = None
+
+    # -- Verifier views (never on the hot path) --------------------------------------------------
+    async def check_key(self) -> bool | None:
+        """Is the signer key registered for the account? ``None`` when it cannot be told now."""
+        self._key_checked_mono = self.clock.monotonic_ns()
+        if self._key is None or self.account_id is None or self.public_key is None:
+            self.key_registered, self.key_source = None, None
+            self.key_check_error = "NEAR_INTENTS_SIGNER_PRIVATE_KEY is not set"
+            return None
+        if (
+            is_implicit_account(self.account_id)
+            and self.account_id == self._key.public_key.implicit_account_id()
+        ):
+            self.key_registered, self.key_source, self.key_check_error = True, "implicit", None
+            self.key_checked_ts_ns = self.clock.now_ns()
+            return True
+        assert self.verifier is not None
+        try:
+            registered = await self.verifier.has_public_key(self.account_id, self.public_key)
+        except IntentsMMError as exc:
+            self.key_check_error = f"has_public_key failed: {exc}"
+            return None
+        self.key_registered, self.key_source, self.key_check_error = registered, "verifier", None
+        self.key_checked_ts_ns = self.clock.now_ns()
+        return registered
+
+    async def refresh_salt(self) -> bytes:
+        """Read the Verifier's current salt into the cache (one RPC; concurrent callers share it)."""
+        assert self.verifier is not None
+        started = self.clock.monotonic_ns()
+        async with self._salt_lock:
+            if self.salt is not None and self._salt_mono is not None and self._salt_mono >= started:
+                return self.salt  # refreshed by someone else while we waited
+            try:
+                salt = await self.verifier.current_salt()
+            except IntentsMMError as exc:
+                self.salt_error = f"current_salt failed: {exc}"
+                raise
+            if self.salt is not None and salt != self.salt:
+                log.info("%s: Verifier salt changed %s -> %s", self.name, self.salt.hex(), salt.hex())
+            self.salt, self.salt_error = salt, None
+            self.salt_fetched_ts_ns = self.clock.now_ns()
+            self._salt_mono = self.clock.monotonic_ns()
+            self.salt_refreshes += 1
+            return salt
+
+    # -- commands --------------------------------------------------------------------------------
+    async def _on_command(self, delivery: Delivery) -> None:
+        recv_mono = self.clock.monotonic_ns()
+        try:
+            payload = decode(delivery.data, subject=EXECUTE_TRADE).payload
+        except InputError as exc:
+            log.warning("%s: dropping undecodable command %s: %s", self.name, delivery.msg_id, exc)
+            await delivery.ack()
+            return
+        if not isinstance(payload, ExecuteTrade):  # pragma: no cover - decode checks the type
+            await delivery.ack()
+            return
+        cmd = payload
+        known = self._results.get(cmd.command_id)
+        if known is not None:  # redelivery: the first result stands (republished; the bus dedupes)
+            await self._publish_result(known)
+            await delivery.ack()
+            return
+        running = self._inflight.get(cmd.command_id)
+        if running is not None:  # redelivered while the first delivery is still being processed
+            self.spawn_work(self._after(running, delivery))
+            return
+        await self._slots.acquire()
+        work = _Work(cmd, recv_mono)
+        self._inflight[cmd.command_id] = work
+        self.spawn_work(self._process(work, delivery))
+
+    def spawn_work(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._work_tasks.add(task)
+        task.add_done_callback(self._work_tasks.discard)
+
+    async def _after(self, work: _Work, delivery: Delivery) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(work.done)
+        await delivery.ack()
+
+    async def _process(self, work: _Work, delivery: Delivery) -> None:
+        cmd = work.cmd
+        try:
+            try:
+                result = await self.execute(cmd, work.recv_mono_ns)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every command gets a result, whatever happened
+                log.exception("%s: command %s failed", self.name, cmd.command_id)
+                result = self._result(cmd, "error", error=f"internal error: {exc.__class__.__name__}")
+            self._remember(result)
+            if not work.done.done():
+                work.done.set_result(result)
+            try:
+                await self._publish_result(result)
+            except IntentsMMError as exc:
+                self.last_error = f"could not publish the result of {cmd.command_id}: {exc}"
+                await delivery.nak(1.0)  # redelivered: the remembered result is published then
+                return
+            await delivery.ack()
+        finally:
+            self._inflight.pop(cmd.command_id, None)
+            if not work.done.done():
+                work.done.cancel()
+            self._slots.release()
+
+    async def execute(self, cmd: ExecuteTrade, recv_mono_ns: int) -> TradeResult:
+        """Decide, sign, record and send one command; returns its result (not yet published)."""
+        if not self.armed:
+            return self._result(cmd, "skipped_disarmed")
+        if self.clock.now_ns() > cmd.relay_deadline_ns:
+            return self._result(cmd, "dropped_late", error="the relay's answer window had passed")
+        if cmd.command_id in self._signed:
+            return self._result(cmd, "error", error="command was already signed; not signed again")
+        if self._key is None or self.account_id is None:
+            return self._result(cmd, "error", error="no signer key configured")
+        attempt = await self._sign_record_send(cmd, recv_mono_ns, cmd.command_id)
+        if isinstance(attempt, TradeResult):
+            return attempt
+        signed, reply, error = attempt
+        if error is None and reply is not None and not reply.ok and is_invalid_salt(reply.error_message):
+            self.outstanding.pop(signed.nonce_b64, None)  # a quote with an invalid salt can never settle
+            self._outstanding_dirty = True
+            try:
+                await self.refresh_salt()
+            except IntentsMMError as exc:
+                error = f"relay refused an invalid salt and the salt refresh failed: {exc}"
+            else:
+                if self.armed and self.clock.now_ns() <= cmd.relay_deadline_ns:
+                    self.salt_retries += 1
+                    retry = await self._sign_record_send(cmd, recv_mono_ns, f"{cmd.command_id}:salt-retry")
+                    if isinstance(retry, TradeResult):
+                        return retry
+                    signed, reply, error = retry
+        latency_us = (self.clock.monotonic_ns() - recv_mono_ns) // 1000
+        if error is not None or reply is None:
+            outcome: TradeOutcome = "error"
+        else:
+            outcome = "accepted" if reply.ok else "rejected"
+        return self._result(
+            cmd,
+            outcome,
+            relay_reply=_reply_text(reply),
+            error=error if error is not None else (reply.error_message if reply is not None else None),
+            signed=signed,
+            latency_us=latency_us,
+        )
+
+    async def _sign_record_send(
+        self, cmd: ExecuteTrade, recv_mono_ns: int, ledger_id: str
+    ) -> TradeResult | tuple[SignedQuote, RelayReply | None, str | None]:
+        """Sign, write the ledger, re-check, send. A ``TradeResult`` when nothing was sent."""
+        assert self._key is not None and self.account_id is not None
+        salt = self.salt
+        if salt is None:
+            try:
+                salt = await self.refresh_salt()
+            except IntentsMMError as exc:
+                return self._result(cmd, "error", error=f"no Verifier salt: {exc}")
+        signed = sign_quote(
+            cmd,
+            key=self._key,
+            signer_id=self.account_id,
+            contract_id=self.contract_id,
+            salt=salt,
+            now_ns=self.clock.now_ns(),
+            buffer_ms=self.buffer_ms,
+            standard=self.standard,
+        )
+        self._mark_signed(cmd.command_id)
+        store = self.ctx.store
+        if store is not None:
+            try:
+                fresh = await store.record_signed_command(ledger_id, signed.quote_hash, signed.nonce_b64)
+            except StoreError as exc:
+                return self._result(cmd, "error", error=f"signed-command ledger unavailable, not sent: {exc}")
+            if not fresh:
+                return self._result(
+                    cmd, "error", error="command was already signed (ledger); not signed or sent again"
+                )
+        # No await between these checks and the registration below: /kill disarms first and then
+        # collects the outstanding quotes, so every quote that gets sent is one /kill will see.
+        if not self.armed:
+            return self._result(cmd, "skipped_disarmed")
+        if self.clock.now_ns() > cmd.relay_deadline_ns:
+            return self._result(cmd, "dropped_late", error="the relay's answer window passed while signing")
+        self.outstanding[signed.nonce_b64] = Outstanding(
+            cmd.command_id, signed.quote_hash, signed.nonce_b64, signed.deadline_ns
+        )
+        self._outstanding_dirty = True
+        assert self.relay is not None
+        try:
+            reply = await self.relay.send_quote_response(signed.params)
+        except IntentsMMError as exc:
+            self.last_error = str(exc)
+            return signed, None, f"quote_response not answered: {exc}"
+        return signed, reply, None
+
+    def _mark_signed(self, command_id: str) -> None:
+        self._signed[command_id] = None
+        if len(self._signed) > REMEMBERED_COMMANDS:
+            self._signed.popitem(last=False)
+
+    def _remember(self, result: TradeResult) -> None:
+        self._results[result.command_id] = result
+        if len(self._results) > REMEMBERED_COMMANDS:
+            self._results.popitem(last=False)
+        self.counts[result.outcome] += 1
+        if result.outcome == "error" and result.error:
+            self.last_error = result.error
+        self.last_results.append(
+            {
+                "command_id": result.command_id,
+                "quote_id": result.quote_id,
+                "outcome": result.outcome,
+                "relay_reply": result.relay_reply,
+                "error": result.error,
+                "quote_hash": result.quote_hash,
+                "latency_us": result.latency_us,
+                "amount_in": result.amount_in,
+                "amount_out": result.amount_out,
+            }
+        )
+        log.debug("%s: command %s -> %s", self.name, result.command_id, result.outcome)
+
+    def _result(
+        self,
+        cmd: ExecuteTrade,
+        outcome: TradeOutcome,
+        *,
+        relay_reply: str | None = None,
+        error: str | None = None,
+        signed: SignedQuote | None = None,
+        latency_us: int | None = None,
+    ) -> TradeResult:
+        return TradeResult(
+            command_id=cmd.command_id,
+            quote_id=cmd.quote_id,
+            outcome=outcome,
+            relay_reply=relay_reply,
+            error=error,
+            quote_hash=signed.quote_hash if signed else None,
+            nonce_b64=signed.nonce_b64 if signed else None,
+            deadline_ns=signed.deadline_ns if signed else None,
+            latency_us=latency_us,
+            amount_in=cmd.amount_in,
+            amount_out=cmd.amount_out,
+            asset_in=cmd.asset_in,
+            asset_out=cmd.asset_out,
+        )
+
+    async def _publish_result(self, result: TradeResult) -> None:
+        await self.publish(TRADE_RESULT, result, msg_id=f"result:{result.command_id}")
+
+    # -- outstanding signed quotes -----------------------------------------------------------------
+    def _expire_outstanding(self) -> None:
+        now = self.clock.now_ns()
+        expired = [n for n, o in self.outstanding.items() if o.deadline_ns < now]
+        for nonce in expired:
+            del self.outstanding[nonce]
+        if expired:
+            self._outstanding_dirty = True
+
+    async def _persist_outstanding(self) -> None:
+        self._persisted_mono = self.clock.monotonic_ns()
+        store = self.ctx.store
+        if store is None:
+            self._outstanding_dirty = False
+            return
+        self._outstanding_dirty = False
+        try:
+            await store.put_state(OUTSTANDING_STATE_KEY, [o.to_json() for o in self.outstanding.values()])
+            self.persist_error = None
+        except StoreError as exc:
+            self._outstanding_dirty = True
+            self.persist_error = f"could not persist the signed quotes: {exc}"
+
+    async def _load_outstanding(self) -> None:
+        store = self.ctx.store
+        if store is None:
+            return
+        try:
+            saved = await store.get_state(OUTSTANDING_STATE_KEY)
+        except StoreError as exc:
+            self.persist_error = f"could not load the signed quotes: {exc}"
+            return
+        now = self.clock.now_ns()
+        for item in saved if isinstance(saved, list) else []:
+            entry = Outstanding.from_json(item)
+            if entry is not None and entry.deadline_ns >= now:
+                self.outstanding.setdefault(entry.nonce_b64, entry)
+
+    # -- emergency stop ----------------------------------------------------------------------------
+    async def kill(self, *, reason: str | None = None) -> dict[str, Any]:
+        """Disarm the executor and the strategy, then invalidate every live signed quote's nonce."""
+        async with self._kill_lock:
+            self.armed = False
+            self.disarm_reason = "emergency stop (/kill)"
+            started_ns = self.clock.now_ns()
+            strategy = await self._disarm_strategy(reason)
+            self._expire_outstanding()
+            live = sorted(self.outstanding.values(), key=lambda o: o.deadline_ns)
+            outcome: dict[str, Any] = {
+                "ts_ns": started_ns,
+                "reason": reason,
+                "executor_disarmed": True,
+                "strategy": strategy,
+                "outstanding": len(live),
+            }
+            outcome.update(await self._invalidate(live))
+            self.last_kill = outcome
+            self._outstanding_dirty = True
+            await self._persist_outstanding()
+            detail = json.dumps(
+                {k: outcome[k] for k in ("ok", "tx_hash", "error", "outstanding")}
+                | {
+                    "nonces_cancelled": len(outcome["nonces_cancelled"]),
+                    "already_used": len(outcome["already_used"]),
+                },
+                separators=(",", ":"),
+            )
+            record = OperatorAction(
+                service=self.name,
+                action="kill_result",
+                params={
+                    "tx_hash": outcome["tx_hash"],
+                    "nonces_cancelled": outcome["nonces_cancelled"],
+                    "already_used": outcome["already_used"],
+                    "strategy": strategy,
+                },
+                actor=f"{self.name}/kill",
+                remote="",
+                result="ok" if outcome["ok"] else "refused",
+                detail=detail if outcome["ok"] else f"{outcome['error']} | {detail}",
+            )
+            try:
+                await self.publish(OPERATOR_ACTION, record)
+            except IntentsMMError as exc:
+                outcome["record_error"] = f"could not publish the kill outcome: {exc}"
+            if outcome["ok"]:
+                log.warning("%s: emergency stop: %s", self.name, detail)
+            else:
+                log.error("%s: emergency stop incomplete: %s", self.name, outcome["error"])
+            return outcome
+
+    async def _disarm_strategy(self, reason: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        action = OperatorAction(
+            service="strategy-engine",
+            action="disarm",
+            params={"reason": reason or "emergency stop"},
+            actor=f"{self.name}/kill",
+            remote="",
+            result="ok",
+            detail="emergency stop from trade-executor /kill",
+        )
+        try:
+            await self.publish(OPERATOR_ACTION, action)
+            out["bus"] = "published"
+        except IntentsMMError as exc:
+            out["bus"] = f"failed: {exc}"
+        hook = self.ctx.overrides.get(DISARM_STRATEGY_OVERRIDE)
+        if callable(hook):
+            try:
+                value = cast(Callable[[], Any], hook)()
+                if inspect.isawaitable(value):
+                    await value
+                out["local"] = "called"
+            except Exception as exc:
+                out["local"] = f"failed: {exc.__class__.__name__}: {exc}"
+        return out
+
+    async def _invalidate(self, live: list[Outstanding]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ok": True,
+            "tx_hash": None,
+            "nonces_cancelled": [],
+            "already_used": [],
+            "error": None,
+        }
+        if not live:
+            return out
+        if self.sender is None or self.verifier is None or self.account_id is None:
+            out.update(ok=False, error="cannot invalidate nonces: no signer key configured")
+            return out
+        candidates = live
+        for attempt in range(2):
+            used = await self._used_nonces(candidates)
+            for o in candidates:
+                if o.nonce_b64 in used:
+                    out["already_used"].append(o.nonce_b64)
+                    self.outstanding.pop(o.nonce_b64, None)
+            candidates = [o for o in candidates if o.nonce_b64 not in used]
+            if not candidates:
+                return out
+            nonces = [o.nonce_b64 for o in candidates]
+            try:
+                tx = await self.sender.call(
+                    self.contract_id, "invalidate_nonces", {"nonces": nonces}, gas=INVALIDATE_GAS, deposit=1
+                )
+            except ContractError as exc:
+                if attempt == 0 and "nonce was already used" in str(exc):
+                    continue  # one settled meanwhile: look again and retry without it
+                out.update(ok=False, error=f"invalidate_nonces failed: {exc}")
+                return out
+            except IntentsMMError as exc:
+                out.update(ok=False, error=f"invalidate_nonces not sent or not confirmed: {exc}")
+                return out
+            out["tx_hash"] = tx.tx_hash
+            out["nonces_cancelled"] = nonces
+            for nonce in nonces:
+                self.outstanding.pop(nonce, None)
+            return out
+        out.update(
+            ok=False, error="invalidate_nonces failed twice on nonces already used"
+        )  # pragma: no cover
+        return out
+
+    async def _used_nonces(self, entries: list[Outstanding]) -> set[str]:
+        """Nonces the Verifier reports used; a failed view counts as unused (the panic path covers it)."""
+        assert self.verifier is not None and self.account_id is not None
+        account = self.account_id
+        verifier = self.verifier
+
+        async def used(entry: Outstanding) -> bool:
+            try:
+                return await verifier.is_nonce_used(account, b64decode(entry.nonce_b64))
+            except IntentsMMError:
+                return False
+
+        flags = await asyncio.gather(*(used(e) for e in entries))
+        return {e.nonce_b64 for e, flag in zip(entries, flags, strict=True) if flag}
+
+    # -- control -----------------------------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        return [
+            Route("POST", "/arm", self._arm, mutating=True, action="arm"),
+            Route("POST", "/disarm", self._disarm, mutating=True, action="disarm"),
+            Route("POST", "/kill", self._kill, mutating=True, action="kill"),
+        ]
+
+    async def _arm(self, request: web.Request) -> web.Response:
+        await read_json_object(request, allow_empty=True)
+        if self._key is None:
+            raise HttpError(409, "cannot arm: NEAR_INTENTS_SIGNER_PRIVATE_KEY is not set", armed=False)
+        registered = await self.check_key()
+        if registered is None:
+            raise HttpError(
+                409,
+                f"cannot arm: could not confirm that {self.public_key} is registered for {self.account_id} "
+                f"on {self.contract_id}: {self.key_check_error}",
+                armed=False,
+            )
+        if not registered:
+            raise HttpError(
+                409,
+                f"cannot arm: public key {self.public_key} is not registered for {self.account_id} on "
+                f"{self.contract_id}; register it with add_public_key first (runbook)",
+                armed=False,
+            )
+        if self.salt is None:
+            try:
+                await self.refresh_salt()
+            except IntentsMMError as exc:
+                raise HttpError(409, f"cannot arm: {exc}", armed=False) from None
+        self.armed = True
+        self.disarm_reason = None
+        return json_response({"armed": True, "account_id": self.account_id, "public_key": self.public_key})
+
+    async def _disarm(self, request: web.Request) -> web.Response:
+        await read_json_object(request, allow_empty=True)
+        self.armed = False
+        self.disarm_reason = "disarmed by operator"
+        return json_response({"armed": False})
+
+    async def _kill(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request, allow_empty=True)
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise HttpError(400, "reason must be a string")
+        outcome = await self.kill(reason=reason[:200] if reason else None)
+        return json_response(outcome, status=200 if outcome["ok"] else 502)
+
+    # -- introspection -----------------------------------------------------------------------------
+    def checks(self) -> dict[str, Check]:
+        checks = super().checks()
+        relay_ok = self.relay is not None and self.relay.connected
+        if self.armed and not relay_ok:
+            state = self.relay.state.value if self.relay is not None else "absent"
+            checks["relay"] = Check(False, f"armed but the Solver Relay connection is {state}")
+        else:
+            checks["relay"] = Check(True, "" if relay_ok else "not connected (disarmed)")
+        return checks
+
     def state(self) -> dict[str, Any]:
-        return {"implemented": False, "note": "trade-executor only runs its control API so far"}
+        live = list(self.outstanding.values())
+        relay = self.relay.snapshot() if self.relay is not None else None
+        return {
+            "armed": self.armed,
+            "disarm_reason": self.disarm_reason,
+            "account_id": self.account_id,
+            "public_key": self.public_key,
+            "contract_id": self.contract_id,
+            "signing_standard": self.standard,
+            "deadline_buffer_ms": self.buffer_ms,
+            "key_registered": self.key_registered,
+            "key_check": {
+                "source": self.key_source,
+                "checked_ts_ns": self.key_checked_ts_ns,
+                "error": self.key_check_error,
+            },
+            "salt": {
+                "current": self.salt.hex() if self.salt is not None else None,
+                "fetched_ts_ns": self.salt_fetched_ts_ns,
+                "refreshes": self.salt_refreshes,
+                "retries_after_invalid_salt": self.salt_retries,
+                "error": self.salt_error,
+            },
+            "relay": {
+                "state": relay["state"] if relay else "absent",
+                "url": relay["url"] if relay else None,
+                "connected_since_ts_ns": relay["connected_since_ts_ns"] if relay else None,
+                "last_error": relay["last_error"] if relay else None,
+                "auth_problem": relay["auth_problem"] if relay else None,
+            },
+            "counts": dict(self.counts),
+            "in_flight": len(self._inflight),
+            "last_results": list(self.last_results),
+            "last_error": self.last_error,
+            "outstanding_quotes": {
+                "count": len(live),
+                "latest_deadline_ns": max((o.deadline_ns for o in live), default=None),
+                "persist_error": self.persist_error,
+            },
+            "last_kill": self.last_kill,
+        }
+
+
+def _reply_text(reply: RelayReply | None) -> str | None:
+    if reply is None:
+        return None
+    if reply.ok:
+        return reply.result if isinstance(reply.result, str) else json.dumps(reply.result)
+    return (
+        f"error {reply.error_code}: {reply.error_message}"
+        if reply.error_code is not None
+        else reply.error_message
+    )
