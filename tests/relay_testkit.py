@@ -18,15 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import WSMsgType, web
 
+from intents_mm.app import Running, start_services, stop_services
+from intents_mm.bus.memory import MemoryBus
+from intents_mm.bus.port import Bus, Delivery
 from intents_mm.clock import SystemClock
+from intents_mm.config import load_config
+from intents_mm.messages import Envelope, decode
 from intents_mm.near.keys import SigningKey
 from intents_mm.near.nonce import encode_versioned_nonce
 from intents_mm.near.payload import build_intent_message, sign_nep413, token_diff_intent
+from intents_mm.services.near_intents_ingest import NearIntentsIngest
 from intents_mm.sim.near_rpc import SimNear
 from intents_mm.sim.relay import SimRelay
 from intents_mm.sim.verifier import Verifier
+from intents_mm.storage.store import HistoryStore
 from intents_mm.venues.relay import QuoteRequestEvent, SolverRelayClient
 
 FIXTURES = Path(__file__).parent / "fixtures" / "relay"
@@ -268,3 +276,69 @@ class SimVenue:
         published = await self.relay.publish_intent([quote_hash], user)
         assert published["status"] == "OK", published
         return quote_hash, str(published["intent_hash"])
+
+
+# ---------------------------------------------------------------------------- the ingest service
+
+
+INGEST = "near-intents-ingest"
+
+
+@dataclass
+class Ingest:
+    """near-intents-ingest started by the composition root on an ephemeral port, on a memory bus whose
+    ``demand.>`` messages are collected in ``published``."""
+
+    running: Running
+    bus: Bus
+    session: aiohttp.ClientSession
+    published: list[Envelope[Any]]
+
+    @classmethod
+    async def start(cls, env: dict[str, str], *, bus: Bus | None = None, tmp: Path | None = None) -> Ingest:
+        config = load_config(env, dotenv=None)
+        the_bus: Bus = bus or MemoryBus()
+        await the_bus.start()
+        published: list[Envelope[Any]] = []
+
+        async def collect(delivery: Delivery) -> None:
+            published.append(decode(delivery.data, subject=delivery.subject))
+            await delivery.ack()
+
+        await the_bus.subscribe(["demand.>"], "test-collector", collect)
+        store = HistoryStore(f"sqlite+aiosqlite:///{tmp or Path('/nonexistent')}/unused.sqlite3")
+        running = await start_services([INGEST], config, bus=the_bus, store=store, ports={INGEST: 0})
+        return cls(running, the_bus, aiohttp.ClientSession(), published)
+
+    @property
+    def service(self) -> NearIntentsIngest:
+        svc = self.running.service(INGEST)
+        assert isinstance(svc, NearIntentsIngest)
+        return svc
+
+    async def stop(self) -> None:
+        await self.session.close()
+        await stop_services(self.running, close_bus=False)
+        await self.bus.close()
+
+    async def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        async with self.session.get(self.running.url(INGEST) + path) as resp:
+            body: dict[str, Any] = await resp.json()
+            return resp.status, body
+
+    def payloads(self, subject: str) -> list[Any]:
+        return [env.payload for env in self.published if env.subject == subject]
+
+    async def wait_published(self, subject: str, count: int, timeout: float = 5.0) -> list[Any]:
+        await wait_until(lambda: len(self.payloads(subject)) >= count, timeout)
+        return self.payloads(subject)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll ``predicate`` every 10 ms until it holds; TimeoutError after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise TimeoutError("condition not reached in time")
+        await asyncio.sleep(0.01)

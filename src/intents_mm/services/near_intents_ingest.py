@@ -1,14 +1,363 @@
-"""near-intents-ingest: runtime shell; /state says what it does not do yet."""
+"""near-intents-ingest: the Solver Relay's quote requests and quote statuses, validated, onto the bus.
+
+The service owns one :class:`~intents_mm.venues.relay.SolverRelayClient` (or uses the unstarted one
+injected as ``ctx.overrides["relay_client"]``; an injected client is configured and started here but not
+closed). It subscribes ``quote`` with the active pair's token filter (both assets in ``tokens_in`` and in
+``tokens_out``) and ``quote_status`` (guaranteed delivery when ``NEAR_INTENTS_INSTANCE_ID`` is set).
+
+Quote requests (``quote`` events) are validated once, then published as ``demand.swap_request`` with
+``msg_id = "swap:<quote_id>"``:
+
+- ``quote_id`` a non-empty string (at most 200 characters);
+- both assets present, different, and both in the active pair (else ``off_pair``);
+- exactly one of ``exact_amount_in`` / ``exact_amount_out``, a string of ASCII digits, > 0, <= u128;
+- ``min_deadline_ms`` an integer with 0 < value <= ``INGEST_MAX_MIN_DEADLINE_MS`` (the strategy applies
+  its own, tighter limit).
+
+A rejected request is counted by reason and never published. ``received_ts_ns`` is when the relay frame
+was read; ``relay_deadline_ns`` = received + ``INGEST_RELAY_WINDOW_MS`` (how long the relay waits for
+answers). A quote id already published (a replay after a reconnect) is counted as ``duplicate`` and
+not published again; the bus also drops a repeated ``msg_id``.
+
+Quote statuses are published as ``demand.quote_status`` with ``msg_id = "status:<quote_hash>"``. On a
+guaranteed subscription an event is acknowledged only after the bus publish returned (or when it is a
+duplicate or malformed, so that it is not redelivered for ever); when publishing fails it stays
+unacknowledged and the relay redelivers it after the next reconnect.
+
+The hot path (relay frame → bus publish) parses each frame once, logs nothing per message and copies
+nothing. ``GET /state`` shows the connection, subscriptions, counts by outcome, the age of the last event
+and any auth problem; ``GET /healthz`` fails (503) while the relay has refused the API key, while a
+subscription is refused, or while disconnected for longer than ``INGEST_DISCONNECT_GRACE_MS``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from collections import Counter, OrderedDict, deque
+from typing import Any, Final
 
-from intents_mm.services.runtime import Service
+from intents_mm.domain.amounts import parse_u128
+from intents_mm.errors import InputError, IntentsMMError
+from intents_mm.messages import QUOTE_STATUS, SWAP_REQUEST, QuoteStatus, SwapRequest
+from intents_mm.services.runtime import Check, Service, ServiceContext
+from intents_mm.venues.relay import QuoteRequestEvent, QuoteStatusEvent, SolverRelayClient
+
+log = logging.getLogger("intents_mm.services.near_intents_ingest")
+
+NS_PER_MS: Final = 1_000_000
+START_WAIT_S: Final = 5.0  # start() waits this long for the first subscription, then goes on
+MAX_ID_CHARS: Final = 200
+SEEN_KEPT: Final = 100_000  # quote ids / quote hashes remembered against replays
+RECENT_REJECTIONS: Final = 20
+
+#: Reasons an invalid quote request is counted under (``off_pair`` is counted apart).
+INVALID_REASONS: Final = (
+    "quote_id",
+    "asset_missing",
+    "same_asset",
+    "amount_both",
+    "amount_none",
+    "amount_not_digits",
+    "amount_zero",
+    "amount_over_u128",
+    "min_deadline",
+)
+
+
+class RequestRejected(InputError):
+    """A quote request that is not published; ``reason`` is ``off_pair`` or one of INVALID_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _amount(raw: object, name: str) -> int:
+    if type(raw) is not str or not raw.isascii() or not raw.isdigit():
+        raise RequestRejected("amount_not_digits", f"{name} must be a string of digits, got {raw!r:.60}")
+    try:
+        return parse_u128(raw, name=name)
+    except InputError as exc:
+        reason = "amount_zero" if raw.strip("0") == "" else "amount_over_u128"
+        raise RequestRejected(reason, str(exc)) from None
+
+
+def swap_request_from_event(
+    event: QuoteRequestEvent,
+    *,
+    pair_tokens: frozenset[str],
+    max_min_deadline_ms: int,
+    window_ns: int,
+) -> SwapRequest:
+    """The ``demand.swap_request`` payload for a relay quote request, or :class:`RequestRejected`."""
+    quote_id = event.quote_id
+    if type(quote_id) is not str or not quote_id.strip() or len(quote_id) > MAX_ID_CHARS:
+        raise RequestRejected("quote_id", f"quote_id must be a non-empty string, got {quote_id!r:.60}")
+    asset_in, asset_out = event.asset_in, event.asset_out
+    if type(asset_in) is not str or type(asset_out) is not str or not asset_in or not asset_out:
+        raise RequestRejected(
+            "asset_missing", "defuse_asset_identifier_in and _out must be non-empty strings"
+        )
+    if asset_in == asset_out:
+        raise RequestRejected("same_asset", f"asset in and out are both {asset_in:.80}")
+    if asset_in not in pair_tokens or asset_out not in pair_tokens:
+        raise RequestRejected("off_pair", f"{asset_in:.80} -> {asset_out:.80} is not the active pair")
+    raw_in, raw_out = event.exact_amount_in, event.exact_amount_out
+    if raw_in is not None and raw_out is not None:
+        raise RequestRejected("amount_both", "both exact_amount_in and exact_amount_out are set")
+    if raw_in is None and raw_out is None:
+        raise RequestRejected("amount_none", "neither exact_amount_in nor exact_amount_out is set")
+    amount_in = _amount(raw_in, "exact_amount_in") if raw_in is not None else None
+    amount_out = _amount(raw_out, "exact_amount_out") if raw_out is not None else None
+    min_deadline_ms = event.min_deadline_ms
+    if type(min_deadline_ms) is not int or not 0 < min_deadline_ms <= max_min_deadline_ms:
+        raise RequestRejected(
+            "min_deadline",
+            f"min_deadline_ms must be an integer in 1..{max_min_deadline_ms}, got {min_deadline_ms!r:.40}",
+        )
+    received = event.received_ts_ns
+    return SwapRequest(
+        quote_id=quote_id,
+        asset_in=asset_in,
+        asset_out=asset_out,
+        exact_amount_in=amount_in,
+        exact_amount_out=amount_out,
+        min_deadline_ms=min_deadline_ms,
+        partner_id=event.partner_id,
+        traceparent=event.traceparent,
+        received_ts_ns=received,
+        relay_deadline_ns=received + window_ns,
+    )
+
+
+def quote_status_from_event(event: QuoteStatusEvent) -> QuoteStatus:
+    """The ``demand.quote_status`` payload, or :class:`InputError` when a hash is missing or malformed."""
+    hashes = (event.quote_hash, event.intent_hash, event.tx_hash)
+    for name, value in zip(("quote_hash", "intent_hash", "tx_hash"), hashes, strict=True):
+        if type(value) is not str or not value or len(value) > MAX_ID_CHARS:
+            raise InputError(f"quote_status {name} must be a non-empty string, got {value!r:.60}")
+    quote_hash, intent_hash, tx_hash = hashes
+    assert isinstance(quote_hash, str) and isinstance(intent_hash, str) and isinstance(tx_hash, str)
+    return QuoteStatus(
+        quote_hash=quote_hash,
+        intent_hash=intent_hash,
+        tx_hash=tx_hash,
+        received_ts_ns=event.received_ts_ns,
+        seq=event.seq,
+    )
+
+
+def _remember(seen: OrderedDict[str, None], key: str) -> None:
+    seen[key] = None
+    if len(seen) > SEEN_KEPT:
+        seen.popitem(last=False)
 
 
 class NearIntentsIngest(Service):
     name = "near-intents-ingest"
 
+    def __init__(self, ctx: ServiceContext) -> None:
+        super().__init__(ctx)
+        config = ctx.config
+        pair = ctx.assets.active_pair
+        self.pair_name = pair.name
+        self.tokens: tuple[str, str] = (pair.base.token_id, pair.quote.token_id)
+        self._pair_tokens = frozenset(self.tokens)
+        self.window_ns: int = config["INGEST_RELAY_WINDOW_MS"] * NS_PER_MS
+        self.max_min_deadline_ms: int = config["INGEST_MAX_MIN_DEADLINE_MS"]
+        self.grace_ns: int = config["INGEST_DISCONNECT_GRACE_MS"] * NS_PER_MS
+        injected = ctx.overrides.get("relay_client")
+        self._owns_client = injected is None
+        self.client: SolverRelayClient = (
+            injected
+            if injected is not None
+            else SolverRelayClient(
+                config["NEAR_INTENTS_RELAY_WS_URL"],
+                api_key=config["NEAR_INTENTS_API_KEY"],
+                instance_id=config["NEAR_INTENTS_INSTANCE_ID"],
+                clock=ctx.clock,
+            )
+        )
+        self.guaranteed_status = self.client.instance_id is not None
+
+        self.quotes: Counter[str] = Counter()  # received, published, duplicate, off_pair, publish_failed
+        self.invalid: Counter[str] = Counter()  # by reason
+        self.statuses: Counter[str] = Counter()  # received, published, duplicate, invalid, acked, ...
+        self.recent_rejections: deque[dict[str, Any]] = deque(maxlen=RECENT_REJECTIONS)
+        self.last_publish_error: str | None = None
+        self._seen_quotes: OrderedDict[str, None] = OrderedDict()
+        self._seen_statuses: OrderedDict[str, None] = OrderedDict()
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        await self.client.subscribe_quotes(self.tokens, self.tokens)
+        await self.client.subscribe_status(guaranteed=self.guaranteed_status)
+        await self.client.start()
+        if not await self.client.wait_connected(START_WAIT_S):
+            log.warning(
+                "near-intents-ingest: not connected to the Solver Relay yet (%s); retrying in the background",
+                self.client.auth_problem or self.client.last_error or self.client.state.value,
+            )
+
+    async def run(self) -> None:
+        client = self.client
+        while True:
+            event = await client.next_event()
+            try:
+                if type(event) is QuoteRequestEvent:
+                    await self._on_quote(event)
+                else:
+                    assert isinstance(event, QuoteStatusEvent)
+                    await self._on_status(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad event never stops the ingest
+                self.quotes["internal_errors"] += 1
+                log.exception("near-intents-ingest: event handling failed")
+
+    async def stop(self) -> None:
+        if self._owns_client:
+            await self.client.close()
+
+    # ------------------------------------------------------------------ hot path
+
+    async def _on_quote(self, event: QuoteRequestEvent) -> None:
+        quotes = self.quotes
+        quotes["received"] += 1
+        try:
+            request = swap_request_from_event(
+                event,
+                pair_tokens=self._pair_tokens,
+                max_min_deadline_ms=self.max_min_deadline_ms,
+                window_ns=self.window_ns,
+            )
+        except RequestRejected as exc:
+            self._reject(event, exc)
+            return
+        except InputError as exc:  # the payload's own checks (cannot happen after validation)
+            self._reject(event, RequestRejected("payload", str(exc)))
+            return
+        quote_id = request.quote_id
+        if quote_id in self._seen_quotes:
+            quotes["duplicate"] += 1
+            return
+        try:
+            await self.publish(SWAP_REQUEST, request, msg_id=f"swap:{quote_id}")
+        except IntentsMMError as exc:
+            quotes["publish_failed"] += 1
+            self.last_publish_error = f"demand.swap_request: {exc}"
+            return
+        _remember(self._seen_quotes, quote_id)
+        quotes["published"] += 1
+
+    async def _on_status(self, event: QuoteStatusEvent) -> None:
+        statuses = self.statuses
+        statuses["received"] += 1
+        try:
+            status = quote_status_from_event(event)
+        except InputError as exc:
+            statuses["invalid"] += 1
+            self.recent_rejections.append({"kind": "quote_status", "reason": "invalid", "detail": str(exc)})
+            await self._ack(event)
+            return
+        quote_hash = status.quote_hash
+        if quote_hash in self._seen_statuses:
+            statuses["duplicate"] += 1
+            await self._ack(event)
+            return
+        try:
+            await self.publish(QUOTE_STATUS, status, msg_id=f"status:{quote_hash}")
+        except IntentsMMError as exc:
+            statuses["publish_failed"] += 1
+            self.last_publish_error = f"demand.quote_status: {exc}"
+            return  # not acknowledged: redelivered after the next reconnect
+        _remember(self._seen_statuses, quote_hash)
+        statuses["published"] += 1
+        await self._ack(event)
+
+    async def _ack(self, event: QuoteStatusEvent) -> None:
+        if event.guaranteed and event.seq is not None and event.subscription is not None:
+            if await self.client.acknowledge(event.subscription, event.seq):
+                self.statuses["acknowledged"] += 1
+            else:
+                self.statuses["ack_not_sent"] += 1
+
+    def _reject(self, event: QuoteRequestEvent, exc: RequestRejected) -> None:
+        if exc.reason == "off_pair":
+            self.quotes["off_pair"] += 1
+        else:
+            self.quotes["invalid"] += 1
+            self.invalid[exc.reason] += 1
+        quote_id = event.quote_id if isinstance(event.quote_id, str) else None
+        self.recent_rejections.append(
+            {
+                "kind": "quote",
+                "quote_id": quote_id and quote_id[:MAX_ID_CHARS],
+                "reason": exc.reason,
+                "detail": str(exc),
+            }
+        )
+
+    # ------------------------------------------------------------------ introspection
+
     def state(self) -> dict[str, Any]:
-        return {"implemented": False, "note": "near-intents-ingest only runs its control API so far"}
+        client = self.client
+        last = client.last_event_ts_ns
+        return {
+            "relay": client.snapshot(),
+            "connection": client.state.value,
+            "subscriptions": client.subscription_ids,
+            "auth_problem": client.auth_problem,
+            "pair": self.pair_name,
+            "token_filter": list(self.tokens),
+            "guaranteed_status": self.guaranteed_status,
+            "last_event_age_ms": None if last is None else max(0, self.clock.now_ns() - last) // NS_PER_MS,
+            "quotes": {
+                "received": self.quotes["received"],
+                "published": self.quotes["published"],
+                "duplicate": self.quotes["duplicate"],
+                "off_pair": self.quotes["off_pair"],
+                "invalid": self.quotes["invalid"],
+                "invalid_by_reason": dict(self.invalid),
+                "publish_failed": self.quotes["publish_failed"],
+                "internal_errors": self.quotes["internal_errors"],
+            },
+            "statuses": {
+                "received": self.statuses["received"],
+                "published": self.statuses["published"],
+                "duplicate": self.statuses["duplicate"],
+                "invalid": self.statuses["invalid"],
+                "acknowledged": self.statuses["acknowledged"],
+                "ack_not_sent": self.statuses["ack_not_sent"],
+                "publish_failed": self.statuses["publish_failed"],
+            },
+            "recent_rejections": list(self.recent_rejections),
+            "last_publish_error": self.last_publish_error,
+            "settings": {
+                "relay_window_ms": self.window_ns // NS_PER_MS,
+                "max_min_deadline_ms": self.max_min_deadline_ms,
+                "disconnect_grace_ms": self.grace_ns // NS_PER_MS,
+            },
+        }
+
+    def checks(self) -> dict[str, Check]:
+        checks = super().checks()
+        client = self.client
+        if client.auth_problem is not None:
+            checks["relay"] = Check(False, client.auth_problem)
+        elif client.connected:
+            checks["relay"] = Check(True)
+        else:
+            down_ns = client.disconnected_for_ns()
+            detail = f"Solver Relay {client.state.value} for {down_ns / 1e9:.1f} s" + (
+                f" (last error: {client.last_error})" if client.last_error else ""
+            )
+            checks["relay"] = Check(down_ns <= self.grace_ns, detail)
+        refused = client.subscription_errors()
+        if refused:
+            checks["relay_subscriptions"] = Check(
+                False, "; ".join(f"{kind} subscription refused: {err}" for kind, err in refused.items())
+            )
+        return checks
