@@ -404,3 +404,28 @@ def test_rpc_error_parts_handles_objects_strings_and_others() -> None:
 def test_rejects_a_non_websocket_url() -> None:
     with pytest.raises(InputError):
         SolverRelayClient("ftp://relay/ws")
+
+
+async def test_socket_closed_during_subscribe_reconnects_without_waiting_for_the_timeout(
+    relay: ScriptedRelay,
+) -> None:
+    answered = 0
+
+    def first_connection_dies(rid: int, params: list[Any]) -> str | None:
+        nonlocal answered
+        answered += 1
+        if answered == 1:  # drop the socket instead of answering the very first subscribe
+            asyncio.get_running_loop().create_task(relay.disconnect_all())
+            return None
+        return json.dumps({"jsonrpc": "2.0", "id": rid, "result": f"sub-{answered}"})
+
+    relay.replies["subscribe"] = first_connection_dies
+    client = make_client(relay, request_timeout_s=30.0, backoff_initial_s=0.05)
+    await client.subscribe_quotes()
+    await client.start()
+    try:
+        assert await client.wait_connected(3.0)  # far less than the 30 s request timeout
+        assert client.connections == 2 and client.subscription_ids == {"sub-2": "quote"}
+        assert "lost" in (client.last_error or "") or "closed" in (client.last_error or "")
+    finally:
+        await client.close()

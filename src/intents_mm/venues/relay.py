@@ -653,26 +653,34 @@ class SolverRelayClient:
         return up_since
 
     async def _read_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Read frames until the socket closes; events go to the queue (waiting when it is full)."""
+        """Read frames until the socket closes; events go to the queue (waiting when it is full).
+
+        When the socket ends, every pending request fails at once (not at its timeout)."""
         events = self._events
-        while True:
-            msg = await ws.receive()
-            kind = msg.type
-            if kind is aiohttp.WSMsgType.TEXT:
-                event = self._on_text(msg.data, self._clock.now_ns())
-                if event is not None:
-                    if events.full():
-                        self.counts["event_queue_full_waits"] += 1
-                        await events.put(event)
-                    else:
-                        events.put_nowait(event)
-            elif kind is aiohttp.WSMsgType.BINARY:
-                self.counts["malformed_binary_frame"] += 1
-            elif kind is aiohttp.WSMsgType.ERROR:
-                self.counts["socket_errors"] += 1
-                return
-            elif kind in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
-                return
+        try:
+            while True:
+                msg = await ws.receive()
+                kind = msg.type
+                if kind is aiohttp.WSMsgType.TEXT:
+                    event = self._on_text(msg.data, self._clock.now_ns())
+                    if event is not None:
+                        if events.full():
+                            self.counts["event_queue_full_waits"] += 1
+                            await events.put(event)
+                        else:
+                            events.put_nowait(event)
+                elif kind is aiohttp.WSMsgType.BINARY:
+                    self.counts["malformed_binary_frame"] += 1
+                elif kind is aiohttp.WSMsgType.ERROR:
+                    self.counts["socket_errors"] += 1
+                    return
+                elif kind in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    return
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            self.counts["socket_errors"] += 1
+            self.last_error = f"Solver Relay socket failed: {exc.__class__.__name__}"
+        finally:
+            self._fail_pending("the connection to the Solver Relay was lost")
 
     def _on_text(self, text: str, received_ts_ns: int) -> RelayEvent | None:
         """Route one text frame: resolve a response, or return an event, or count why it was ignored."""
