@@ -175,3 +175,20 @@ def test_young_confirmed_event_that_fits_is_netted_without_a_second_flag() -> No
     assert r.expectations == {}
     rec = r.reconcile({B: 1007, E: 50}, {B: 1007, E: 50}, now_ns=GRACE * 2)
     assert rec.unexplained == []
+
+
+def test_confirmed_changes_from_before_the_baseline_are_part_of_it() -> None:
+    r = Reconciler([B, E], GRACE)
+    r.on_trade_result(trade("q5", 10, 20), now_ns=50)
+    r.forget_before(100)  # the first read started at 100
+    r.on_quote_status(status("q5"), now_ns=60)  # replayed late: it settled before the baseline
+    assert r.expectations == {}
+    r.on_liquidity_action(
+        LiquidityAction(
+            action_id="d", kind="deposit_credited", asset_id=B, amount=5, status="completed", detail={}
+        ),
+        now_ns=90,
+    )
+    assert r.expectations == {}
+    rec = r.reconcile({B: 0, E: 0}, {B: 0, E: 0}, now_ns=GRACE * 9)
+    assert rec.unexplained == []

@@ -195,6 +195,7 @@ class Reconciler:
         self.expectations: dict[str, Expectation] = {}
         self._consumed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._early_status: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.baseline_ns: int | None = None
 
     # -- inputs ----------------------------------------------------------------------------------
     def consumed(self, key: str) -> bool:
@@ -219,8 +220,12 @@ class Reconciler:
         confirmed: bool,
         expires_ns: int | None = None,
     ) -> None:
-        """Add (or confirm) an expectation; ignored once its key was consumed by a match."""
+        """Add (or confirm) an expectation; ignored once its key was consumed by a match, and a confirmed
+        change from before the baseline read is part of that baseline (consumed at once)."""
         if self.consumed(key):
+            return
+        if confirmed and self.baseline_ns is not None and now_ns < self.baseline_ns:
+            self._consume(key)
             return
         relevant = self._filter(deltas)
         if not relevant:
@@ -263,8 +268,7 @@ class Reconciler:
             while len(self._early_status) > CONSUMED_MEMORY:
                 self._early_status.popitem(last=False)
             return
-        if not known.confirmed:
-            known.confirmed, known.seen_ns, known.expires_ns = True, now_ns, None
+        self.expect(key, known.label, known.deltas, now_ns, confirmed=True)
 
     def on_liquidity_action(self, action: LiquidityAction, now_ns: int) -> None:
         if action.asset_id is None or action.amount is None:
@@ -303,7 +307,8 @@ class Reconciler:
                 del self.expectations[key]
 
     def forget_before(self, ts_ns: int) -> None:
-        """Drop confirmed expectations known before ``ts_ns`` (they are inside a fresh baseline)."""
+        """The first read started at ``ts_ns``: confirmed changes from before it are in its balances."""
+        self.baseline_ns = ts_ns
         for key, exp in list(self.expectations.items()):
             if exp.confirmed and exp.seen_ns < ts_ns:
                 self._consume(key)
@@ -445,12 +450,12 @@ class InventorySync(Service):
     # -- bus inputs ------------------------------------------------------------------------------
     async def _on_event(self, delivery: Delivery) -> None:
         try:
-            payload = decode(delivery.data).payload
+            env = decode(delivery.data)
         except InputError as exc:
             log.warning("%s: dropping undecodable message %s: %s", self.name, delivery.msg_id, exc)
             await delivery.ack()
             return
-        now = self.clock.now_ns()
+        payload, now = env.payload, env.ts_ns  # event time: a replayed message keeps its own
         if isinstance(payload, TradeResult):
             self.reconciler.on_trade_result(payload, now)
         elif isinstance(payload, QuoteStatus):
