@@ -438,3 +438,23 @@ async def test_failed_submission_is_recorded_and_not_retried(sqlite_url: str) ->
         failed = [a for a in actions(svc, "withdraw") if a.status == "failed"]
         assert failed and failed[-1].detail.get("outcome_unknown") is True
         assert "withdraw:flaky" in (await lm_state(svc))["last_errors"]
+
+
+async def test_mutating_calls_need_the_token_when_one_is_set(sqlite_url: str) -> None:
+    async with sim_venue() as venue:
+        config = venue.config(CONTROL_API_TOKEN="s3cret-token")
+        async with run_services([NAME], config, sqlite_url) as svc:
+            status, _ = await svc.post(NAME, "/freeze-withdrawals", {"frozen": False})
+            assert status == 401 and (await lm_state(svc))["withdrawals_frozen"] is True
+            status, _ = await svc.post(NAME, "/withdraw", withdraw_body())
+            assert status == 401 and not venue.bridge.withdrawals
+            status, _ = await svc.post(NAME, "/refresh")  # read-only calls stay open
+            assert status == 200
+            status, _ = await svc.post(NAME, "/withdrawal-estimate", withdraw_body())
+            assert status == 200
+            headers = {"Authorization": "Bearer s3cret-token", "content-type": "application/json"}
+            async with svc.session.post(
+                svc.url(NAME) + "/freeze-withdrawals", data=b'{"frozen":false}', headers=headers
+            ) as resp:
+                assert resp.status == 200
+            assert (await lm_state(svc))["withdrawals_frozen"] is False
