@@ -343,3 +343,15 @@ def test_service_is_registered_under_its_runbook_name() -> None:
     from intents_mm.app import service_class
 
     assert service_class(INGEST).__name__ == "NearIntentsIngest"
+
+
+async def test_metrics_expose_the_counters(relay: ScriptedRelay, ingest: Ingest) -> None:
+    await relay.push(quote_frame(relay, "m-1"))
+    await relay.push(quote_frame(relay, "m-2", exact_amount_in="1.5"))
+    await ingest.wait_published(SWAP_REQUEST, 1)
+    await wait_until(lambda: ingest.service.quotes["received"] == 2)
+    async with ingest.session.get(ingest.running.url(INGEST) + "/metrics") as resp:
+        text = await resp.text()
+    assert 'ingest_quote_requests_total{outcome="published",reason=""} 1.0' in text
+    assert 'ingest_quote_requests_total{outcome="invalid",reason="amount_not_digits"} 1.0' in text
+    assert "ingest_relay_connected 1.0" in text

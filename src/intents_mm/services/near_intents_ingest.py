@@ -35,7 +35,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any, Final
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from intents_mm.domain.amounts import parse_u128
 from intents_mm.errors import InputError, IntentsMMError
@@ -154,6 +157,36 @@ def _remember(seen: OrderedDict[str, None], key: str) -> None:
         seen.popitem(last=False)
 
 
+class _Metrics:
+    """Prometheus view of the service's counters, read at scrape time (nothing on the hot path)."""
+
+    def __init__(self, service: NearIntentsIngest) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[Metric]:
+        svc = self.service
+        quotes = CounterMetricFamily(
+            "ingest_quote_requests", "Relay quote requests by outcome", labels=["outcome", "reason"]
+        )
+        for outcome in ("received", "published", "duplicate", "off_pair", "publish_failed"):
+            quotes.add_metric([outcome, ""], svc.quotes[outcome])
+        for reason, count in svc.invalid.items():
+            quotes.add_metric(["invalid", reason], count)
+        yield quotes
+        statuses = CounterMetricFamily(
+            "ingest_quote_statuses", "Relay quote statuses by outcome", labels=["outcome"]
+        )
+        for outcome in ("received", "published", "duplicate", "invalid", "acknowledged", "publish_failed"):
+            statuses.add_metric([outcome], svc.statuses[outcome])
+        yield statuses
+        connected = GaugeMetricFamily("ingest_relay_connected", "1 while subscribed on the Solver Relay")
+        connected.add_metric([], 1 if svc.client.connected else 0)
+        yield connected
+        reconnects = CounterMetricFamily("ingest_relay_reconnects", "Solver Relay connection losses")
+        reconnects.add_metric([], svc.client.reconnects)
+        yield reconnects
+
+
 class NearIntentsIngest(Service):
     name = "near-intents-ingest"
 
@@ -188,6 +221,7 @@ class NearIntentsIngest(Service):
         self.last_publish_error: str | None = None
         self._seen_quotes: OrderedDict[str, None] = OrderedDict()
         self._seen_statuses: OrderedDict[str, None] = OrderedDict()
+        self.metrics.register(_Metrics(self))
 
     # ------------------------------------------------------------------ life cycle
 
