@@ -211,7 +211,9 @@ class _NatsSubscription:
         self._backoff = False
         self._stopping = False
         self._stopped = False
-        self._inbox = ""
+        self._inbox = ""  # pull request n uses reply subject f"{_inbox}.{n}"
+        self._pull_gen = 0
+        self._pull_reply = ""
         self._sub: Any = None
         self._pull_task: asyncio.Task[None] | None = None
         self._work_task: asyncio.Task[None] | None = None
@@ -222,7 +224,7 @@ class _NatsSubscription:
         await bus._ensure_consumer(self)
         self._inbox = nc.new_inbox()
         try:
-            self._sub = await nc.subscribe(self._inbox, cb=self._on_msg)
+            self._sub = await nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
         except nats.errors.Error as exc:
             raise BusError(f"cannot subscribe durable {self.durable}: {_describe_exc(exc)}") from exc
         loop = asyncio.get_running_loop()
@@ -236,7 +238,8 @@ class _NatsSubscription:
         if headers is not None and not msg.data:
             status = headers.get("Status")
             if status is not None:
-                self._on_status(status, str(headers.get("Description", "")))
+                if msg.subject == self._pull_reply:  # statuses of earlier pull requests are stale
+                    self._on_status(status, str(headers.get("Description", "")))
                 return
         self._buf.append(msg)
         self._wake.set()
@@ -265,15 +268,17 @@ class _NatsSubscription:
         while not self._stopping:
             try:
                 nc = bus._client()
-                if not nc.is_connected:
-                    await bus._connected.wait()
+                if not nc.is_connected:  # the client is reconnecting; on_reconnected() follows
+                    await asyncio.sleep(0.05)
                     continue
                 if self._need_ensure:
                     self._need_ensure = False
                     await bus._ensure_consumer(self)
                 self._pull_wake.clear()
                 self._pull_left = self.max_in_flight
-                await nc.publish(self._next_subject, self._pull_request, reply=self._inbox)
+                self._pull_gen += 1
+                self._pull_reply = f"{self._inbox}.{self._pull_gen}"
+                await nc.publish(self._next_subject, self._pull_request, reply=self._pull_reply)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(bus._pull_expires_s + 1.0):
                         await self._pull_wake.wait()
@@ -415,7 +420,6 @@ class NatsBus:
         self._pull_expires_s = float(pull_expires_s)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
-        self._connected = asyncio.Event()
         self._subs: dict[str, _NatsSubscription] = {}
         self._full_subjects: dict[str, str] = {}
         self._counters = _Counters()
@@ -452,7 +456,6 @@ class NatsBus:
             raise BusError(f"cannot connect to NATS at {_redact(self._url)}: {detail}") from exc
         self._nc = nc
         self._js = nc.jetstream(timeout=self._api_timeout_s)
-        self._connected.set()
         try:
             await self._ensure_stream()
         except BaseException:
@@ -471,7 +474,6 @@ class NatsBus:
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
-        self._connected.clear()
 
     def _client(self) -> NatsClient:
         if self._closed:
@@ -492,20 +494,19 @@ class NatsBus:
         log.debug("bus: NATS error: %s", self._last_error)
 
     async def _on_disconnected(self) -> None:
-        self._connected.clear()
         if not self._closed:
             self._counters.disconnects += 1
             log.warning("bus: disconnected from NATS at %s; reconnecting", _redact(self._url))
 
     async def _on_reconnected(self) -> None:
-        self._connected.set()
         self._counters.reconnects += 1
         log.warning("bus: reconnected to NATS at %s", _redact(self._url))
         for sub in list(self._subs.values()):
             sub.on_reconnected()
 
     async def _on_closed(self) -> None:
-        self._connected.clear()
+        if not self._closed:
+            log.warning("bus: NATS connection to %s closed", _redact(self._url))
 
     # ------------------------------------------------------------------------------ server objects
 
