@@ -373,6 +373,12 @@ VARIABLES: tuple[Var, ...] = (
         "5000",
         "how often history-writer publishes portfolio.metrics",
     ),
+    Var(
+        "REFERENCE_REST_POLL_MS",
+        _int(500, 3_600_000),
+        "5000",
+        "how often market-reference-ingest polls each REST ticker (fallback and WebSocket sanity check)",
+    ),
 )
 VAR_BY_NAME = {v.name: v for v in VARIABLES}
 
