@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import logging
 from collections.abc import Iterable, Sequence
@@ -430,8 +429,12 @@ class InventorySync(Service):
             log.error("%s: %s", self.name, self.stale_reason)
             await asyncio.Event().wait()
         while True:
-            with contextlib.suppress(IntentsMMError):
+            try:
                 await self.read()
+            except IntentsMMError:
+                pass  # recorded by read(): stale flag, counters, /healthz
+            except Exception:  # a defect must not stop the cadence; it is logged with its trace
+                log.exception("%s: inventory read failed unexpectedly", self.name)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
                 await asyncio.sleep(DEBOUNCE_S)

@@ -241,8 +241,12 @@ class LiquidityManager(Service):
     async def run(self) -> None:
         while True:
             if self.account is not None:
-                async with self._poll_lock:
-                    await self._poll()
+                try:
+                    async with self._poll_lock:
+                        await self._poll()
+                except Exception as exc:  # a defect must not stop the polling; logged with its trace
+                    log.exception("%s: poll failed unexpectedly", self.name)
+                    self._error("poll", f"unexpected {type(exc).__name__}: {exc}")
             await asyncio.sleep(self.poll_s)
 
     async def stop(self) -> None:
