@@ -130,7 +130,7 @@ class _Consumer:
     def ack(self, entry: _Entry) -> None:
         if entry.state == _ACKED:
             return
-        if self.bus._closed:
+        if self.bus._finished:
             raise BusError("bus is closed; the ack was not recorded")
         if entry.timer is not None:
             entry.timer.cancel()
@@ -148,7 +148,7 @@ class _Consumer:
     def nak(self, entry: _Entry, attempt: int, delay_s: float | None) -> None:
         if entry.state != _DELIVERED or entry.num_delivered != attempt:
             return  # acked already, or this delivery expired and was handed out again
-        if self.bus._closed:
+        if self.bus._finished:
             raise BusError("bus is closed; the nak was not recorded")
         if entry.timer is not None:
             entry.timer.cancel()
@@ -256,7 +256,7 @@ class _MemorySubscription:
                     exc,
                     exc_info=exc,
                 )
-                if not delivery._settled and not c.bus._closed:
+                if not delivery._settled and not c.bus._finished:
                     await delivery.nak(redelivery_delay_s(delivery.num_delivered))
 
     async def stop(self) -> None:
@@ -289,7 +289,8 @@ class MemoryBus:
         self._routes: dict[str, tuple[_Consumer, ...]] = {}
         self._counters = _Counters()
         self._started = False
-        self._closed = False
+        self._closed = False  # publish/subscribe refused from here on
+        self._finished = False  # close() done: acks refused too
 
     async def start(self) -> None:
         if self._closed:
@@ -300,10 +301,13 @@ class MemoryBus:
         if self._closed:
             return
         self._closed = True
+        for c in self._consumers.values():
+            c.space.set()  # blocked publishers wake up and raise BusError
         subs = [c.sub for c in self._consumers.values() if c.sub is not None]
+        await asyncio.gather(*(s.stop() for s in subs))  # running handlers may still ack
         for c in self._consumers.values():
             c.close()
-        await asyncio.gather(*(s.stop() for s in subs))
+        self._finished = True
 
     def _check_open(self) -> None:
         if self._closed:
