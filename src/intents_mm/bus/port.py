@@ -54,9 +54,12 @@ Handler, ack and nak
 
 Stop and close
     ``Subscription.stop()`` stops delivering, waits up to ``ack_wait_s`` for a running handler to
-    return (then cancels it), and returns; un-acked messages stay pending for the durable and are
-    redelivered, after ``ack_wait_s``, to the next subscriber of that durable. ``Bus.close()`` stops
-    every subscription and releases the connection; using the bus afterwards raises :class:`BusError`.
+    return (then cancels it), and returns once its acks reached the bus. Un-acked messages stay pending
+    for the durable: deliveries the handler saw are redelivered to the next subscriber of that durable
+    after ``ack_wait_s``; messages fetched but not yet handed to the handler come back at once.
+    ``Bus.close()`` refuses new publishes and subscriptions at once (blocked publishers get
+    :class:`BusError`), stops every subscription (handlers finishing meanwhile may still ack), then
+    releases the connection; ack/nak after ``close()`` returned raise :class:`BusError`. Idempotent.
 
 Errors
     Backend failures surface as :class:`~intents_mm.errors.BusError` with a one-line message.
