@@ -427,6 +427,21 @@ async def test_same_command_twice_and_after_restart_is_signed_once(h_any_store: 
     assert "already signed" in state["last_results"][-1]["error"]
 
 
+async def test_a_duplicate_arriving_while_the_first_is_in_flight_is_not_signed_again(h: Harness) -> None:
+    executor = await h.start_executor()
+    await h.arm()
+    event = await h.ask(exact_in=5000)
+    cmd = h.command(event, amount_in=5000, amount_out=EUR)
+    await h.send(cmd, msg_id="a")
+    await h.send(cmd, msg_id="b")  # delivered while the first is still being signed and sent
+    (res,) = await h.collector.wait_results(1)
+    assert res.outcome == "accepted"
+    await asyncio.sleep(0.2)
+    assert h.quote_responses() == 1
+    assert len(h.collector.results) == 1
+    assert sum(executor.counts.values()) == 1 and not executor._inflight
+
+
 async def test_invalid_salt_is_refreshed_and_the_command_retried_once(h: Harness) -> None:
     recorder = RecordingRelay(h.relay.ws_url, api_key=API_KEY)
     try:

@@ -417,8 +417,12 @@ class TradeExecutor(Service):
         task.add_done_callback(self._work_tasks.discard)
 
     async def _after(self, work: _Work, delivery: Delivery) -> None:
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await asyncio.shield(work.done)
+        except asyncio.CancelledError:
+            if work.done.cancelled():
+                return  # the first delivery was abandoned (stop): leave this one un-acked
+            raise
         await delivery.ack()
 
     async def _process(self, work: _Work, delivery: Delivery) -> None:
