@@ -22,44 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Sequence
+from typing import Final, Protocol
 
 import msgspec
 
 from intents_mm import messages as m
+from intents_mm.bus.port import Bus, Delivery, Subscription
 from intents_mm.errors import BusError, InputError, StoreError
 from intents_mm.storage.store import StoreRejectedError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DURABLE: Final = "history-writer"
-
-
-class Delivery(Protocol):
-    """One message as the bus hands it to a consumer."""
-
-    @property
-    def subject(self) -> str: ...
-    @property
-    def msg_id(self) -> str: ...
-    @property
-    def data(self) -> bytes: ...
-    @property
-    def num_delivered(self) -> int: ...
-
-    async def ack(self) -> None: ...
-
-
-Handler = Callable[[Delivery], Awaitable[None]]
-
-
-class SubscribingBus(Protocol):
-    """The part of the bus port the persister uses."""
-
-    def subscribe(self, subjects: Sequence[str], durable: str, handler: Handler) -> Any: ...
 
 
 class BatchWriter(Protocol):
@@ -95,7 +71,7 @@ class HistoryPersister:
 
     def __init__(
         self,
-        bus: SubscribingBus,
+        bus: Bus,
         store: BatchWriter,
         *,
         batch_max: int = 500,
@@ -106,11 +82,12 @@ class HistoryPersister:
         retry_max_s: float = 5.0,
         queue_max: int | None = None,
         write_timeout_s: float = 30.0,
+        ack_wait_s: float = 30.0,
     ) -> None:
         if batch_max < 1:
             raise InputError("batch_max must be at least 1")
-        if batch_interval_s < 0 or retry_initial_s <= 0 or write_timeout_s <= 0:
-            raise InputError("batch interval, retry delay and write timeout must be positive")
+        if batch_interval_s < 0 or retry_initial_s <= 0 or write_timeout_s <= 0 or ack_wait_s <= 0:
+            raise InputError("batch interval, retry delay, write timeout and ack wait must be positive")
         if retry_max_s < retry_initial_s:
             raise InputError("retry_max_s must be at least retry_initial_s")
         self._bus = bus
@@ -122,9 +99,12 @@ class HistoryPersister:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._write_timeout_s = write_timeout_s
+        self._ack_wait_s = ack_wait_s
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_max or 4 * batch_max)
         self._inflight = 0
-        self._subscription: Any = None
+        self._putting = 0
+        self._subscription: Subscription | None = None
+        self._stopping = False
         self._progress = asyncio.Event()
         self.healthy = True
         self.last_error: str | None = None
@@ -142,8 +122,8 @@ class HistoryPersister:
 
     @property
     def backlog(self) -> int:
-        """Messages received but not yet stored and acked (queued plus the batch being written)."""
-        return self._queue.qsize() + self._inflight
+        """Messages received and decoded but not yet stored and acked (queued or being written)."""
+        return self._putting + self._queue.qsize() + self._inflight
 
     def stats(self) -> PersisterStats:
         return PersisterStats(
@@ -176,14 +156,18 @@ class HistoryPersister:
 
     async def run(self) -> None:
         """Subscribe and persist until cancelled. Unacked messages are redelivered by the bus later."""
-        subscription = self._bus.subscribe(self._subjects, self._durable, self._on_delivery)
-        if inspect.isawaitable(subscription):
-            subscription = await subscription
+        subscription = await self._bus.subscribe(
+            self._subjects,
+            self._durable,
+            self._on_delivery,
+            ack_wait_s=self._ack_wait_s,
+            max_in_flight=self._queue.maxsize + self._batch_max,
+        )
         self._subscription = subscription
+        self._stopping = False
         try:
             while True:
                 batch = await self._next_batch()
-                self._inflight = len(batch)
                 try:
                     await self._commit(batch)
                 finally:
@@ -193,17 +177,19 @@ class HistoryPersister:
             await self._unsubscribe()
 
     async def _unsubscribe(self) -> None:
+        # Unblock a handler waiting for queue room, so the bus can stop at once; whatever was queued
+        # is un-acked and will be redelivered to the next subscriber of the durable.
+        self._stopping = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
         sub, self._subscription = self._subscription, None
-        for name in ("unsubscribe", "stop", "close"):
-            method = getattr(sub, name, None)
-            if callable(method):
-                with contextlib.suppress(Exception):
-                    result = method()
-                    if inspect.isawaitable(result):
-                        await result
-                return
+        if sub is not None:
+            with contextlib.suppress(BusError):
+                await sub.stop()
 
     async def _on_delivery(self, delivery: Delivery) -> None:
+        if self._stopping:
+            return  # left un-acked: redelivered after the restart
         self.received += 1
         try:
             env = m.decode(delivery.data, subject=delivery.subject)
@@ -213,26 +199,31 @@ class HistoryPersister:
             log.warning("history-writer: poison message acked and dropped: %s", self.last_poison)
             await self._ack(delivery)
             return
-        await self._queue.put(_Item(env=env, delivery=delivery))
+        self._putting += 1
+        try:
+            await self._queue.put(_Item(env=env, delivery=delivery))
+        finally:
+            self._putting -= 1
 
     async def _next_batch(self) -> list[_Item]:
+        """Take up to ``batch_max`` items; items taken count as in flight (``backlog``) at once."""
         batch = [await self._queue.get()]
+        self._inflight = 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._batch_interval_s
         while len(batch) < self._batch_max:
             try:
                 batch.append(self._queue.get_nowait())
-                continue
             except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                async with asyncio.timeout(remaining):
-                    batch.append(await self._queue.get())
-            except TimeoutError:
-                break
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self._queue.get())
+                except TimeoutError:
+                    break
+            self._inflight = len(batch)
         return batch
 
     async def _commit(self, batch: list[_Item]) -> None:
