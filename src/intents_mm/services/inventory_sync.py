@@ -63,7 +63,7 @@ from intents_mm.services.runtime import Check, HttpError, Route, Service, json_r
 from intents_mm.venues.bridge import WithdrawalState
 
 if TYPE_CHECKING:
-    from intents_mm.bus.port import Delivery
+    from intents_mm.bus.port import Delivery, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ class InventorySync(Service):
         self.verifier: VerifierClient | None = None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._subs: list[Any] = []
+        self._subs: list[Subscription] = []
         # last good read
         self.credited: dict[str, int] | None = None
         self.block_height = 0
