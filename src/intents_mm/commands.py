@@ -61,6 +61,18 @@ def cmd_run_all(args: argparse.Namespace) -> int:
     return asyncio.run(serve(list(SERVICES), config, distributed=False))
 
 
+def cmd_sim_venue(args: argparse.Namespace) -> int:
+    from intents_mm.sim.scenario import load_scenario
+    from intents_mm.sim.venue import DEFAULT_PORT_BASE, run_standalone
+
+    _setup_logging(args.log_level)
+    scenario = load_scenario(args.scenario)
+    if args.allow_anonymous:
+        scenario = scenario.with_allow_anonymous()
+    port_base = DEFAULT_PORT_BASE if args.port_base is None else args.port_base
+    return asyncio.run(run_standalone(scenario, seed=args.seed, port_base=port_base))
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "migrate", help="apply history-store migrations (PostgreSQL from POSTGRES_URL, else SQLite)"
@@ -82,3 +94,15 @@ def register(sub: Any) -> None:
     p.add_argument("--scenario", help="scenario TOML file")
     p.add_argument("--summary-json", help="write the end-of-run summary here")
     p.set_defaults(func=_not_built("simulate (needs the simulated venue and the services)"))
+
+    p = sub.add_parser("sim-venue", help="run the simulated venue alone (play money) until Ctrl-C")
+    p.add_argument("--scenario", help="scenario TOML file, or a built-in name: default, faults")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="let solvers connect without an API key (solvers built before relay keys existed)",
+    )
+    p.add_argument("--port-base", type=int, help="first of 8 fixed ports (default 18700); 0 = any free ports")
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=cmd_sim_venue)
