@@ -293,3 +293,28 @@ async def test_put_limits_validated_persisted_and_audited(
         assert state["armed"] is False  # never armed after a restart
     finally:
         await stop_services(again, close_bus=False)
+
+
+async def test_emergency_stop_over_the_bus_disarms(engine: tuple[Running, Collector, str]) -> None:
+    running, _, url = engine
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/arm") as resp:
+            assert resp.status == 200
+        kill = OperatorAction(
+            service="strategy-engine",
+            action="disarm",
+            params={"reason": "test"},
+            actor="trade-executor/kill",
+            remote="",
+            result="ok",
+            detail="emergency stop from trade-executor /kill",
+        )
+        await publish(running.bus, "control.operator_action", kill)
+        for _ in range(100):
+            async with http.get(f"{url}/state") as resp:
+                state = await resp.json()
+            if not state["armed"]:
+                break
+            await asyncio.sleep(0.01)
+        assert state["armed"] is False
+        assert state["disarmed_by"].startswith("trade-executor/kill")

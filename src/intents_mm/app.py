@@ -24,6 +24,7 @@ from intents_mm.config import SERVICES, Config
 from intents_mm.domain.assets import AssetRegistry
 from intents_mm.errors import IntentsMMError
 from intents_mm.services.runtime import ControlServer, Service, ServiceContext
+from intents_mm.services.strategy_engine import StrategyEngine
 from intents_mm.storage.store import HistoryStore
 
 log = logging.getLogger("intents_mm.app")
@@ -119,6 +120,9 @@ async def start_services(
             )
             svc = service_class(name)(ctx)
             running.services.append(svc)
+            if isinstance(svc, StrategyEngine):
+                # in one process the executor's emergency stop disarms the strategy directly (and via the bus)
+                ctx_overrides.setdefault("disarm_strategy", svc.disarm)
             port = (ports or {}).get(name, config.port(name))
             server = ControlServer(svc, config["CONTROL_API_HOST"], port, config["CONTROL_API_TOKEN"])
             await svc.start()

@@ -37,6 +37,7 @@ from intents_mm.messages import (
     ExecuteTrade,
     InventorySnapshot,
     LimitCheck,
+    OperatorAction,
     PortfolioMetrics,
     QuoteStatus,
     ReferencePrice,
@@ -117,6 +118,7 @@ class StrategyEngine(Service):
         partners = c["STRATEGY_ALLOWED_PARTNER_IDS"]
         self.allowed_partners = {p.strip() for p in partners.split(",") if p.strip()} if partners else None
         self.armed = False
+        self.disarmed_by: str | None = None
         self.reference: ReferencePrice | None = None
         self.reference_rx_ns = 0
         self.last_jump_ns: int | None = None
@@ -203,6 +205,7 @@ class StrategyEngine(Service):
             await bus.subscribe(["exec.trade_result"], f"{self.name}-results", self._on_result),
             await bus.subscribe(["demand.quote_status"], f"{self.name}-status", self._on_status),
             await bus.subscribe(["portfolio.metrics"], f"{self.name}-metrics", self._on_metrics),
+            await bus.subscribe(["control.operator_action"], f"{self.name}-control", self._on_control),
             await bus.subscribe(["demand.swap_request"], f"{self.name}-demand", self._on_request),
         ]
 
@@ -262,6 +265,25 @@ class StrategyEngine(Service):
         if isinstance(payload, PortfolioMetrics) and payload.trade_pnl_eure is not None:
             self.last_trade_pnl = payload.trade_pnl_eure
             self.loss_guard.observe(payload.trade_pnl_eure, self.clock.now_ns())
+        await d.ack()
+
+    async def _on_control(self, d: Delivery) -> None:
+        """The executor's emergency stop (``/kill``) disarms the strategy over the bus."""
+        try:
+            env = decode(d.data)
+        except InputError:
+            await d.ack()
+            return
+        payload = env.payload
+        if (
+            env.ts_ns >= self.started_ns  # a stop from before this process started is history, not an order
+            and isinstance(payload, OperatorAction)
+            and payload.service == self.name
+            and payload.action == "disarm"
+            and payload.result == "ok"
+            and payload.actor != self.name
+        ):
+            self.disarm(f"{payload.actor}: {payload.detail or 'disarm'}")
         await d.ack()
 
     # -- the hot path ----------------------------------------------------------------------------
@@ -450,6 +472,7 @@ class StrategyEngine(Service):
         was_paused = self.loss_guard.tripped
         self.loss_guard.reset(self.last_trade_pnl)
         self.armed = True
+        self.disarmed_by = None
         return json_response({"armed": True, "cleared_pause": was_paused})
 
     async def _disarm(self, request: web.Request) -> web.Response:
@@ -467,9 +490,12 @@ class StrategyEngine(Service):
     async def _get_limits(self, request: web.Request) -> web.Response:
         return json_response({"limits": self.human_limits})
 
-    def disarm(self) -> None:
-        """Used by the executor's emergency stop when both run in one process (and over the bus)."""
+    def disarm(self, reason: str = "emergency stop") -> None:
+        """Used by the executor's emergency stop: in-process directly, across processes over the bus."""
+        if self.armed:
+            log.warning("%s disarmed: %s", self.name, reason)
         self.armed = False
+        self.disarmed_by = reason
 
     def state(self) -> dict[str, Any]:
         now = self.clock.now_ns()
@@ -488,6 +514,7 @@ class StrategyEngine(Service):
             reasons.append(reason)
         return {
             "armed": self.armed,
+            "disarmed_by": self.disarmed_by,
             "quoting": self.armed and reason is None,
             "paused_reason": self.loss_guard.tripped or reason,
             "pause_reasons": reasons,
