@@ -458,3 +458,22 @@ async def test_mutating_calls_need_the_token_when_one_is_set(sqlite_url: str) ->
             ) as resp:
                 assert resp.status == 200
             assert (await lm_state(svc))["withdrawals_frozen"] is False
+
+
+async def test_deposit_credited_while_down_is_still_announced(sqlite_url: str) -> None:
+    async with sim_venue(btc=0, eure=0) as venue:
+        tx = venue.bridge.simulate_deposit(venue.account, "eth:100", 2 * EURE_UNIT)
+        async with run_services([NAME], venue.config(), sqlite_url) as svc:
+            await eventually(lambda: any(s.pending_deposits for s in states(svc)))
+        await eventually(lambda: venue.bridge.deposits[0].status != "PENDING")  # credited while down
+        async with run_services([NAME], venue.config(), sqlite_url) as svc:
+            await eventually(lambda: bool(actions(svc, "deposit_credited")))
+            credited = actions(svc, "deposit_credited")
+            assert [(a.detail["tx_hash"], a.asset_id, a.amount) for a in credited] == [
+                (tx, EURE_ID, 2 * EURE_UNIT)
+            ]
+            assert not (await lm_state(svc))["pending_deposits"]
+        async with run_services([NAME], venue.config(), sqlite_url) as svc:  # history, not news
+            await eventually(lambda: bool(states(svc)))
+            await svc.post(NAME, "/refresh")
+            assert actions(svc, "deposit_credited") == []

@@ -294,7 +294,8 @@ class LiquidityManager(Service):
         if self.ctx.store is None:
             return
         try:
-            await self.ctx.store.put_state(PENDING_KEY, [list(k) for k in sorted(self.pending)])
+            keys = sorted(set(self.pending) | self._was_pending)  # not yet re-read ones are kept
+            await self.ctx.store.put_state(PENDING_KEY, [list(k) for k in keys])
         except StoreError as exc:
             self._error("store", f"could not save the pending deposits: {exc}")
 
@@ -350,6 +351,7 @@ class LiquidityManager(Service):
         errors: list[str] = []
         contracts = {a.contract_id: a for a in self.assets}
         changed = False
+        polled: set[str] = set()
         for chain in self.chains:
             try:
                 page = await self.bridge.recent_deposits(self.account, chain=chain, limit=100)
@@ -358,6 +360,7 @@ class LiquidityManager(Service):
                 errors.append(f"recent_deposits {chain}: {exc}")
                 continue
             self._ok(f"recent_deposits:{chain}")
+            polled.add(chain)
             baseline = chain not in self._baselined
             self._baselined.add(chain)
             for dep in page.deposits:
@@ -399,8 +402,9 @@ class LiquidityManager(Service):
                         },
                     ]
                     self._error(f"deposit:{dep.tx_hash}", f"deposit {dep.tx_hash} on {dep.chain} FAILED")
-        if changed or self._was_pending:
-            self._was_pending = set()
+        still_unseen = {k for k in self._was_pending if k[0] not in polled}
+        if changed or still_unseen != self._was_pending:
+            self._was_pending = still_unseen
             await self._save_pending()
         return errors
 
