@@ -105,10 +105,10 @@ async def _stored(store: HistoryStore) -> dict[str, m.Envelope[m.Payload]]:
 
 
 async def test_stores_every_subject_in_batches_and_acks_after(store: HistoryStore, bus: MemoryBus) -> None:
-    persister = HistoryPersister(bus, store, batch_max=100, batch_interval_s=0.01)
+    persister = HistoryPersister(bus, store, batch_max=100, batch_interval_s=0.01, max_in_flight=600)
     envs = _many(550, "a")
     async with running(persister):
-        await _wait_for(lambda: "history-writer" in str(bus.describe()["consumers"]), 5)
+        await asyncio.wait_for(persister.subscribed.wait(), 5)
         await _publish(bus, envs)
         await _wait_for(lambda: persister.acked == 550, 20)
         assert await persister.wait_idle(5)
@@ -125,7 +125,7 @@ async def test_poison_is_acked_counted_and_not_retried(store: HistoryStore, bus:
     persister = HistoryPersister(bus, store, batch_interval_s=0.01)
     good = sample_envelopes(prefix="g")
     async with running(persister):
-        await _wait_for(lambda: "history-writer" in str(bus.describe()["consumers"]), 5)
+        await asyncio.wait_for(persister.subscribed.wait(), 5)
         await bus.publish(m.SWAP_REQUEST, b"{not json", msg_id="junk-1")
         await bus.publish(m.SWAP_REQUEST, m.encode(good[1]), msg_id="misrouted")  # a quote status
         await _publish(bus, good)
@@ -164,7 +164,7 @@ async def test_redeliveries_during_a_slow_write_are_stored_once(store: HistorySt
     )
     envs = sample_envelopes(prefix="r")
     async with running(persister):
-        await _wait_for(lambda: "history-writer" in str(bus.describe()["consumers"]), 5)
+        await asyncio.wait_for(persister.subscribed.wait(), 5)
         await _publish(bus, envs)
         await _wait_for(lambda: persister.received >= 22, 10)
         assert await persister.wait_idle(5)
@@ -182,7 +182,7 @@ async def test_a_restarted_persister_picks_up_what_was_not_acked(sqlite_url: str
     try:
         first = HistoryPersister(bus, _SlowStore(store, stalls=1, delay_s=None), ack_wait_s=0.3)
         async with running(first):
-            await _wait_for(lambda: "history-writer" in str(bus.describe()["consumers"]), 5)
+            await asyncio.wait_for(first.subscribed.wait(), 5)
             await _publish(bus, envs)
             await _wait_for(lambda: first.backlog == 11, 5)
         assert first.acked == 0 and await _event_rows(store) == 0
@@ -209,7 +209,7 @@ async def test_refused_message_does_not_block_its_batch(pg_url: str, bus: Memory
     bad = msgspec.structs.replace(envs[0], msg_id="nul", payload=bad_payload)
     try:
         async with running(persister):
-            await _wait_for(lambda: "history-writer" in str(bus.describe()["consumers"]), 5)
+            await asyncio.wait_for(persister.subscribed.wait(), 5)
             await _publish(bus, [*envs[:20], bad, *envs[20:]])
             await _wait_for(lambda: persister.acked == 41, 10)
             assert await persister.wait_idle(5)
@@ -291,7 +291,7 @@ async def test_a_hanging_write_times_out_and_is_retried(store: HistoryStore, bus
     )
     envs = sample_envelopes(prefix="h")
     async with running(persister):
-        await _wait_for(lambda: "history-writer" in str(bus.describe()["consumers"]), 5)
+        await asyncio.wait_for(persister.subscribed.wait(), 5)
         await _publish(bus, envs)
         await _wait_for(lambda: persister.acked == 11, 10)
         assert await persister.wait_idle(5)
@@ -307,5 +307,7 @@ async def test_constructor_validates_settings(store: HistoryStore, bus: MemoryBu
         HistoryPersister(bus, store, retry_initial_s=1, retry_max_s=0.5)
     with pytest.raises(InputError, match="positive"):
         HistoryPersister(bus, store, write_timeout_s=0)
-    with pytest.raises(InputError, match="positive"):
+    with pytest.raises(InputError, match="ack_wait_s"):
         HistoryPersister(bus, store, ack_wait_s=0)
+    with pytest.raises(InputError, match="max_in_flight"):
+        HistoryPersister(bus, store, max_in_flight=0)

@@ -24,18 +24,24 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 import msgspec
 
 from intents_mm import messages as m
-from intents_mm.bus.port import Bus, Delivery, Subscription
+from intents_mm.bus.port import Bus, Delivery, Handler, Subscription
 from intents_mm.errors import BusError, InputError, StoreError
 from intents_mm.storage.store import StoreRejectedError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_DURABLE: Final = "history-writer"
+
+
+class SubscribingBus(Protocol):
+    """The part of the bus port (:class:`intents_mm.bus.port.Bus`) the persister needs."""
+
+    async def subscribe(self, subjects: Sequence[str], durable: str, handler: Handler) -> Subscription: ...
 
 
 class BatchWriter(Protocol):
@@ -71,7 +77,7 @@ class HistoryPersister:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: SubscribingBus,
         store: BatchWriter,
         *,
         batch_max: int = 500,
@@ -82,12 +88,15 @@ class HistoryPersister:
         retry_max_s: float = 5.0,
         queue_max: int | None = None,
         write_timeout_s: float = 30.0,
-        ack_wait_s: float = 30.0,
+        ack_wait_s: float | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         if batch_max < 1:
             raise InputError("batch_max must be at least 1")
-        if batch_interval_s < 0 or retry_initial_s <= 0 or write_timeout_s <= 0 or ack_wait_s <= 0:
-            raise InputError("batch interval, retry delay, write timeout and ack wait must be positive")
+        if batch_interval_s < 0 or retry_initial_s <= 0 or write_timeout_s <= 0:
+            raise InputError("batch interval, retry delay and write timeout must be positive")
+        if ack_wait_s is not None and ack_wait_s <= 0:
+            raise InputError("ack_wait_s must be positive")
         if retry_max_s < retry_initial_s:
             raise InputError("retry_max_s must be at least retry_initial_s")
         self._bus = bus
@@ -99,7 +108,12 @@ class HistoryPersister:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._write_timeout_s = write_timeout_s
+        if max_in_flight is not None and max_in_flight < 1:
+            raise InputError("max_in_flight must be at least 1")
         self._ack_wait_s = ack_wait_s
+        self._max_in_flight = max_in_flight
+        #: Set once the durable consumer is attached (messages published from then on are persisted).
+        self.subscribed = asyncio.Event()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_max or 4 * batch_max)
         self._inflight = 0
         self._putting = 0
@@ -156,15 +170,21 @@ class HistoryPersister:
 
     async def run(self) -> None:
         """Subscribe and persist until cancelled. Unacked messages are redelivered by the bus later."""
-        subscription = await self._bus.subscribe(
-            self._subjects,
-            self._durable,
-            self._on_delivery,
-            ack_wait_s=self._ack_wait_s,
-            max_in_flight=self._queue.maxsize + self._batch_max,
-        )
+        if self._ack_wait_s is None and self._max_in_flight is None:
+            subscription = await self._bus.subscribe(self._subjects, self._durable, self._on_delivery)
+        else:
+            # Bus-specific settings only when asked for, so a bus offering just the three-argument
+            # subscribe also works; unset ones take the port's defaults.
+            subscription = await cast(Bus, self._bus).subscribe(
+                self._subjects,
+                self._durable,
+                self._on_delivery,
+                ack_wait_s=30.0 if self._ack_wait_s is None else self._ack_wait_s,
+                max_in_flight=256 if self._max_in_flight is None else self._max_in_flight,
+            )
         self._subscription = subscription
         self._stopping = False
+        self.subscribed.set()
         try:
             while True:
                 batch = await self._next_batch()
