@@ -140,15 +140,26 @@ async def test_unacked_message_is_redelivered_after_ack_wait(bus: Bus) -> None:
     assert [(g.msg_id, g.num_delivered) for g in rec.got] == [("t1", 1), ("t1", 2)]
 
 
+async def test_ack_after_ack_wait_still_acks(bus: Bus) -> None:
+    """Acking the first delivery after it was redelivered stops further redeliveries."""
+    rec = Recorder(decide=lambda d: "hold")
+    await bus.subscribe(["liquidity.action"], "lateack", rec.handler, ack_wait_s=ACK_WAIT_S)
+    await bus.publish("liquidity.action", b"late", msg_id="la1")
+    await wait_until(lambda: len(rec.got) >= 2, what="ack-timeout redelivery")
+    await rec.held[0].ack()  # the stale first delivery
+    await _quiet_period(ACK_WAIT_S * 3)
+    assert [(g.msg_id, g.num_delivered) for g in rec.got] == [("la1", 1), ("la1", 2)]
+
+
 async def test_late_ack_and_acks_from_other_tasks_count(bus: Bus) -> None:
     """A handler may return without acking and ack later (e.g. after a batch commit)."""
     rec = Recorder(decide=lambda d: "hold")
-    await bus.subscribe(["liquidity.state"], "deferred", rec.handler, ack_wait_s=2)
+    await bus.subscribe(["liquidity.state"], "deferred", rec.handler, ack_wait_s=1.0)
     for i in range(5):
         await bus.publish("liquidity.state", b"s", msg_id=f"d{i}")
     await wait_until(lambda: len(rec.held) == 5, what="5 held deliveries")
     await asyncio.gather(*(d.ack() for d in rec.held))
-    await _quiet_period(2.6)
+    await _quiet_period(1.4)
     assert [(g.msg_id, g.num_delivered) for g in rec.got] == [(f"d{i}", 1) for i in range(5)]
 
 
@@ -184,7 +195,7 @@ async def test_durable_resumes_after_stop(bus: Bus) -> None:
     sub2 = await bus.subscribe(["inventory.snapshot"], "resume", second.handler, ack_wait_s=1.0)
     want = {f"r{i}" for i in range(10, 30)}
     await wait_until(lambda: want <= set(second.ids()), what="remaining 20 messages after resume")
-    await _quiet_period(1.5)
+    await _quiet_period(1.2)
     assert set(second.ids()) == want  # acked r0..r9 never come back
     assert next(g for g in second.got if g.msg_id == "r10").num_delivered >= 2
     # first deliveries of the new messages keep publish order
