@@ -39,6 +39,16 @@ SERVICE_CLASSES: dict[str, str] = {
     "trade-executor": "intents_mm.services.trade_executor:TradeExecutor",
 }
 assert tuple(SERVICE_CLASSES) == SERVICES
+START_ORDER: tuple[str, ...] = (
+    "history-writer",
+    "strategy-engine",
+    "trade-executor",
+    "inventory-sync",
+    "liquidity-manager",
+    "market-reference-ingest",
+    "near-intents-ingest",
+)
+assert sorted(START_ORDER) == sorted(SERVICES)
 
 
 def service_class(name: str) -> type[Service]:
@@ -109,7 +119,12 @@ async def start_services(
     overrides: dict[str, Any] | None = None,
     ports: dict[str, int] | None = None,
 ) -> Running:
-    """Start the named services (bus and store already started) and their control APIs."""
+    """Start the named services (bus and store already started) and their control APIs.
+
+    Every control API is bound first (``/healthz`` answers 503 "starting" until its service is
+    ready), then the services start one by one, consumers before producers, so that nothing a
+    producer publishes at start-up predates the durable consumers that must see it.
+    """
     assets = AssetRegistry.default(eure_per_eur=config["EURE_PER_EUR"])
     ctx_overrides = overrides or {}
     running = Running(services=[], servers=[], bus=bus, store=store)
@@ -125,9 +140,10 @@ async def start_services(
                 ctx_overrides.setdefault("disarm_strategy", svc.disarm)
             port = (ports or {}).get(name, config.port(name))
             server = ControlServer(svc, config["CONTROL_API_HOST"], port, config["CONTROL_API_TOKEN"])
-            await svc.start()
             await server.start()
             running.servers.append(server)
+        for svc in sorted(running.services, key=lambda s: START_ORDER.index(s.name)):
+            await svc.start()
             svc.ready = True
             running.tasks.append(svc.spawn(svc.run(), "run"))
     except BaseException:
@@ -167,7 +183,17 @@ async def serve(names: Sequence[str], config: Config, *, distributed: bool) -> i
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    running = await start_services(names, config, bus=bus, store=store)
+    starting = asyncio.ensure_future(start_services(names, config, bus=bus, store=store))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # a signal during start-up: abandon it cleanly
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await bus.close()
+        await store.close()
+        return 0
+    running = starting.result()
     for server in running.servers:
         log.info("%s control API on %s", server.service.name, server.url)
     print(
