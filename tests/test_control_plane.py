@@ -155,4 +155,4 @@ def test_run_all_serves_every_control_api_and_stops_cleanly_on_sigterm(tmp_path:
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate(timeout=10)  # reap and close the pipes
