@@ -375,3 +375,23 @@ async def test_rest_disagreeing_with_the_websocket_is_counted(sim: SimExchanges,
             assert state["sources"]["kraken"]["rest"]["disagreements"] >= 2
     finally:
         await other.stop()
+
+
+async def test_quality_changes_are_published_at_once_between_cadence_ticks(
+    sim: SimExchanges, tmp_path: Path
+) -> None:
+    env = config_for(sim.urls, REFERENCE_PUBLISH_MS="60000")  # the cadence never fires during the test
+    async with harness(sim, tmp_path, env) as h:
+        await h.published(lambda r: r.quality == "ok", "an ok reference")
+        sim.set_outlier("binance", 300)  # a tick far from the median
+        await h.published(lambda r: statuses(r)["binance"] == "outlier", "outlier published")
+        for venue in ("kraken", "bitstamp", "coinbase"):  # no tick at all: the stale deadline
+            sim.set_stale(venue, True)
+        await h.published(lambda r: r.quality == "stale", "stale published")
+        sim.set_outlier("binance", 0)
+        for venue in ("kraken", "bitstamp", "coinbase"):  # ticks from sources that were not fresh
+            sim.set_stale(venue, False)
+        await h.published(lambda r: r.quality == "ok", "recovery published")
+        # Only changes were published: one per distinct step, not one per tick or per poll.
+        changes = sum(1 for a, b in zip(h.refs, h.refs[1:], strict=False) if a.quality != b.quality)
+        assert len(h.refs) == changes + 1

@@ -10,7 +10,9 @@ venue wire formats). It adds three things:
 - **Publishing**: the aggregate is computed and published as ``ReferencePrice`` every
   ``REFERENCE_PUBLISH_MS``, and at once when the quality or the jump flag changes. Changes are
   caught without computing on every tick: the loop wakes early when a source that was not fresh
-  ticks, when a feed goes down, and at the exact moment the oldest fresh source would turn stale.
+  ticks, when a tick lands more than half the outlier band from the last fresh median, when a feed
+  goes down, and at the moment the oldest fresh source turns stale. Other changes (rare: a median
+  drifting under a source) are caught on the next cadence.
 - **REST**: every ``REFERENCE_REST_POLL_MS`` (and on ``POST /refresh``) each source's REST ticker is
   polled. As a sanity check the REST mid is compared with the source's latest WebSocket mid (when
   that is fresh); a gap beyond ``REFERENCE_OUTLIER_BPS`` is logged and counted as a disagreement.
@@ -199,6 +201,7 @@ class MarketReferenceIngest(Service):
         self._next_stale_ns: int | None = None
         self.result: ReferenceResult = self.aggregator.compute(self.clock.now_ns())
         self._last_status: dict[str, str] = {v.source: v.status for v in self.result.sources}
+        self._calm_band: tuple[Decimal, Decimal] | None = None  # mids that cannot change a status
         self.published: ReferencePrice | None = None
         self.publish_count = 0
         self.publish_errors = 0
@@ -280,8 +283,13 @@ class MarketReferenceIngest(Service):
         self._held[tick.source] = tick
         self.aggregator.update(tick)
         self._marked_down.discard(tick.source)
-        if self._last_status.get(tick.source) != "fresh":
-            self._wake.set()  # a source coming back may change the quality
+        band = self._calm_band
+        if (
+            self._last_status.get(tick.source) != "fresh"
+            or band is None
+            or not band[0] <= tick.mid <= band[1]
+        ):
+            self._wake.set()  # a source coming back or moving far from the median may change the quality
 
     def _on_tick(self, tick: SourceTick) -> None:
         self._ws_tick[tick.source] = tick
@@ -304,6 +312,12 @@ class MarketReferenceIngest(Service):
         result = self.aggregator.compute(self.clock.now_ns())
         self.result = result
         self._last_status = {v.source: v.status for v in result.sources}
+        median = result.fresh_median
+        if median is None:
+            self._calm_band = None
+        else:
+            half = _CTX.divide(_CTX.multiply(median, self.ref_config.outlier_bps), 2 * _BPS)
+            self._calm_band = (_CTX.subtract(median, half), _CTX.add(median, half))
         next_stale: int | None = None
         for view in result.sources:
             if view.status == "fresh" and view.received_ts_ns is not None:
