@@ -395,3 +395,19 @@ async def test_quality_changes_are_published_at_once_between_cadence_ticks(
         # Only changes were published: one per distinct step, not one per tick or per poll.
         changes = sum(1 for a, b in zip(h.refs, h.refs[1:], strict=False) if a.quality != b.quality)
         assert len(h.refs) == changes + 1
+
+
+async def test_refresh_needs_the_bearer_token_when_one_is_configured(
+    sim: SimExchanges, tmp_path: Path
+) -> None:
+    env = config_for(sim.urls, CONTROL_API_TOKEN="s3cret-token")
+    async with harness(sim, tmp_path, env) as h:
+        status, body = await h.post("/refresh")
+        assert status == 401, body
+        async with h.http.post(h.url + "/refresh", headers={"Authorization": "Bearer s3cret-token"}) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["reference"]["pair"] == "BTC/EUR"
+        _, state = await h.get("/state")
+        assert "s3cret-token" not in str(state)
+        await wait_until(lambda: len(h.actions) >= 2, what="both calls audited")
+        assert sorted(a.result for a in h.actions) == ["ok", "refused"]
