@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -39,7 +38,7 @@ from intents_mm import messages as m
 from intents_mm.bus.port import Delivery, Subscription
 from intents_mm.domain.assets import Pair
 from intents_mm.domain.pnl import compute_pnl, markout_bps
-from intents_mm.errors import InputError, StoreError
+from intents_mm.errors import BusError, InputError, IntentsMMError, StoreError
 from intents_mm.services.runtime import Check, Route, Service, ServiceContext, json_response
 from intents_mm.storage.persistence import HistoryPersister
 from intents_mm.storage.store import MARKOUT_HORIZONS_S, HistoryStore
@@ -75,6 +74,7 @@ PAGE: Final = 1000
 STORE_PING_S: Final = 5.0
 STORE_COUNTS_S: Final = 15.0
 STEP_S: Final = 1.0
+PUBLISH_TIMEOUT_S: Final = 10.0
 
 FLOW_IN_KINDS: Final = frozenset({"deposit_credited"})
 FLOW_OUT_KINDS: Final = frozenset({"withdraw", "track_withdrawal"})
@@ -483,6 +483,7 @@ class HistoryWriter(Service):
             self.spawn(self.persister.run(), "persister")
             async with asyncio.timeout(30):
                 await self.persister.subscribed.wait()
+            await self.seed()  # before the follow-up consumer, so replays find what is settled
         self._subscription = await self.bus.subscribe(
             list(FOLLOW_SUBJECTS), FOLLOW_DURABLE, self._on_delivery, max_in_flight=64
         )
@@ -494,8 +495,10 @@ class HistoryWriter(Service):
         while True:
             if not self.seeded and self.store is not None:
                 await self.seed()
-            with contextlib.suppress(StoreError):
+            try:
                 await self.step()
+            except IntentsMMError as exc:  # the store or the bus: noted, retried next round
+                self._note_error(str(exc))
             await asyncio.sleep(STEP_S)
 
     async def stop(self) -> None:
@@ -772,7 +775,11 @@ class HistoryWriter(Service):
 
     async def publish_metrics(self) -> m.PortfolioMetrics:
         pm = await self.compute_metrics()
-        await self.publish(m.PORTFOLIO_METRICS, pm, msg_id=f"portfolio-metrics:{pm.computed_ts_ns}")
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await self.publish(m.PORTFOLIO_METRICS, pm, msg_id=f"portfolio-metrics:{pm.computed_ts_ns}")
+        except TimeoutError:
+            raise BusError(f"portfolio.metrics publish took longer than {PUBLISH_TIMEOUT_S:g} s") from None
         self.metrics_published += 1
         return pm
 
