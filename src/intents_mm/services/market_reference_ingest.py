@@ -262,7 +262,11 @@ class MarketReferenceIngest(Service):
                         await self._wake.wait()
             self._wake.clear()
             due = self.clock.now_ns() >= next_publish
-            await self._compute_and_publish(force=due)
+            try:
+                await self._compute_and_publish(force=due)
+            except Exception:  # a defect must not end publishing; /healthz shows a stalled compute
+                log.exception("reference computation failed")
+                await asyncio.sleep(self.publish_ns / NS_PER_S)
             if due:
                 next_publish += self.publish_ns
                 now = self.clock.now_ns()
@@ -465,7 +469,10 @@ class MarketReferenceIngest(Service):
     def checks(self) -> dict[str, Check]:
         checks = super().checks()
         result = self.result
-        if result.quality == "stale":
+        idle_ms = (self.clock.now_ns() - result.ts_ns) // NS_PER_MS
+        if self.ready and idle_ms > 2 * self.publish_ns // NS_PER_MS + 1000:
+            checks["reference_price"] = Check(False, f"reference price not computed for {idle_ms} ms")
+        elif result.quality == "stale":
             checks["reference_price"] = Check(False, f"reference price stale: {result.reason}")
         else:
             checks["reference_price"] = Check(True, result.quality)
