@@ -221,3 +221,19 @@ async def test_server_restart_loses_nothing_acked_and_consumers_continue(private
         await bus.close()
         with contextlib.suppress(Exception):
             private_nats.kill()
+
+
+async def test_close_while_server_is_down_ends_retrying_publishes(private_nats: PrivateNats) -> None:
+    bus = NatsBus(private_nats.url, stream="DOWN", subject_prefix="down", reconnect_wait_s=0.1)
+    await bus.start()
+    rec = Recorder()
+    await bus.subscribe(["demand.swap_request"], "down", rec.handler, ack_wait_s=1.0)
+    private_nats.kill()
+    await wait_until(lambda: not bus.healthy(), what="disconnect noticed")
+    pending = asyncio.create_task(bus.publish("demand.swap_request", b"x", msg_id="never"))
+    await asyncio.sleep(0.3)
+    assert not pending.done()  # still retrying while the server is away
+    await asyncio.wait_for(bus.close(), 10)
+    with pytest.raises(BusError):
+        await asyncio.wait_for(pending, 10)
+    assert not bus.healthy()
