@@ -12,14 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from intents_mm.config import SERVICES
-from intents_mm.errors import IntentsMMError
-
-
-def _not_built(what: str) -> Any:
-    def handler(args: argparse.Namespace) -> int:
-        raise IntentsMMError(f"{what} is not built yet")
-
-    return handler
 
 
 def _setup_logging(level: str) -> None:
@@ -73,6 +65,15 @@ def cmd_sim_venue(args: argparse.Namespace) -> int:
     return asyncio.run(run_standalone(scenario, seed=args.seed, port_base=port_base))
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from intents_mm.simulate import run_simulate
+
+    _setup_logging(args.log_level)
+    return run_simulate(
+        duration_s=args.duration, seed=args.seed, scenario=args.scenario, summary_json=args.summary_json
+    )
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "migrate", help="apply history-store migrations (PostgreSQL from POSTGRES_URL, else SQLite)"
@@ -93,7 +94,8 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--scenario", help="scenario TOML file")
     p.add_argument("--summary-json", help="write the end-of-run summary here")
-    p.set_defaults(func=_not_built("simulate (needs the simulated venue and the services)"))
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("sim-venue", help="run the simulated venue alone (play money) until Ctrl-C")
     p.add_argument("--scenario", help="scenario TOML file, or a built-in name: default, faults")

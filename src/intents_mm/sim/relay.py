@@ -205,10 +205,16 @@ class _QuoteRequest:
     candidates: list[_Candidate] = field(default_factory=list)
     expected: set[int] = field(default_factory=set)
     responded: set[int] = field(default_factory=set)
+    partner_of: dict[int, str] = field(default_factory=dict)  # connection that got the event -> its partner
     all_answered: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def note_response(self, conn_id: int) -> None:
+    def note_response(self, conn_id: int, partner_id: str | None = None) -> None:
+        """A solver answered. A partner may answer on another connection than the one that got the
+        event (a market maker with separate ingest and executor sockets): that answers for all of its
+        connections."""
         self.responded.add(conn_id)
+        if partner_id is not None:
+            self.responded.update(c for c, p in self.partner_of.items() if p == partner_id)
         self.check_complete()
 
     def forget_connection(self, conn_id: int) -> None:
@@ -352,6 +358,7 @@ class SimRelay:
         self._statuses: OrderedDict[str, _IntentStatus] = OrderedDict()
         self._latency: deque[_LatencyRecord] = deque(maxlen=_LATENCY_KEPT)
         self._latency_index: dict[tuple[str, int], _LatencyRecord] = {}
+        self._latency_by_partner: dict[tuple[str, str], _LatencyRecord] = {}
         self._fail_next = 0
         self._fail_message = "relay unavailable"
         self._counts: Counter[str] = Counter()
@@ -458,6 +465,7 @@ class SimRelay:
     def clear_latency_samples(self) -> None:
         self._latency.clear()
         self._latency_index.clear()
+        self._latency_by_partner.clear()
 
     def intent_status(self, intent_hash: str) -> dict[str, Any]:
         """``get_status`` result for an intent hash."""
@@ -630,7 +638,9 @@ class SimRelay:
         quote_id = body.get("quote_id")
         if not isinstance(quote_id, str):
             raise RelayRequestError("quote_response needs a string quote_id")
-        record = self._latency_index.get((quote_id, conn.id))
+        record = self._latency_index.get((quote_id, conn.id)) or self._latency_by_partner.get(
+            (quote_id, conn.partner_id)
+        )
         if record is not None and record.response_ns is None:
             record.response_ns = recv_ns
         try:
@@ -646,7 +656,7 @@ class SimRelay:
                 record.accepted = False
             req = self._open.get(quote_id)
             if req is not None:
-                req.note_response(conn.id)
+                req.note_response(conn.id, conn.partner_id)
             raise
         req = self._open[quote_id]
         req.candidates.append(candidate)
@@ -654,7 +664,7 @@ class SimRelay:
         if record is not None and record.accepted is None:
             record.accepted = True
         self._counts["quote_responses_accepted"] += 1
-        req.note_response(conn.id)
+        req.note_response(conn.id, conn.partner_id)
         return "OK"
 
     def _validate_quote(self, conn: _Connection, quote_id: str, body: dict[str, Any]) -> _Candidate:
@@ -844,9 +854,11 @@ class SimRelay:
                     self._counts["quote_events_sent"] += 1
             if sent:
                 req.expected.add(conn.id)
+                req.partner_of[conn.id] = conn.partner_id
                 rec = _LatencyRecord(req.quote_id, conn.id, conn.partner_id, self._clock.monotonic_ns())
                 self._latency.append(rec)
                 self._latency_index[(req.quote_id, conn.id)] = rec
+                self._latency_by_partner.setdefault((req.quote_id, conn.partner_id), rec)
 
     def _push_status(self, partner_id: str, data: dict[str, Any]) -> None:
         """Send ``quote_status`` to one partner: plain subscriptions now, guaranteed queues until acked.
@@ -964,6 +976,8 @@ class SimRelay:
                 self._closed_quotes.popitem(last=False)
             for conn_id in quote.expected | quote.responded:
                 self._latency_index.pop((quote.quote_id, conn_id), None)
+            for partner in set(quote.partner_of.values()):
+                self._latency_by_partner.pop((quote.quote_id, partner), None)
         if not quote.candidates:
             self._counts["quote_requests_unanswered"] += 1
             return None
