@@ -108,3 +108,11 @@ def register(sub: Any) -> None:
     p.add_argument("--port-base", type=int, help="first of 8 fixed ports (default 18700); 0 = any free ports")
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=cmd_sim_venue)
+
+    from intents_mm import watch
+
+    p = sub.add_parser(
+        "watch", help="tail the live market-maker loop (history store plus every service's /state)"
+    )
+    watch.add_arguments(p)
+    p.set_defaults(func=watch.cmd_watch)
