@@ -618,6 +618,8 @@ class Watcher:
             + (" STALE" if pf.get("price_stale") else "")
         )
         text = " | ".join(parts)
+        if pf.get("source") != HISTORY:
+            text += "  (last stored snapshot)"
         if pf.get("reason"):
             text += f"  [{pf['reason']}]"
         return text
