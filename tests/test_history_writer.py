@@ -365,7 +365,7 @@ async def test_status_first_then_result_and_unknown_hashes(env: Env) -> None:
     assert await env.store.get_settlement("NOT-OURS") is None
     assert await env.store.get_settlement("QH3") is None
     _status, body = await env.get("/state")
-    assert body["settlement_follow_up"]["unknown_quote_hashes"] == 2
+    assert body["settlements"]["unknown_quote_hashes"] == 2 and body["settlements"]["recorded"] == 1
     # a replayed quote_status does not settle twice
     await env.status("QH2", T0 + 1 * S)
     await asyncio.sleep(0.05)

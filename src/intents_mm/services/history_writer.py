@@ -956,11 +956,11 @@ class HistoryWriter(Service):
             "backlog": stats.backlog if stats else 0,
             "last_error": self.last_error or (stats.last_error if stats else None),
             "seeded": self.seeded,
-            "settlement_follow_up": {
+            "settlements": {
+                "recorded": self.follow.settlements_written,
                 "statuses_seen": self.follow.statuses,
                 "accepted_results_seen": self.follow.results_accepted,
                 "matched": self.follow.matched,
-                "settlements_written": self.follow.settlements_written,
                 "awaiting_status": len(self._results),
                 "awaiting_result": len(self._statuses),
                 "awaiting_write": len(self._to_write),
@@ -976,8 +976,8 @@ class HistoryWriter(Service):
                 "baseline_ts_ns": self._baseline.snapshot_ts_ns if self._baseline else None,
                 "metrics_published": self.metrics_published,
                 "metrics_interval_ms": int(self.metrics_interval_s * 1000),
-                "last": metrics_view(pm, self.pair, now_ns=self.clock.now_ns()) if pm else None,
             },
+            "metrics": metrics_view(pm, self.pair, now_ns=self.clock.now_ns()) if pm else None,
         }
 
 
