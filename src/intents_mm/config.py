@@ -320,7 +320,7 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var("STRATEGY_MAX_OUTSTANDING_EURE", _dec(D(0)), "50", "total notional of live quotes at once"),
     Var("STRATEGY_MIN_BTC", _dec(D(0)), "0", "keep at least this BTC"),
-    Var("STRATEGY_MAX_BTC", _dec(D(0)), "0.1", "hold at most this BTC (inventory skew is centred in [min, max])"),
+    Var("STRATEGY_MAX_BTC", _dec(D(0)), "0.1", "hold at most this BTC (skew centres on [min, max])"),
     Var("STRATEGY_MIN_EURE", _dec(D(0)), "0", "keep at least this EURe"),
     Var("STRATEGY_MAX_EURE", _dec(D(0)), "100000", "hold at most this EURe"),
     Var(
