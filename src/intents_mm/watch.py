@@ -785,15 +785,15 @@ class Watcher:
         start = self.clock.monotonic_ns()
         pic = await self.picture()
         self.emit_picture(pic)
-        self.changes(pic)
         await self._poll_events(opts.backfill)
+        self.changes(pic)
         while True:
             if opts.duration_s and self.clock.monotonic_ns() - start >= opts.duration_s * NS:
                 return 0
             await asyncio.sleep(opts.poll_interval_s)
             pic = await self.picture()
-            self.changes(pic)
             await self._poll_events(opts.backfill)
+            self.changes(pic)
             idle_ns = self.clock.monotonic_ns() - self.last_output_ns
             if opts.heartbeat_every_s and idle_ns >= opts.heartbeat_every_s * NS:
                 self.heartbeat(pic)
