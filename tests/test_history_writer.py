@@ -540,3 +540,42 @@ def test_fill_edge_and_price() -> None:
     sell = Fill("sell", 8_000, 5 * EURE_1)
     assert sell.price(BTC_EURE) == Decimal(62500)
     assert sell.edge_eure(BTC_EURE, Decimal(60000)) == Decimal("0.2")
+
+
+async def test_without_a_store_metrics_still_work_and_healthz_says_why() -> None:
+    from intents_mm.services.runtime import ServiceContext
+
+    bus = make_bus(None)
+    await bus.start()
+    clock = ManualClock(T0)
+    hw = HistoryWriter(ServiceContext(config=load_config({}, dotenv=None), bus=bus, clock=clock, store=None))
+    try:
+        await hw.start()
+        assert hw.persister is None
+        check = hw.checks()["store"]
+        assert check.ok is False and check.detail == "no history store configured"
+        hw.observe(
+            m.Envelope(
+                subject=m.REFERENCE_PRICE,
+                type="ReferencePrice",
+                version=1,
+                msg_id="p",
+                ts_ns=T0,
+                payload=m.ReferencePrice(
+                    pair="BTC/EUR",
+                    mid=Decimal(50000),
+                    quality="ok",
+                    sources=[],
+                    fresh_sources=2,
+                    quorum=2,
+                    computed_ts_ns=T0,
+                ),
+            )
+        )
+        pm = await hw.compute_metrics()
+        assert pm.current_price == Decimal(50000) and pm.portfolio_value_eure is None
+        assert pm.reason is not None and "no inventory snapshot yet" in pm.reason
+    finally:
+        await hw.stop()
+        await hw.cancel_tasks()
+        await bus.close()
