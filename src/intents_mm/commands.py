@@ -74,6 +74,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from intents_mm.bench import run_bench
+
+    _setup_logging(args.log_level)
+    return run_bench(
+        mode=args.mode,
+        rate=args.rate,
+        duration_s=args.duration,
+        seed=args.seed,
+        json_path=args.json,
+        accept_share=args.accept_share,
+        cpu_split=not args.no_cpu_split,
+        profile_path=args.profile,
+    )
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "migrate", help="apply history-store migrations (PostgreSQL from POSTGRES_URL, else SQLite)"
@@ -96,6 +112,22 @@ def register(sub: Any) -> None:
     p.add_argument("--summary-json", help="write the end-of-run summary here")
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "bench", help="drive quote requests at a constant rate through the simulated venue; latency and CPU"
+    )
+    p.add_argument("--mode", choices=("memory", "nats"), default="memory", help="bus (default memory)")
+    p.add_argument("--rate", type=float, default=200.0, help="quote requests per second (default 200)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of driving (default 20)")
+    p.add_argument("--json", help="write the report here as JSON")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--accept-share", type=float, default=0.0, help="share of quotes the user accepts (default 0)"
+    )
+    p.add_argument("--no-cpu-split", action="store_true", help="do not sample where the CPU time goes")
+    p.add_argument("--profile", help="run cProfile over the driving phase and write its statistics here")
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("sim-venue", help="run the simulated venue alone (play money) until Ctrl-C")
     p.add_argument("--scenario", help="scenario TOML file, or a built-in name: default, faults")

@@ -38,7 +38,7 @@ from intents_mm.domain.amounts import format_units
 from intents_mm.domain.assets import AssetRegistry
 from intents_mm.errors import IntentsMMError
 from intents_mm.services.runtime import to_jsonable
-from intents_mm.sim.scenario import load_scenario
+from intents_mm.sim.scenario import Scenario, load_scenario
 from intents_mm.sim.venue import SimVenue
 from intents_mm.storage.migrate import migrate, redact_url, resolve_store_url
 from intents_mm.storage.store import HistoryStore
@@ -90,14 +90,20 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class Simulation:
-    """One simulation run; :meth:`run` returns the summary."""
+    """One simulation run; :meth:`run` returns the summary.
+
+    ``scenario`` is a built-in name, a TOML path, ``None`` (the default scenario) or a
+    :class:`~intents_mm.sim.scenario.Scenario` (``intents-mm bench`` builds its own).
+    """
+
+    banner = "intents-mm simulate"
 
     def __init__(
         self,
         *,
         duration_s: float,
         seed: int,
-        scenario: str | None,
+        scenario: str | Scenario | None,
         environ: Mapping[str, str] | None = None,
         dotenv: Path | None = Path(".env"),
         ports: dict[str, int] | None = None,
@@ -107,7 +113,7 @@ class Simulation:
     ) -> None:
         self.duration_s = duration_s
         self.seed = seed
-        self.scenario = load_scenario(scenario)
+        self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
         self.environ = dict(os.environ if environ is None else environ)
         self.dotenv = dotenv if dotenv is not None and dotenv.is_file() else None
         self.ports = ports
@@ -171,7 +177,7 @@ class Simulation:
             list(SERVICES), config, bus=self.bus, store=self.store, ports=self.ports
         )
         self.say(
-            "intents-mm simulate: PLAY MONEY on a simulated NEAR Intents venue (loopback only); "
+            f"{self.banner}: PLAY MONEY on a simulated NEAR Intents venue (loopback only); "
             f"seed {self.seed}, scenario {self.scenario.name}"
         )
         for server in self.running.servers:
