@@ -66,11 +66,20 @@ def cmd_sim_venue(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from intents_mm.simulate import run_simulate
+    from intents_mm.simulate import Simulation, run_simulate
 
     _setup_logging(args.log_level)
+    make: type[Simulation] = Simulation
+    if args.distributed:
+        from intents_mm.distributed import DistributedSimulation
+
+        make = DistributedSimulation
     return run_simulate(
-        duration_s=args.duration, seed=args.seed, scenario=args.scenario, summary_json=args.summary_json
+        duration_s=args.duration,
+        seed=args.seed,
+        scenario=args.scenario,
+        summary_json=args.summary_json,
+        make=make,
     )
 
 
@@ -110,6 +119,11 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--scenario", help="scenario TOML file")
     p.add_argument("--summary-json", help="write the end-of-run summary here")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="each service in its own process on NATS JetStream and PostgreSQL (the compose/k3s topology)",
+    )
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=cmd_simulate)
 
