@@ -33,5 +33,8 @@ simulate: $(STAMP)
 sim-venue: $(STAMP)
 	$(BIN)/intents-mm sim-venue --seed 7
 
+distributed: $(STAMP)
+	$(BIN)/intents-mm simulate --distributed --duration 120 --seed 7
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
