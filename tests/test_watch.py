@@ -339,7 +339,7 @@ async def test_against_running_services_then_stopped(store: HistoryStore, store_
         started, loopback_config(), bus=bus, store=store, ports={name: 0 for name in started}
     )
     urls = {name: running.url(name) for name in started}
-    argv = ["--once", "--json", "--backfill", "0", "--store-url", store_url]
+    argv = ["--once", "--json", "--backfill", "3", "--store-url", store_url]
     for name in SERVICES:
         argv += ["--service-url", f"{name}={urls.get(name, f'http://127.0.0.1:{free_port()}')}"]
     try:
@@ -347,8 +347,13 @@ async def test_against_running_services_then_stopped(store: HistoryStore, store_
             assert resp.status == 200
         rc, text = await run_watch(argv)
         assert rc == 0
-        (pic,) = [json.loads(line) for line in text.splitlines()]
+        *events, pic = [json.loads(line) for line in text.splitlines()]
         assert pic["event"] == "picture"
+        assert [e["data"]["command_id"] for e in events if e["event"] == "command"] == [
+            "cmd-2",
+            "cmd-3",
+            "cmd-4",
+        ]
         assert {n for n, s in pic["services"].items() if s["up"]} == set(started)
         assert pic["strategy"] == {"up": True, "armed": True}
         assert pic["executor"] == {"up": True, "armed": False}
@@ -365,7 +370,8 @@ async def test_against_running_services_then_stopped(store: HistoryStore, store_
         await bus.close()
     rc, text = await run_watch(argv)
     assert rc == 0
-    (pic,) = [json.loads(line) for line in text.splitlines()]
+    *events, pic = [json.loads(line) for line in text.splitlines()]
+    assert len(events) == 3 * 4 + 1  # the store still answers: 3 of each stream and the settlement
     assert not any(s["up"] for s in pic["services"].values())
     assert pic["strategy"] == {"up": False, "armed": None}
     assert pic["portfolio"]["source"] == "portfolio_metrics_snapshots"
