@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from intents_mm.domain.assets import Pair
 from intents_mm.domain.pricing import PricedQuote
@@ -58,48 +58,78 @@ class Reservation:
     filled_ns: int | None = None
 
 
+_EXACT = Context(prec=80)  # sums of notionals (28 significant digits each) stay exact
+
+
 @dataclass
 class ReservationBook:
-    """Live quotes' claims on inventory, keyed by command id."""
+    """Live quotes' claims on inventory, keyed by command id.
+
+    The totals the limit checks read (:meth:`reserved_out`, :meth:`potential_in`,
+    :meth:`outstanding_eure`) are kept up to date by every change, so a decision costs O(1) however
+    many quotes are live; ``live`` is read-only for callers (change it through the methods).
+    """
 
     live: dict[str, Reservation] = field(default_factory=dict)
+    _out: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _in: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _unfilled_eure: Decimal = field(default=Decimal(0), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for res in self.live.values():
+            self._count(res, 1)
+
+    def _count(self, res: Reservation, sign: int) -> None:
+        self._out[res.asset_out] = self._out.get(res.asset_out, 0) + sign * res.amount_out
+        self._in[res.asset_in] = self._in.get(res.asset_in, 0) + sign * res.amount_in
+        if res.filled_ns is None:
+            notional = res.notional_eure if sign > 0 else -res.notional_eure
+            self._unfilled_eure = _EXACT.add(self._unfilled_eure, notional)
+
+    def _drop(self, command_id: str) -> Reservation | None:
+        res = self.live.pop(command_id, None)
+        if res is not None:
+            self._count(res, -1)
+        return res
 
     def reserve(self, reservation: Reservation) -> None:
+        self._drop(reservation.command_id)
         self.live[reservation.command_id] = reservation
+        self._count(reservation, 1)
 
     def release(self, command_id: str) -> Reservation | None:
-        return self.live.pop(command_id, None)
+        return self._drop(command_id)
 
     def mark_filled(self, command_id: str, now_ns: int) -> Reservation | None:
         res = self.live.get(command_id)
         if res is None:
             return None
         filled = Reservation(**{**res.__dict__, "filled_ns": now_ns})
-        self.live[command_id] = filled
+        self.reserve(filled)
         return filled
 
     def expire(self, now_ns: int, *, grace_ns: int = 0) -> list[Reservation]:
         """Drop unfilled reservations whose deadline has passed (plus a grace for chain finality)."""
         gone = [r for r in self.live.values() if r.filled_ns is None and r.expires_ns + grace_ns < now_ns]
         for r in gone:
-            del self.live[r.command_id]
+            self._drop(r.command_id)
         return gone
 
     def on_inventory(self, read_ts_ns: int) -> list[Reservation]:
         """An inventory snapshot read at ``read_ts_ns`` includes every fill before it: drop those."""
         done = [r for r in self.live.values() if r.filled_ns is not None and r.filled_ns < read_ts_ns]
         for r in done:
-            del self.live[r.command_id]
+            self._drop(r.command_id)
         return done
 
     def reserved_out(self, asset: str) -> int:
-        return sum(r.amount_out for r in self.live.values() if r.asset_out == asset)
+        return self._out.get(asset, 0)
 
     def potential_in(self, asset: str) -> int:
-        return sum(r.amount_in for r in self.live.values() if r.asset_in == asset)
+        return self._in.get(asset, 0)
 
     def outstanding_eure(self) -> Decimal:
-        return sum((r.notional_eure for r in self.live.values() if r.filled_ns is None), Decimal(0))
+        return +self._unfilled_eure  # rounded to the current context, like a sum of the notionals
 
     def available(self, asset: str, credited: int) -> int:
         """What a new quote may still promise to give out of ``credited``."""
