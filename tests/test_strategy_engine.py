@@ -78,7 +78,7 @@ def reference(mid: str = "60000", quality: str = "ok", jump: bool = False) -> Re
     )
 
 
-def inventory(btc: int = 10_000_000, eure: int = 1000 * 10**18) -> InventorySnapshot:
+def inventory(btc: int = 5_000_000, eure: int = 1000 * 10**18) -> InventorySnapshot:
     return InventorySnapshot(
         account_id="mm.near",
         credited={BTC.token_id: btc, EURE.token_id: eure},

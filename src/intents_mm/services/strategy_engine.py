@@ -262,9 +262,14 @@ class StrategyEngine(Service):
 
     async def _on_metrics(self, d: Delivery) -> None:
         payload = decode(d.data).payload
-        if isinstance(payload, PortfolioMetrics) and payload.trade_pnl_eure is not None:
-            self.last_trade_pnl = payload.trade_pnl_eure
-            self.loss_guard.observe(payload.trade_pnl_eure, self.clock.now_ns())
+        if isinstance(payload, PortfolioMetrics):
+            # funding moves must never look like trading losses: prefer the flow-adjusted figure
+            pnl = payload.flow_adjusted_trade_pnl_eure
+            if pnl is None:
+                pnl = payload.trade_pnl_eure
+            if pnl is not None:
+                self.last_trade_pnl = pnl
+                self.loss_guard.observe(pnl, self.clock.now_ns())
         await d.ack()
 
     async def _on_control(self, d: Delivery) -> None:

@@ -656,7 +656,9 @@ class SimRelay:
                 record.accepted = False
             req = self._open.get(quote_id)
             if req is not None:
-                req.note_response(conn.id, conn.partner_id)
+                # a refused answer counts for its own socket only: the partner may still retry (e.g. a
+                # fresh nonce after "invalid salt") on another socket before the window closes
+                req.note_response(conn.id)
             raise
         req = self._open[quote_id]
         req.candidates.append(candidate)
