@@ -306,7 +306,7 @@ VARIABLES: tuple[Var, ...] = (
     Var("REFERENCE_PUBLISH_MS", _int(20, 60_000), "250", "how often the reference price is published"),
     # -- strategy (prices in bps of the reference mid)
     Var("STRATEGY_BASE_EDGE_BPS", _dec(D(0)), "20", "base edge charged on every quote"),
-    Var("STRATEGY_VOL_MULTIPLIER", _dec(D(0)), "1", "volatility term = k * sigma * sqrt(quote horizon)"),
+    Var("STRATEGY_VOL_MULTIPLIER", _dec(D(0)), "1", "volatility term = k * sigma * sqrt(relay window)"),
     Var("STRATEGY_OPTION_MULTIPLIER", _dec(D(0)), "0.4", "free-option term = k * sigma * sqrt(deadline)"),
     Var("STRATEGY_SKEW_BPS", _dec(D(0)), "30", "inventory skew at the inventory limit"),
     Var("STRATEGY_SIZE_BPS_PER_EURE", _dec(D(0)), "0.5", "size term per EURe of notional"),
@@ -339,6 +339,12 @@ VARIABLES: tuple[Var, ...] = (
         "inventory older than this stops quoting",
     ),
     Var("STRATEGY_ALLOWED_PARTNER_IDS", _optional_str, "", "comma list of partner ids to serve; empty = all"),
+    Var(
+        "STRATEGY_FEE_IN_PRICE",
+        _bool,
+        "true",
+        "price the Verifier protocol fee into the edge (how the relay nets it is undocumented)",
+    ),
     Var("EXECUTOR_DEADLINE_BUFFER_MS", _int(0, 600_000), "10000", "added to min_deadline_ms when signing"),
     Var("EXECUTOR_SIGNING_STANDARD", _str, "nep413", "nep413 (default) or raw_ed25519"),
     Var("INVENTORY_POLL_MS", _int(200, 3_600_000), "5000", "inventory-sync cadence"),

@@ -95,8 +95,8 @@ class StrategyEngine(Service):
             option_multiplier=c["STRATEGY_OPTION_MULTIPLIER"],
             skew_bps=c["STRATEGY_SKEW_BPS"],
             size_bps_per_eure=c["STRATEGY_SIZE_BPS_PER_EURE"],
-            reaction_ms=3000,
-            fee_in_price=True,
+            reaction_ms=c["INGEST_RELAY_WINDOW_MS"],
+            fee_in_price=c["STRATEGY_FEE_IN_PRICE"],
         )
         self.human_limits: dict[str, Decimal] = {
             "max_notional_eure": c["STRATEGY_MAX_NOTIONAL_EURE"],
