@@ -183,3 +183,22 @@ def test_env_example_lists_every_variable() -> None:
     assert text == env_example()
     for var in VARIABLES:
         assert f"\n{var.name}=" in text
+
+
+def test_verify_nep413_vector_a_from_the_verifier_tests() -> None:
+    """Vector A signs a plain message (not an intent): the signature and hash still verify."""
+    doc = {
+        "standard": "nep413",
+        "payload": {"message": "Hello, world!", "nonce": "A" * 43 + "=", "recipient": "intents.near"},
+        "public_key": "ed25519:GGmuj19BsuQ4fwgk3rMsWyDuxEPcTttWjtdqFPfLtPX5",
+        "signature": "ed25519:5YED3xqeBL4b8bbdvtD27X9DnmtGqHb2sDfHJawpPghHHoYJciRJfjzrEPLRZwVBjjdQdF4RpMTSaPTV6Jc6B9ie",  # noqa: E501
+    }
+    out = run_cli("verify-signed-data", "-", stdin=json.dumps(doc))
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["valid"] is True
+    assert report["hash"] == "AzGGZxvTRTNbjp9NX6YpgUsLeeZ8oenamuG1cqdgNV44"
+    assert report["nonce"] == {"kind": "legacy"}
+    assert report["signer_id"] is None and "message_error" in report
+    doc["public_key"] = "ed25519:8rVvtHWFr8hasdQGGD5WiQBTyr4iH2ruEPPVfj491RPN"  # someone else's key
+    assert run_cli("verify-signed-data", "-", stdin=json.dumps(doc)).returncode == 1
