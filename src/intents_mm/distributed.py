@@ -449,14 +449,14 @@ class DistributedSimulation(Simulation):
 
     async def restart_service(self, name: str) -> None:
         """Start a stopped or killed service process again and wait for its ``/healthz``. It starts
-        disarmed, as after any restart: arm it again through :meth:`arm`."""
+        disarmed, as after any restart: arm it again through :meth:`arm_service`."""
         proc = self.processes[name]
         if proc.running():
             await proc.stop(self.stop_timeout_s)
         await proc.start()
         await self.wait_healthy([name])
 
-    async def arm(self, name: str) -> dict[str, Any]:
+    async def arm_service(self, name: str) -> dict[str, Any]:
         """``POST /arm`` on one service, audited as ``simulate``; IntentsMMError when refused."""
         return await self._post(name, "/arm")
 
@@ -561,7 +561,7 @@ class DistributedSimulation(Simulation):
         self.say("arming strategy-engine and trade-executor (PLAY MONEY: simulated venue, simulated funds)")
         for name in ("strategy-engine", "trade-executor"):
             try:
-                await self.arm(name)
+                await self.arm_service(name)
             except IntentsMMError as exc:
                 raise IntentsMMError(f"could not arm {name}: {exc}") from None
         self.armed_at_ns = time.time_ns()
