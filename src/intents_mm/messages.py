@@ -22,6 +22,7 @@ from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
 import msgspec
 
+from intents_mm.bus import subjects as _subjects
 from intents_mm.clock import Clock
 from intents_mm.errors import InputError
 
@@ -477,17 +478,18 @@ class Settlement(msgspec.Struct, kw_only=True, frozen=True):
 
 # ------------------------------------------------------------------------------------- registry
 
-SWAP_REQUEST: Final = "demand.swap_request"
-QUOTE_STATUS: Final = "demand.quote_status"
-REFERENCE_PRICE: Final = "market.reference_price"
-INVENTORY_SNAPSHOT: Final = "inventory.snapshot"
-LIQUIDITY_ACTION: Final = "liquidity.action"
-LIQUIDITY_STATE: Final = "liquidity.state"
-TRADE_DECISION: Final = "decision.trade_decision"
-EXECUTE_TRADE: Final = "cmd.execute_trade"
-TRADE_RESULT: Final = "exec.trade_result"
-OPERATOR_ACTION: Final = "control.operator_action"
-PORTFOLIO_METRICS: Final = "portfolio.metrics"
+# the subject names are defined once, in intents_mm.bus.subjects
+SWAP_REQUEST: Final = _subjects.SWAP_REQUEST
+QUOTE_STATUS: Final = _subjects.QUOTE_STATUS
+REFERENCE_PRICE: Final = _subjects.REFERENCE_PRICE
+INVENTORY_SNAPSHOT: Final = _subjects.INVENTORY_SNAPSHOT
+LIQUIDITY_ACTION: Final = _subjects.LIQUIDITY_ACTION
+LIQUIDITY_STATE: Final = _subjects.LIQUIDITY_STATE
+TRADE_DECISION: Final = _subjects.TRADE_DECISION
+EXECUTE_TRADE: Final = _subjects.EXECUTE_TRADE
+TRADE_RESULT: Final = _subjects.TRADE_RESULT
+OPERATOR_ACTION: Final = _subjects.OPERATOR_ACTION
+PORTFOLIO_METRICS: Final = _subjects.PORTFOLIO_METRICS
 
 #: subject → (payload type, current schema version).
 SUBJECT_TYPES: Final[dict[str, tuple[type[Payload], int]]] = {
