@@ -112,9 +112,17 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     )
 
 
-async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object, or HttpError 400 naming the problem."""
-    raw = await request.read()
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json_object(raw: bytes, *, allow_empty: bool = False) -> dict[str, Any]:
+    """A request body as a JSON object, or HttpError 400 naming the problem.
+
+    Whatever the bytes, the outcome is a dict or an HttpError (never another exception): invalid
+    UTF-8, nesting too deep for the parser, integers beyond Python's digit limit and the non-JSON
+    constants NaN / Infinity are all malformed JSON.
+    """
     if not raw.strip():
         if allow_empty:
             return {}
@@ -122,12 +130,17 @@ async def read_json_object(request: web.Request, *, allow_empty: bool = False) -
     if len(raw) > 64 * 1024:
         raise HttpError(413, "request body too large (max 64 KiB)")
     try:
-        doc = json.loads(raw, parse_float=Decimal)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HttpError(400, f"malformed JSON: {exc}") from None
+        doc = json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise HttpError(400, f"malformed JSON: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(doc, dict):
         raise HttpError(400, "request body must be a JSON object")
     return doc
+
+
+async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The request body as a JSON object, or HttpError 400 naming the problem."""
+    return parse_json_object(await request.read(), allow_empty=allow_empty)
 
 
 class Service:
@@ -273,20 +286,21 @@ class ControlServer:
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), self.token)
 
     def _wrap(self, route: Route) -> Handler:
+        takes_body = route.method.upper() not in ("GET", "HEAD", "OPTIONS")
+
         async def handler(request: web.Request) -> web.StreamResponse:
             if not route.mutating:
+                if takes_body:  # a body, when given, must be a JSON object (even where none is needed)
+                    parse_json_object(await request.read(), allow_empty=True)
                 return await route.handler(request)
             if not self._authorized(request):
                 await self._audit(request, route, "refused", "missing or wrong bearer token", {})
                 raise HttpError(401, "this control call needs Authorization: Bearer <CONTROL_API_TOKEN>")
-            body = await request.read()
-            params: dict[str, Any] = {}
-            if body.strip():
-                try:
-                    parsed = json.loads(body, parse_float=Decimal)
-                    params = parsed if isinstance(parsed, dict) else {"body": parsed}
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    params = {"body": "<malformed>"}
+            try:
+                params = parse_json_object(await request.read(), allow_empty=True) if takes_body else {}
+            except HttpError as exc:  # refused before the handler runs: nothing changed
+                await self._audit(request, route, "refused", str(exc), {"body": "<malformed>"})
+                raise
             try:
                 response = await route.handler(request)
             except HttpError as exc:
