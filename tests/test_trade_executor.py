@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import sqlalchemy as sa
 
 from intents_mm.app import Running, start_services, stop_services
 from intents_mm.bus import make_bus
@@ -35,6 +37,7 @@ from intents_mm.services.trade_executor import TradeExecutor
 from intents_mm.sim.near_rpc import SimNear, SimNearRpcServer
 from intents_mm.sim.relay import SimRelay
 from intents_mm.sim.verifier import Verifier, counterparty_diff
+from intents_mm.storage import schema
 from intents_mm.storage.migrate import migrate
 from intents_mm.storage.store import HistoryStore
 from intents_mm.venues.relay import QuoteRequestEvent, RelayReply, SolverRelayClient
@@ -206,6 +209,12 @@ class Harness:
 
 
 async def _harness(store_url: str, *, register_key: bool = True) -> AsyncIterator[Harness]:
+    with tempfile.TemporaryDirectory(prefix="executor-var-") as var_dir:
+        async for h in _harness_in(store_url, var_dir, register_key=register_key):
+            yield h
+
+
+async def _harness_in(store_url: str, var_dir: str, *, register_key: bool) -> AsyncIterator[Harness]:
     clock = SystemClock()
     verifier = Verifier(clock)
     chain = SimNear(clock, verifier)
@@ -239,6 +248,7 @@ async def _harness(store_url: str, *, register_key: bool = True) -> AsyncIterato
         "NEAR_RPC_URLS": rpc_url,
         "NEAR_INTENTS_RELAY_WS_URL": relay.ws_url,
         "NEAR_INTENTS_API_KEY": API_KEY,
+        "INTENTS_MM_VAR_DIR": var_dir,  # the executor's signed-command ledger file lives here
     }
     h = Harness(clock, verifier, chain, rpc_server, relay, asker, bus, store, collector, http, env)
     try:
@@ -425,6 +435,74 @@ async def test_same_command_twice_and_after_restart_is_signed_once(h_any_store: 
     state = await h.get_state()
     assert state["counts"]["error"] == 1
     assert "already signed" in state["last_results"][-1]["error"]
+
+
+async def test_restart_refuses_a_resign_from_the_ledger_file_alone(h: Harness) -> None:
+    executor = await h.start_executor()
+    await h.arm()
+    event = await h.ask(exact_in=5000)
+    cmd = h.command(event, amount_in=5000, amount_out=EUR, relay_deadline_ms=20_000)
+    await h.send(cmd, msg_id="first")
+    (res,) = await h.collector.wait_results(1)
+    assert res.outcome == "accepted"
+    ledger_file = executor.ledger.path
+    assert cmd.command_id.encode() in ledger_file.read_bytes()  # written before the quote left
+    await h.stop_executor()
+    async with h.store._require_engine().begin() as conn:  # the mirror lost: only the file knows
+        await conn.execute(sa.delete(schema.signed_commands))
+
+    executor = await h.start_executor()
+    assert cmd.command_id in executor.ledger
+    await h.arm()
+    await h.send(cmd, msg_id="second")
+    await asyncio.sleep(0.3)
+    assert h.quote_responses() == 1
+    assert "already signed" in (await h.get_state())["last_results"][-1]["error"]
+
+
+async def test_restart_refuses_a_resign_from_the_store_when_the_file_is_lost(h: Harness) -> None:
+    executor = await h.start_executor()
+    await h.arm()
+    event = await h.ask(exact_in=5000)
+    cmd = h.command(event, amount_in=5000, amount_out=EUR, relay_deadline_ms=20_000)
+    await h.send(cmd, msg_id="first")
+    (res,) = await h.collector.wait_results(1)
+    assert res.outcome == "accepted"
+    ledger_file = executor.ledger.path
+    await h.stop_executor()  # the mirror is flushed on stop
+    recorded = dict(await h.store.signed_commands_since(0))
+    assert cmd.command_id in recorded
+    ledger_file.unlink()  # a replacement machine: no local file
+
+    executor = await h.start_executor()
+    assert cmd.command_id in executor.ledger
+    await h.arm()
+    await h.send(cmd, msg_id="second")
+    await asyncio.sleep(0.3)
+    assert h.quote_responses() == 1
+    state = await h.get_state()
+    assert state["ledger"]["ready"] is True and state["ledger"]["loaded_from_file"] == 0
+
+
+async def test_an_unwritable_ledger_sends_nothing(h: Harness) -> None:
+    executor = await h.start_executor()
+    await h.arm()
+    fd = executor.ledger._fd
+    assert fd is not None
+    executor.ledger._fd = os.open(os.devnull, os.O_RDONLY)  # every write now fails (EBADF)
+    try:
+        event = await h.ask(exact_in=5000)
+        cmd = h.command(event, amount_in=5000, amount_out=EUR)
+        await h.send(cmd)
+        (res,) = await h.collector.wait_results(1)
+        assert res.outcome == "error" and "ledger unavailable, not sent" in (res.error or "")
+        assert h.quote_responses() == 0
+        async with h.http.get(h.url + "/healthz") as resp:
+            assert resp.status == 503
+            assert "ledger" in (await resp.json())["failing"]
+    finally:
+        os.close(executor.ledger._fd)
+        executor.ledger._fd = fd
 
 
 async def test_a_duplicate_arriving_while_the_first_is_in_flight_is_not_signed_again(h: Harness) -> None:

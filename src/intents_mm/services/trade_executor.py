@@ -11,10 +11,13 @@ Contract
 
   1. disarmed → ``skipped_disarmed``, nothing is signed or sent;
   2. ``now > relay_deadline_ns`` (the relay's answer window has passed) → ``dropped_late``, never signed;
-  3. signed at most once: the command id goes into the store's ledger
-     (``HistoryStore.record_signed_command``) BEFORE anything is sent; a command the ledger already holds
-     is not sent again (``error``). An in-memory set and the results of this process are the fast path:
-     a redelivered command gets its first result republished, never a second signature;
+  3. signed at most once: the command id is written to the executor's append-only ledger file
+     (:mod:`intents_mm.services.executor_ledger`, one ``O_APPEND`` ``write()``) BEFORE anything is sent,
+     and mirrored asynchronously, in batches, into the store's ``signed_commands`` table; at start both
+     are read back (the last 15 minutes). A command the ledger already holds is not signed again
+     (``error``); an unwritable ledger file sends nothing (``error``). An in-memory set and the results
+     of this process are the fast path: a redelivered command gets its first result republished, never
+     a second signature. Why a crash cannot lead to a second signature: ``docs/services/trade-executor.md``;
   4. the signed ``token_diff`` is from our side: ``{asset_in: +amount_in, asset_out: -amount_out}``,
      deadline ``now + min_deadline_ms + EXECUTOR_DEADLINE_BUFFER_MS`` (floored to the ms), a fresh
      versioned nonce with the Verifier's cached salt and nonce deadline = intent deadline, NEP-413 (or
@@ -47,6 +50,7 @@ import json
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal, cast
 
 from aiohttp import web
@@ -77,6 +81,7 @@ from intents_mm.near.rpc import NearRpcClient
 from intents_mm.near.sender import TransactionSender
 from intents_mm.near.timefmt import format_deadline
 from intents_mm.near.verifier import VerifierClient
+from intents_mm.services.executor_ledger import FILE_NAME, LedgerEntry, LedgerError, SignedLedger
 from intents_mm.services.runtime import Check, HttpError, Route, Service, json_response, read_json_object
 from intents_mm.venues.relay import RelayReply, SolverRelayClient
 
@@ -95,6 +100,11 @@ LAST_RESULTS: Final = 20
 INVALIDATE_GAS: Final = 300 * 10**12
 RELAY_OVERRIDE: Final = "trade_executor_relay"  # ctx.overrides key: a pre-built SolverRelayClient
 DISARM_STRATEGY_OVERRIDE: Final = "disarm_strategy"  # ctx.overrides key: callable, sync or async
+LEDGER_PATH_OVERRIDE: Final = "trade_executor_ledger_path"  # ctx.overrides key: the ledger file (tests)
+MIRROR_BATCH: Final = 500
+MIRROR_DELAY_S: Final = 0.02  # gather a batch this long after the first new entry
+MIRROR_RETRY_MAX_S: Final = 5.0
+MIRROR_FLUSH_TIMEOUT_S: Final = 5.0
 OUTCOMES: Final[tuple[TradeOutcome, ...]] = (
     "accepted",
     "rejected",
@@ -270,6 +280,20 @@ class TradeExecutor(Service):
         self.salt_retries = 0
         self.last_results: collections.deque[dict[str, Any]] = collections.deque(maxlen=LAST_RESULTS)
         self.last_error: str | None = None
+        # signed-command ledger: the local file, mirrored into the store's signed_commands table
+        ledger_path = self.ctx.overrides.get(LEDGER_PATH_OVERRIDE)
+        self.ledger = SignedLedger(
+            Path(ledger_path)
+            if ledger_path is not None
+            else Path(c["INTENTS_MM_VAR_DIR"]) / "trade-executor" / FILE_NAME,
+            clock=self.clock,
+        )
+        self.ledger_ready = False  # the file is open and the store's recent records are read back
+        self.ledger_load_error: str | None = None
+        self._mirror: list[LedgerEntry] = []
+        self._mirror_wake = asyncio.Event()
+        self.mirrored = 0
+        self.mirror_error: str | None = None
         # emergency stop
         self.outstanding: dict[str, Outstanding] = {}
         self._outstanding_dirty = False
@@ -295,7 +319,10 @@ class TradeExecutor(Service):
                 request_timeout_s=3.0,
             )
         await self.relay.start()
+        await self._load_store_ledger()
         await self._load_outstanding()
+        self.spawn(self.ledger.sync_forever(), "ledger-sync")
+        self.spawn(self._mirror_forever(), "ledger-mirror")
         self._sub = await self.bus.subscribe([EXECUTE_TRADE], f"{self.name}-commands", self._on_command)
 
     async def run(self) -> None:
@@ -313,6 +340,8 @@ class TradeExecutor(Service):
             ):
                 with contextlib.suppress(IntentsMMError):
                     await self.refresh_salt()
+            if not self.ledger_ready and self.ledger_load_error is not None:
+                await self._load_store_ledger()
             self._expire_outstanding()
             if self._outstanding_dirty and (
                 self._persisted_mono is None or now_mono - self._persisted_mono >= PERSIST_INTERVAL_NS
@@ -332,6 +361,11 @@ class TradeExecutor(Service):
         self._expire_outstanding()
         if self._outstanding_dirty:
             await self._persist_outstanding()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(MIRROR_FLUSH_TIMEOUT_S):
+                while self._mirror and await self._mirror_once():
+                    pass
+        self.ledger.close()
         if self.relay is not None and self._owns_relay:
             await self.relay.close()
         self.relay = None
@@ -498,33 +532,38 @@ class TradeExecutor(Service):
     ) -> TradeResult | tuple[SignedQuote, RelayReply | None, str | None]:
         """Sign, write the ledger, re-check, send. A ``TradeResult`` when nothing was sent."""
         assert self._key is not None and self.account_id is not None
+        if ledger_id in self.ledger:  # signed by an earlier run of this executor (file or table)
+            return self._result(
+                cmd, "error", error="command was already signed (ledger); not signed or sent again"
+            )
+        if not self.ledger_ready:
+            return self._result(
+                cmd, "error", error=f"signed-command ledger not loaded, not sent: {self.ledger_load_error}"
+            )
         salt = self.salt
         if salt is None:
             try:
                 salt = await self.refresh_salt()
             except IntentsMMError as exc:
                 return self._result(cmd, "error", error=f"no Verifier salt: {exc}")
+        now_ns = self.clock.now_ns()
         signed = sign_quote(
             cmd,
             key=self._key,
             signer_id=self.account_id,
             contract_id=self.contract_id,
             salt=salt,
-            now_ns=self.clock.now_ns(),
+            now_ns=now_ns,
             buffer_ms=self.buffer_ms,
             standard=self.standard,
         )
         self._mark_signed(cmd.command_id)
-        store = self.ctx.store
-        if store is not None:
-            try:
-                fresh = await store.record_signed_command(ledger_id, signed.quote_hash, signed.nonce_b64)
-            except StoreError as exc:
-                return self._result(cmd, "error", error=f"signed-command ledger unavailable, not sent: {exc}")
-            if not fresh:
-                return self._result(
-                    cmd, "error", error="command was already signed (ledger); not signed or sent again"
-                )
+        entry = LedgerEntry(ledger_id, signed.quote_hash, signed.nonce_b64, signed.deadline_ns, now_ns)
+        try:
+            self.ledger.append(entry)  # durable against a crash of this process once it returns
+        except LedgerError as exc:
+            return self._result(cmd, "error", error=f"signed-command ledger unavailable, not sent: {exc}")
+        self._queue_mirror(entry)
         # No await between these checks and the registration below: /kill disarms first and then
         # collects the outstanding quotes, so every quote that gets sent is one /kill will see.
         if not self.armed:
@@ -542,6 +581,76 @@ class TradeExecutor(Service):
             self.last_error = str(exc)
             return signed, None, f"quote_response not answered: {exc}"
         return signed, reply, None
+
+    # -- signed-command ledger ---------------------------------------------------------------------
+    def _open_ledger(self) -> None:
+        """Open the local file; recent entries become known ids and (when live) outstanding quotes."""
+        try:
+            entries = self.ledger.open()
+        except LedgerError as exc:
+            self.ledger_load_error = str(exc)
+            log.error("%s: %s", self.name, exc)
+            return
+        self._mirror.extend(entries)  # idempotent: the store keeps the first record of an id
+        if self._mirror:
+            self._mirror_wake.set()
+
+    async def _load_store_ledger(self) -> None:
+        """Read back the store's recent ``signed_commands`` (a new machine has no local file)."""
+        if not self.ledger.is_open:
+            self._open_ledger()
+            if not self.ledger.is_open:
+                return  # the file cannot be opened: stay not ready (ledger_load_error says why)
+        store = self.ctx.store
+        if store is not None:
+            since = self.clock.now_ns() - self.ledger.lookback_ns
+            try:
+                recorded = await store.signed_commands_since(since)
+            except StoreError as exc:
+                self.ledger_load_error = f"could not read the signed commands back from the store: {exc}"
+                return
+            for command_id, signed_ts_ns in recorded:
+                self.ledger.remember(command_id, signed_ts_ns)
+        self.ledger_ready = True
+        self.ledger_load_error = None
+
+    def _queue_mirror(self, entry: LedgerEntry) -> None:
+        self._mirror.append(entry)
+        if len(self._mirror) == 1:
+            self._mirror_wake.set()
+
+    async def _mirror_once(self) -> bool:
+        """Write one batch of ledger entries to the store; False (entries kept) when the store fails."""
+        store = self.ctx.store
+        if store is None:
+            self._mirror.clear()
+            return True
+        batch = self._mirror[:MIRROR_BATCH]
+        try:
+            await store.record_signed_commands(
+                [(e.command_id, e.quote_hash, e.nonce_b64, e.signed_ts_ns) for e in batch]
+            )
+        except StoreError as exc:
+            self.mirror_error = str(exc)
+            return False
+        del self._mirror[: len(batch)]
+        self.mirrored += len(batch)
+        self.mirror_error = None
+        return True
+
+    async def _mirror_forever(self) -> None:
+        """Mirror the ledger into the store in batches, off the hot path; retries while the store is down."""
+        delay = MIRROR_DELAY_S
+        while True:
+            if not self._mirror:
+                self._mirror_wake.clear()
+                await self._mirror_wake.wait()
+            await asyncio.sleep(MIRROR_DELAY_S)  # let a burst gather into one transaction
+            if await self._mirror_once():
+                delay = MIRROR_DELAY_S
+            else:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MIRROR_RETRY_MAX_S)
 
     def _mark_signed(self, command_id: str) -> None:
         self._signed[command_id] = None
@@ -810,6 +919,10 @@ class TradeExecutor(Service):
                 await self.refresh_salt()
             except IntentsMMError as exc:
                 raise HttpError(409, f"cannot arm: {exc}", armed=False) from None
+        if not self.ledger_ready:
+            await self._load_store_ledger()
+            if not self.ledger_ready:
+                raise HttpError(409, f"cannot arm: {self.ledger_load_error}", armed=False)
         self.armed = True
         self.disarm_reason = None
         return json_response({"armed": True, "account_id": self.account_id, "public_key": self.public_key})
@@ -837,6 +950,12 @@ class TradeExecutor(Service):
             checks["relay"] = Check(False, f"armed but the Solver Relay connection is {state}")
         else:
             checks["relay"] = Check(True, "" if relay_ok else "not connected (disarmed)")
+        if not self.ledger_ready:
+            checks["ledger"] = Check(False, self.ledger_load_error or "signed-command ledger not loaded")
+        elif self.ledger.write_failing:
+            checks["ledger"] = Check(False, self.ledger.last_error or "signed-command ledger write failed")
+        else:
+            checks["ledger"] = Check(True)
         return checks
 
     def state(self) -> dict[str, Any]:
@@ -880,6 +999,19 @@ class TradeExecutor(Service):
                 "persist_error": self.persist_error,
             },
             "last_kill": self.last_kill,
+            "ledger": {
+                "path": str(self.ledger.path),
+                "ready": self.ledger_ready,
+                "load_error": self.ledger_load_error,
+                "known_ids": len(self.ledger),
+                "loaded_from_file": self.ledger.loaded,
+                "skipped_lines": self.ledger.skipped_lines,
+                "appended": self.ledger.appended,
+                "last_error": self.ledger.last_error,
+                "mirrored_to_store": self.mirrored,
+                "mirror_backlog": len(self._mirror),
+                "mirror_error": self.mirror_error,
+            },
         }
 
 

@@ -240,6 +240,48 @@ class HistoryStore:
         rows = await self._execute_write(stmt, f"signed command record for {command_id!r}")
         return len(rows) == 1
 
+    async def record_signed_commands(self, entries: Sequence[tuple[str, str, str, int]]) -> int:
+        """Record many ``(command_id, quote_hash, nonce_b64, signed_ts_ns)`` at once, in one transaction;
+        ids already recorded are left as they are. Returns how many were new.
+
+        The trade executor mirrors its local append-only ledger here asynchronously (see
+        ``docs/services/trade-executor.md``); :meth:`record_signed_command` stays the one-row form.
+        """
+        if not entries:
+            return 0
+        rows = [
+            {
+                "command_id": command_id,
+                "quote_hash": quote_hash,
+                "nonce": nonce_b64,
+                "signed_ts": ns_to_datetime(signed_ts_ns),
+                "signed_ts_ns": signed_ts_ns,
+            }
+            for command_id, quote_hash, nonce_b64, signed_ts_ns in entries
+        ]
+        stmt = (
+            self._insert(s.signed_commands)
+            .on_conflict_do_nothing(index_elements=["command_id"])
+            .returning(s.signed_commands.c.command_id)
+        )
+        engine = self._require_engine()
+        try:
+            async with engine.begin() as conn:
+                result = await conn.execute(stmt, rows)
+                return len(result.all())
+        except _STORE_ERRORS as exc:
+            raise _translate(exc, f"signed command records ({len(rows)})") from None
+
+    async def signed_commands_since(self, since_ns: int) -> list[tuple[str, int]]:
+        """``(command_id, signed_ts_ns)`` of the commands recorded as signed at or after ``since_ns``,
+        oldest first."""
+        stmt = (
+            sa.select(s.signed_commands.c.command_id, s.signed_commands.c.signed_ts_ns)
+            .where(s.signed_commands.c.signed_ts >= ns_to_datetime(since_ns))  # indexed
+            .order_by(s.signed_commands.c.signed_ts)
+        )
+        return [(str(row[0]), int(row[1])) for row in await self._fetch(stmt, "signed command read")]
+
     async def upsert_settlement(self, settlement: m.Settlement) -> bool:
         """Insert or update the settlement keyed by ``quote_hash``; True when a new row was inserted.
 
