@@ -754,3 +754,25 @@ async def test_token_form_is_what_a_token_protected_service_needs(
             assert await status(stripped, "0123abcd-token") == 401, stripped
     finally:
         await stop_services(running)
+
+
+def test_readme_opens_with_the_whole_setup_and_points_at_real_things() -> None:
+    from intents_mm.cli import build_parser
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = [line for line in readme.splitlines() if line.strip()]
+    assert lines[0] == "# intents-mm"
+    assert lines[1:5] == ["```", "make simulate", "make test", "```"], (
+        "README must open with the two commands"
+    )
+    for path in re.findall(r"`(docs/[\w./-]*)`", readme):
+        assert (REPO / path).exists(), f"README names {path}, which does not exist"
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    known = set(getattr(subparsers, "choices", {}) or {})
+    named = set(re.findall(r"^\| `intents-mm ([a-z-]+)", readme, re.M))
+    assert named and named <= known, f"README names commands that do not exist: {named - known}"
+    assert known <= named, f"commands missing from the README table: {known - named}"
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    for target in re.findall(r"`make ([a-z-]+)`", readme):
+        assert re.search(rf"^{target}:", makefile, re.M), f"README names make {target}, which does not exist"
