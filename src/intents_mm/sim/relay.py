@@ -528,7 +528,7 @@ class SimRelay:
         self._counts["ws_frames_in"] += 1
         try:
             msg = _json_decoder.decode(text)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # too deep a nesting is malformed too
             self._counts["malformed_frames"] += 1
             conn.send(_error_text(None, PARSE_ERROR, f"Parse error: {exc}"))
             return
@@ -1099,7 +1099,7 @@ class SimRelay:
         raw = await request.read()
         try:
             msg = _json_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:  # too deep a nesting is malformed too
             return self._json(_error(None, PARSE_ERROR, f"Parse error: {exc}"))
         if not isinstance(msg, dict):
             return self._json(_error(None, INVALID_REQUEST, "Invalid Request: a JSON-RPC object is expected"))
