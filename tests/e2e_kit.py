@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import io
 import time
 from collections import Counter, defaultdict
@@ -79,11 +80,16 @@ def e2e_env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 async def wait_for(
-    pred: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str, every_s: float = 0.2
+    pred: Callable[[], Awaitable[bool] | bool], *, timeout_s: float, what: str, every_s: float = 0.2
 ) -> None:
-    """Poll an async predicate until true; AssertionError naming ``what`` after ``timeout_s``."""
+    """Poll a predicate (plain or async) until true; AssertionError naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while not await pred():
+
+    async def check() -> bool:
+        value = pred()
+        return bool(await value) if inspect.isawaitable(value) else bool(value)
+
+    while not await check():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
         await asyncio.sleep(every_s)
