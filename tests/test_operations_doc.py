@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +70,7 @@ NOT_RUNNABLE: dict[str, str] = {
     "nats ": "no NATS CLI on this machine (simulate's bus is in-process)",
 }
 FIXTURE = "make simulate"
+TOOLS = ("bash", "curl", "jq", "psql", "grep")  # what the doc's runnable commands use besides intents-mm
 TAIL_SECONDS = 3.0
 COMMAND_TIMEOUT_S = 30.0
 WARMUP_TIMEOUT_S = 60.0
@@ -657,6 +659,9 @@ def test_every_command_runs_against_a_live_simulation(
 ) -> None:
     from intents_mm.near.keys import SigningKey
 
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    packages = " ".join(sorted({"psql": "postgresql-client"}.get(t, t) for t in missing))
+    assert not missing, f"the doc's commands need {missing} on PATH (apt-get install {packages})"
     workdir = tmp_path / "work"
     workdir.mkdir()
     (workdir / ".env.example").write_text((REPO / ".env.example").read_text(encoding="utf-8"))
