@@ -781,3 +781,20 @@ def test_readme_opens_with_the_whole_setup_and_points_at_real_things() -> None:
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     for target in re.findall(r"`make ([a-z-]+)`", readme):
         assert re.search(rf"^{target}:", makefile, re.M), f"README names make {target}, which does not exist"
+
+
+def test_the_route_table_matches_the_services() -> None:
+    """The Conventions table: every service's own routes, ``*`` exactly on the mutating ones."""
+    text = DOC.read_text(encoding="utf-8")
+    table: dict[str, set[tuple[str, str, bool]]] = {}
+    for port, name, routes in re.findall(r"^\s*\| (80\d\d) \| ([a-z-]+) \| (.*) \|$", text, re.M):
+        assert DEFAULT_PORTS[name] == int(port), f"{name} is not on {port}"
+        table[name] = {
+            (m, path, star == "*")
+            for m, path, star in re.findall(r"`(GET|POST|PUT) (/[a-z-]+)`(\*?)", routes)
+        }
+    expected = {
+        name: {r for r in routes if r[1] not in ("/healthz", "/state", "/metrics")}
+        for name, routes in _routes().items()
+    }
+    assert table == expected
