@@ -156,3 +156,28 @@ def test_run_all_serves_every_control_api_and_stops_cleanly_on_sigterm(tmp_path:
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=10)  # reap and close the pipes
+
+
+async def test_port_in_use_is_a_one_line_error(sqlite_url: str) -> None:
+    import socket
+
+    await migrate(sqlite_url)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = load_config({}, dotenv=None)
+        bus = make_bus(None)
+        await bus.start()
+        store = HistoryStore(sqlite_url)
+        await store.connect()
+        try:
+            with pytest.raises(
+                IntentsMMError, match=f"cannot listen on 127.0.0.1:{port}.*STRATEGY_ENGINE_PORT"
+            ):
+                await start_services(
+                    ["strategy-engine"], config, bus=bus, store=store, ports={"strategy-engine": port}
+                )
+        finally:
+            await bus.close()
+            await store.close()

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from intents_mm.clock import SYSTEM_CLOCK, Clock
-from intents_mm.config import Config, is_loopback
+from intents_mm.config import Config, is_loopback, port_var
 from intents_mm.domain.assets import AssetRegistry
 from intents_mm.errors import InputError, IntentsMMError
 
@@ -249,7 +249,15 @@ class ControlServer:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise IntentsMMError(
+                f"{self.service.name}: cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); "
+                f"is another intents-mm running? set {port_var(self.service.name)} to another port"
+            ) from None
         if self.port == 0:  # ephemeral (tests): learn the real port
             sockets = getattr(site._server, "sockets", None) or []
             if sockets:
