@@ -41,6 +41,7 @@ heartbeat_s = 0.5
 [exchanges.kraken]
 half_spread_bps = [2, 3]
 basis_bps = -1.5
+noise_bps = 2.5
 
 [relay]
 window_ms = 1500
@@ -152,6 +153,7 @@ def test_every_section_is_read() -> None:
     assert s.exchanges.update_interval_s == (0.05, 0.1) and s.exchanges.heartbeat_s == 0.5
     assert s.exchanges.per_venue["kraken"].half_spread_bps == (2.0, 3.0)
     assert s.exchanges.per_venue["kraken"].basis_bps == -1.5
+    assert s.exchanges.per_venue["kraken"].noise_bps == 2.5
     assert "binance" not in s.exchanges.per_venue
     r = s.relay
     assert (r.window_ms, r.min_deadline_ms, r.envelope) == (1500, 30000, "docs")

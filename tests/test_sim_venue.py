@@ -378,11 +378,16 @@ async def test_per_venue_profile_and_disabled_venue() -> None:
         [exchanges.kraken]
         half_spread_bps = [30, 30]
         basis_bps = 0
+        [exchanges.coinbase]
+        noise_bps = 0
+        basis_bps = 0
         """
     )
     v = SimVenue(scenario, seed=2)
     await v.start()
     try:
+        assert v.exchanges.venue("coinbase").profile.noise_bps == 0
+        assert v.exchanges.venue("kraken").profile.noise_bps == 0.6  # built-in
         quote = v.exchanges.quote("kraken")
         spread_bps = (quote.ask - quote.bid) / ((quote.ask + quote.bid) / 2) * 10_000
         assert 59 < spread_bps < 61, spread_bps

@@ -71,6 +71,7 @@ class _Profile:
     tick: Decimal
     half_spread_bps: tuple[float, float]
     basis_bps: float
+    noise_bps: float = 0.6  # std-dev of each step of the venue's mean-reverting (AR(1), 0.8) mid noise
 
 
 _PROFILES: dict[str, _Profile] = {
@@ -133,7 +134,7 @@ class _Venue:
     def refresh(self, now_ns: int) -> bool:
         """Requote from the path; True when the top of book changed."""
         p = self.profile
-        self.noise_bps = 0.8 * self.noise_bps + self.rng.gauss(0.0, 0.6)
+        self.noise_bps = 0.8 * self.noise_bps + self.rng.gauss(0.0, p.noise_bps)
         half = self.rng.uniform(*p.half_spread_bps)
         offset = (p.basis_bps + self.noise_bps + self.outlier_bps) / 10_000
         mid = self.sim.path.mid_at(now_ns) * Decimal(repr(1 + offset))

@@ -266,6 +266,7 @@ class VenueConfig:
 
     half_spread_bps: tuple[float, float] | None = None  # drawn uniformly per requote
     basis_bps: float | None = None  # constant offset of the venue's mid from the path
+    noise_bps: float | None = None  # std-dev of each step of the venue's mean-reverting mid noise
 
 
 @dataclass(frozen=True)
@@ -608,8 +609,9 @@ def _exchanges(t: _Table) -> ExchangesConfig:
         if spread is not None and spread[1] <= 0:
             raise vt.fail("half_spread_bps", "must be positive")
         basis = vt.num("basis_bps", 0.0, lo=-1000.0, hi=1000.0) if vt.has("basis_bps") else None
+        noise = vt.num("noise_bps", 0.0, lo=0.0, hi=100.0) if vt.has("noise_bps") else None
         vt.done()
-        per_venue[name] = VenueConfig(half_spread_bps=spread, basis_bps=basis)
+        per_venue[name] = VenueConfig(half_spread_bps=spread, basis_bps=basis, noise_bps=noise)
     t.done()
     return ExchangesConfig(
         venues=tuple(venues),

@@ -171,6 +171,8 @@ class SimVenue:
                 changes["half_spread_bps"] = override.half_spread_bps
             if override.basis_bps is not None:
                 changes["basis_bps"] = override.basis_bps
+            if override.noise_bps is not None:
+                changes["noise_bps"] = override.noise_bps
             venue.profile = dataclasses.replace(venue.profile, **changes)
 
         # Accounts and keys (play money; deterministic so the printed .env block is stable).
