@@ -25,6 +25,8 @@ import contextlib
 import dataclasses
 import inspect
 import io
+import socket
+import subprocess
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -57,6 +59,7 @@ HW = "history-writer"
 PAIR = AssetRegistry.default().active_pair
 BTC, EURE = PAIR.base.token_id, PAIR.quote.token_id
 MAX_NOTIONAL_EURE = Decimal(5)
+NATS_SERVER = "/usr/sbin/nats-server"
 
 
 def e2e_scenario(rate_per_s: float = 8.0, **changes: Any) -> Scenario:
@@ -93,6 +96,42 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
         await asyncio.sleep(every_s)
+
+
+# ---------------------------------------------------------------------------------------- servers
+
+
+class PrivateNats:
+    """A nats-server of the test's own on a free port with its own store directory, restartable on
+    the same port and store (never the shared server on 4222)."""
+
+    def __init__(self, store: Path) -> None:
+        self.port = free_port()
+        self.store = store
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"private nats-server on port {self.port} did not start") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
 
 
 # ---------------------------------------------------------------------------------------- bus taps
@@ -580,3 +619,81 @@ async def check_invariants(
 
     report.settlements = len(await store.settlements(limit=100_000))
     return report
+
+
+# ---------------------------------------------------------------------------------------- a whole run
+
+
+@dataclasses.dataclass
+class Exercise:
+    """The outcome of :func:`exercise`: the invariant report, the producers' ``/state`` (read after the
+    flow stopped) and history-writer's final ``/portfolio-metrics``."""
+
+    report: Report
+    states: dict[str, dict[str, Any]]
+    metrics: dict[str, Any]
+
+
+PRODUCERS = ("near-intents-ingest", "strategy-engine", "trade-executor", "market-reference-ingest")
+
+
+async def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        body = await resp.json(content_type=None)
+        return resp.status, body if isinstance(body, dict) else {}
+
+
+async def exercise(
+    run: E2ERun,
+    *,
+    drill: Callable[[E2ERun], Awaitable[None]] | None = None,
+    flow_s: float = 8.0,
+    settle_s: float = 4.0,
+    after_flow: Callable[[E2ERun], Awaitable[None]] | None = None,
+) -> Exercise:
+    """A whole run: start, arm, the user flow with the invariant sampler, then ``drill(run)`` (the
+    fault and its recovery checks; without one the flow runs ``flow_s`` seconds), stop the flow, let
+    the last settlements land, ``after_flow(run)``, stop the producers, drain and check every
+    invariant. The run is always shut down."""
+    try:
+        await run.start()
+        assert run.venue is not None
+        relay = RelayResponses(run.venue.relay)
+        await run.arm()
+        sampler = InvariantSampler(run)
+        sampler.start()
+        await run.venue.start_flow()
+        if drill is None:
+            await asyncio.sleep(flow_s)
+        else:
+            await drill(run)
+        await run.stop_flow()
+        await asyncio.sleep(settle_s)  # the last settlements, statuses and metrics land
+        if after_flow is not None:
+            await after_flow(run)
+        status, metrics = await get_json(f"{run.url(HW)}/portfolio-metrics")
+        assert status == 200, metrics
+        states = {name: await run.state(name) for name in PRODUCERS}
+        await sampler.stop()
+        await run.stop_producers()
+        drained = await drain(run)
+        report = await check_invariants(run, drained=drained, relay=relay, sampler=sampler, metrics=metrics)
+    finally:
+        await run.shutdown()
+    return Exercise(report, states, metrics)
+
+
+async def accepted(run: E2ERun) -> int:
+    """trade-executor's count of quotes the relay accepted (this process's, since its start)."""
+    count: int = (await run.state("trade-executor"))["counts"]["accepted"]
+    return count
+
+
+async def wait_accepted(run: E2ERun, more: int, *, timeout_s: float = 20.0, what: str = "quotes") -> None:
+    """Wait until trade-executor reports ``more`` accepted quotes beyond its count now."""
+    base = await accepted(run)
+
+    async def enough() -> bool:
+        return await accepted(run) >= base + more
+
+    await wait_for(enough, timeout_s=timeout_s, what=f"{more} more accepted {what}")

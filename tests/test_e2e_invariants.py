@@ -10,65 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
-from e2e_kit import (
-    DistributedRun,
-    E2ERun,
-    InProcessRun,
-    InvariantSampler,
-    RelayResponses,
-    Report,
-    check_invariants,
-    drain,
-    e2e_env,
-    e2e_scenario,
-)
+from e2e_kit import DistributedRun, E2ERun, InProcessRun, Report, e2e_env, e2e_scenario, exercise
 
 FLOW_S = 8.0
-SETTLE_S = 4.0
 
 pytestmark = pytest.mark.slow
 
 
-async def portfolio_metrics(run: E2ERun) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"{run.url('history-writer')}/portfolio-metrics") as resp,
-    ):
-        assert resp.status == 200
-        body: dict[str, Any] = await resp.json()
-        return body
-
-
-async def seeded_run(run: E2ERun, *, flow_s: float = FLOW_S) -> tuple[Report, dict[str, Any]]:
-    """Start, arm, run the flow, drain; returns the invariant report and the producers' states."""
-    try:
-        await run.start()
-        assert run.venue is not None
-        relay = RelayResponses(run.venue.relay)
-        await run.arm()
-        sampler = InvariantSampler(run)
-        sampler.start()
-        await run.venue.start_flow()
-        await asyncio.sleep(flow_s)
-        await run.stop_flow()
-        await asyncio.sleep(SETTLE_S)  # the last settlements, statuses and metrics land
-        metrics = await portfolio_metrics(run)
-        states = {
-            name: await run.state(name)
-            for name in ("near-intents-ingest", "strategy-engine", "trade-executor")
-        }
-        await sampler.stop()
-        await run.stop_producers()
-        drained = await drain(run)
-        report = await check_invariants(run, drained=drained, relay=relay, sampler=sampler, metrics=metrics)
-    finally:
-        await run.shutdown()
-
+async def seeded_run(run: E2ERun) -> Report:
+    """The flow for a few seconds, then every invariant, and the producers' counters against the store."""
+    ex = await exercise(run, flow_s=FLOW_S)
+    report, states = ex.report, ex.states
     # the producers' own counters match what the store holds
     assert states["near-intents-ingest"]["quotes"]["published"] == report.requests
     assert states["strategy-engine"]["counters"]["requests"] == report.requests
@@ -79,13 +34,13 @@ async def seeded_run(run: E2ERun, *, flow_s: float = FLOW_S) -> tuple[Report, di
     assert report.commands >= 5 and report.results["accepted"] >= 5, report
     assert report.settlements >= 2 and report.signed >= report.results["accepted"], report
     assert report.metrics_checked >= 2, report
-    return report, states
+    return report
 
 
 async def test_invariants_single_process_memory_bus_and_sqlite(tmp_path: Path) -> None:
     run = InProcessRun(tmp=tmp_path, scenario=e2e_scenario())
     async with asyncio.timeout(90):
-        report, _ = await seeded_run(run)
+        report = await seeded_run(run)
     assert run.store_url.startswith("sqlite")
     assert report.stored["demand.swap_request"] == report.requests
 
@@ -98,7 +53,7 @@ async def test_invariants_distributed_processes_nats_and_postgresql(
     env = e2e_env(tmp_path, NATS_URL=nats_server_url, NATS_STREAM=stream_prefix, POSTGRES_URL=pg_url)
     run = DistributedRun(tmp=tmp_path, scenario=e2e_scenario(), env=env)
     async with asyncio.timeout(150):
-        report, _ = await seeded_run(run)
+        report = await seeded_run(run)
     assert run.store_url.startswith("postgresql")
     # every service ran in its own process, and every process was stopped
     pids = {p.pid for p in run.processes.values()}
