@@ -96,6 +96,7 @@ class HistoryStore:
         self._url = url
         self._clock = clock
         self._engine: AsyncEngine | None = None
+        self._dialect: str | None = None  # parsed on first use, then read per statement
 
     @property
     def url(self) -> str:
@@ -105,7 +106,9 @@ class HistoryStore:
     @property
     def dialect(self) -> str:
         """``postgresql`` or ``sqlite``."""
-        return sa.engine.make_url(self._url).get_backend_name()
+        if self._dialect is None:
+            self._dialect = sa.engine.make_url(self._url).get_backend_name()
+        return self._dialect
 
     # ------------------------------------------------------------------------------ lifecycle
 
