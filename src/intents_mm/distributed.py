@@ -20,7 +20,9 @@ Every process it started is stopped, always (also on Ctrl-C and on failure): SIG
 after a timeout; producers first, history-writer last so that it stores the tail. The children run in
 their own process group (a terminal Ctrl-C reaches only this process, which then stops them in order)
 and, where ``setpriv`` exists, get SIGTERM should this process die without cleaning up.
-A service process that exits on its own during the run ends the run with an error.
+A service process that exits on its own (a crash, a ``kill -9``) is restarted, as compose and k3s
+restart a container; it starts disarmed, as after any restart. After five restarts of one service the
+run ends with an error.
 
 :class:`DistributedSimulation` is also the harness of the distributed end-to-end tests: the phase
 methods, :meth:`DistributedSimulation.kill_service` and :meth:`DistributedSimulation.restart_service`
@@ -67,6 +69,9 @@ MIGRATE_TIMEOUT_S: Final = 120.0
 STATE_POLL_S: Final = 1.0
 HTTP_TIMEOUT_S: Final = 5.0
 LOG_TAIL_LINES: Final = 15
+#: A service process that exits on its own is started again at most this often (then the run fails).
+MAX_RESTARTS: Final = 5
+RESTART_PAUSE_S: Final = 1.0
 
 # variables the venue or the run supplies; never inherited from the environment or a live .env
 _RUN_OWNED: Final = (
@@ -279,6 +284,7 @@ class DistributedSimulation(Simulation):
         self._states_cache: dict[str, dict[str, Any]] = {name: {} for name in SERVICES}
         self._http: aiohttp.ClientSession | None = None
         self._watchers: list[asyncio.Task[None]] = []
+        self._restarts: list[asyncio.Task[None]] = []
 
     # -- the run ---------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -371,6 +377,7 @@ class DistributedSimulation(Simulation):
         self.say(f"  history store            {redact_url(self.store_url)}")
         self.say(f"  bus                      NATS {redact_url(self.nats_url)} stream {self.nats_stream}")
         self.say(f"  service logs             {self.run_dir}")
+        self.say(f"  venue admin (faults)     {self.venue.urls['admin']}")
 
     def _check_config(self, cwd: Path) -> Config:
         """The services' configuration, validated here first (a bad value is one clear error, not
@@ -440,7 +447,8 @@ class DistributedSimulation(Simulation):
             await asyncio.sleep(0.25)
 
     async def kill_service(self, name: str) -> int | None:
-        """SIGKILL one service process (a drill); the watcher does not count it as a failure."""
+        """SIGKILL one service process and keep it down (the watcher does not restart it); see
+        :meth:`restart_service`. A process killed from outside is restarted by the watcher."""
         return await self.processes[name].kill()
 
     async def stop_service(self, name: str) -> int | None:
@@ -471,20 +479,43 @@ class DistributedSimulation(Simulation):
             await writer.stop(self.stop_timeout_s)
 
     async def _watch(self) -> None:
-        """Refresh the services' ``/state`` for progress lines; end the run if a process exits on
-        its own."""
+        """Refresh the services' ``/state`` for progress lines, and restart a process that exited on its
+        own, as compose (``restart: unless-stopped``) and Kubernetes do: after a pause growing with
+        each restart, at most :data:`MAX_RESTARTS` times per service; then the run ends with an error.
+        """
         while True:
             await self.refresh_states()
             for name, proc in self.processes.items():
                 if proc.proc is not None and not proc.running() and not proc.expected_exit:
-                    proc.expected_exit = True  # reported once
-                    self.failure = (
-                        f"{name} exited on its own with status {proc.returncode}; log {proc.log_path}:\n"
-                        f"{proc.tail()}"
+                    proc.expected_exit = True  # handled once
+                    self._restarts.append(
+                        asyncio.create_task(self._restart_crashed(name), name=f"restart-{name}")
                     )
-                    self.say(f"!! {self.failure}")
-                    self.stop.set()
             await asyncio.sleep(STATE_POLL_S)
+
+    async def _restart_crashed(self, name: str) -> None:
+        proc = self.processes[name]
+        exited = f"{name} (pid {proc.pid}) exited on its own with status {proc.returncode}"
+        if proc.starts > MAX_RESTARTS:
+            self.failure = f"{exited} after {MAX_RESTARTS} restarts; log {proc.log_path}:\n{proc.tail()}"
+            self.say(f"!! {self.failure}")
+            self.stop.set()
+            return
+        self.say(f"!! {exited}; restarting it (log {proc.log_path})")
+        await asyncio.sleep(RESTART_PAUSE_S * proc.starts)
+        try:
+            await proc.start()
+            await self.wait_healthy([name])
+        except IntentsMMError as exc:
+            self.failure = f"{exited} and could not be restarted: {exc}"
+            self.say(f"!! {self.failure}")
+            self.stop.set()
+            return
+        armed = name in ("strategy-engine", "trade-executor")
+        self.say(
+            f"{name} restarted (pid {proc.pid})"
+            + (f"; it starts DISARMED: curl -s -X POST {proc.url}/arm to arm it again" if armed else "")
+        )
 
     # -- HTTP ------------------------------------------------------------------------------------
     async def _get(self, name: str, path: str) -> tuple[int, dict[str, Any]]:
@@ -579,7 +610,7 @@ class DistributedSimulation(Simulation):
         summary = await super().summary(elapsed_s)
         summary["distributed"] = {
             "processes": {
-                name: {"pid": p.pid, "starts": p.starts, "running": p.running(), "log": str(p.log_path)}
+                name: {"pid": p.pid, "starts": p.starts, "restarts": p.starts - 1, "log": str(p.log_path)}
                 for name, p in self.processes.items()
             },
             "nats_stream": self.nats_stream,
@@ -591,12 +622,14 @@ class DistributedSimulation(Simulation):
     # -- shutdown --------------------------------------------------------------------------------
     async def _shutdown(self) -> None:
         """Stop everything this run started, each step on its own (one failing does not skip the rest)."""
-        for task in self._watchers:
+        tasks = [*self._watchers, *self._restarts]
+        for task in tasks:
             task.cancel()
-        for task in self._watchers:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._watchers.clear()
+        self._restarts.clear()
         await _quietly(self._stop_processes(), "stopping the service processes")
         self.running = None
         if self.venue is not None:
