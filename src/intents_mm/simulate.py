@@ -184,6 +184,7 @@ class Simulation:
             self.say(f"  {server.service.name:<24} {server.url}")
         self.say(f"  history store            {redact_url(self.store_url)}")
         self.say(f"  bus                      {'NATS ' + self.nats_stream if self.nats_stream else 'memory'}")
+        self.say(f"  venue admin (faults)     {self.venue.urls['admin']}  (docs/fault-drills.md)")
 
     async def _warm_up_and_arm(self) -> None:
         """Wait for a fresh reference, credited inventory and a registered key, then arm both services."""
