@@ -219,8 +219,10 @@ async def test_nats_server_restart_loses_nothing_acked(tmp_path: Path) -> None:
 
 @pytest.mark.pg
 async def test_postgresql_outage_history_catches_up_exactly_once(tmp_path: Path, pg_url: str) -> None:
-    """history-writer holds the messages while PostgreSQL is down (and says so on /healthz), and
-    stores each exactly once when it is back; the executor signs nothing it cannot record."""
+    """history-writer holds the messages while PostgreSQL is down (and says so on /healthz) and
+    stores each exactly once when it is back. Quoting goes on meanwhile: the executor's
+    signed-at-most-once ledger is a local file, mirrored into ``signed_commands`` once the store is
+    back (the invariants then find every quote the relay got in it)."""
     seen: dict[str, Any] = {}
 
     async def drill(run: E2ERun) -> None:
@@ -233,7 +235,7 @@ async def test_postgresql_outage_history_catches_up_exactly_once(tmp_path: Path,
                 return status == 503 and "store" in body.get("failing", {})
 
             await wait_for(store_down, timeout_s=15, what="history-writer to report the store down")
-            await asyncio.sleep(2.0)  # messages pile up meanwhile
+            await wait_accepted(run, 3, timeout_s=15, what="quotes while PostgreSQL is down")
             seen["backlog"] = (await run.state("history-writer"))["backlog"]
         finally:
             start_postgres()
@@ -244,7 +246,7 @@ async def test_postgresql_outage_history_catches_up_exactly_once(tmp_path: Path,
             return status == 200 and (await run.state("history-writer"))["backlog"] == 0
 
         await wait_for(caught_up, timeout_s=30, what="history-writer to catch up")
-        seen["executor"] = await run.state("trade-executor")
+        await wait_accepted(run, 2, what="quotes after the outage")
 
     env = e2e_env(tmp_path, POSTGRES_URL=pg_url)
     run = InProcessRun(tmp=tmp_path, scenario=e2e_scenario(), env=env)
@@ -253,10 +255,7 @@ async def test_postgresql_outage_history_catches_up_exactly_once(tmp_path: Path,
     assert seen["backlog"] > 0, "messages were held during the outage"
     assert run.store_url.startswith("postgresql")
     assert ex.report.stored["market.reference_price"] > 20
-    # a command that came while the ledger was down was not signed: an error result, no quote hash
-    errors = [r for r in seen["executor"]["last_results"] if r["outcome"] == "error"]
-    for r in errors:
-        assert "ledger" in (r["error"] or "") or "signed" in (r["error"] or ""), r
+    assert ex.report.signed >= ex.report.results["accepted"] >= 8
 
 
 # ------------------------------------------------------------------------------------ kill -9 executor

@@ -340,6 +340,9 @@ class DistributedSimulation(Simulation):
             "NATS_STREAM": self.nats_stream,
             "NATS_SUBJECT_PREFIX": self.subject_prefix,
             "POSTGRES_URL": self.postgres_url,
+            # the run's own local state (the executor's signed-commands ledger file survives a restart
+            # of its process within the run, and never mixes with another run's)
+            "INTENTS_MM_VAR_DIR": str(self.run_dir / "var"),
             **{port_var(name): str(port) for name, port in ports.items()},
         }
         cwd = self.dotenv.resolve().parent if self.dotenv is not None else self.run_dir
