@@ -45,6 +45,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
+import heapq
 import inspect
 import json
 import logging
@@ -53,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
+import msgspec
 from aiohttp import web
 
 from intents_mm.bus.port import Delivery, Subscription
@@ -66,6 +69,7 @@ from intents_mm.messages import (
     TradeOutcome,
     TradeResult,
     decode,
+    encode_payload,
 )
 from intents_mm.near.encoding import b64decode, b64encode
 from intents_mm.near.keys import SigningKey, is_implicit_account
@@ -208,6 +212,11 @@ class Outstanding:
             "deadline_ns": self.deadline_ns,
         }
 
+    @functools.cached_property
+    def json_bytes(self) -> bytes:
+        """``to_json()`` encoded, once: the persisted list is joined from these."""
+        return encode_payload(self.to_json())
+
     @classmethod
     def from_json(cls, obj: object) -> Outstanding | None:
         if not isinstance(obj, dict):
@@ -296,6 +305,7 @@ class TradeExecutor(Service):
         self.mirror_error: str | None = None
         # emergency stop
         self.outstanding: dict[str, Outstanding] = {}
+        self._expiries: list[tuple[int, str]] = []  # heap of (deadline_ns, nonce) over outstanding
         self._outstanding_dirty = False
         self._persisted_mono: int | None = None
         self.persist_error: str | None = None
@@ -570,10 +580,9 @@ class TradeExecutor(Service):
             return self._result(cmd, "skipped_disarmed")
         if self.clock.now_ns() > cmd.relay_deadline_ns:
             return self._result(cmd, "dropped_late", error="the relay's answer window passed while signing")
-        self.outstanding[signed.nonce_b64] = Outstanding(
-            cmd.command_id, signed.quote_hash, signed.nonce_b64, signed.deadline_ns
+        self._add_outstanding(
+            Outstanding(cmd.command_id, signed.quote_hash, signed.nonce_b64, signed.deadline_ns)
         )
-        self._outstanding_dirty = True
         assert self.relay is not None
         try:
             reply = await self.relay.send_quote_response(signed.params)
@@ -709,13 +718,21 @@ class TradeExecutor(Service):
         await self.publish(TRADE_RESULT, result, msg_id=f"result:{result.command_id}")
 
     # -- outstanding signed quotes -----------------------------------------------------------------
+    def _add_outstanding(self, entry: Outstanding) -> None:
+        self.outstanding[entry.nonce_b64] = entry
+        heapq.heappush(self._expiries, (entry.deadline_ns, entry.nonce_b64))
+        self._outstanding_dirty = True
+
     def _expire_outstanding(self) -> None:
+        """Drop the quotes whose deadline has passed (from a heap: nothing is scanned)."""
         now = self.clock.now_ns()
-        expired = [n for n, o in self.outstanding.items() if o.deadline_ns < now]
-        for nonce in expired:
-            del self.outstanding[nonce]
-        if expired:
-            self._outstanding_dirty = True
+        expiries, outstanding = self._expiries, self.outstanding
+        while expiries and expiries[0][0] < now:
+            deadline_ns, nonce = heapq.heappop(expiries)
+            entry = outstanding.get(nonce)
+            if entry is not None and entry.deadline_ns == deadline_ns:
+                del outstanding[nonce]
+                self._outstanding_dirty = True
 
     async def _persist_outstanding(self) -> None:
         self._persisted_mono = self.clock.monotonic_ns()
@@ -725,7 +742,8 @@ class TradeExecutor(Service):
             return
         self._outstanding_dirty = False
         try:
-            await store.put_state(OUTSTANDING_STATE_KEY, [o.to_json() for o in self.outstanding.values()])
+            joined = b",".join([o.json_bytes for o in self.outstanding.values()])
+            await store.put_state(OUTSTANDING_STATE_KEY, msgspec.Raw(b"[" + joined + b"]"))
             self.persist_error = None
         except StoreError as exc:
             self._outstanding_dirty = True
@@ -743,8 +761,8 @@ class TradeExecutor(Service):
         now = self.clock.now_ns()
         for item in saved if isinstance(saved, list) else []:
             entry = Outstanding.from_json(item)
-            if entry is not None and entry.deadline_ns >= now:
-                self.outstanding.setdefault(entry.nonce_b64, entry)
+            if entry is not None and entry.deadline_ns >= now and entry.nonce_b64 not in self.outstanding:
+                self._add_outstanding(entry)
 
     # -- emergency stop ----------------------------------------------------------------------------
     async def kill(self, *, reason: str | None = None) -> dict[str, Any]:
