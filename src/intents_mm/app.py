@@ -23,7 +23,7 @@ from intents_mm.clock import SYSTEM_CLOCK, Clock
 from intents_mm.config import SERVICES, Config
 from intents_mm.domain.assets import AssetRegistry
 from intents_mm.errors import IntentsMMError
-from intents_mm.services.runtime import ControlServer, Service, ServiceContext
+from intents_mm.services.runtime import ControlServer, Service, ServiceContext, freeze_startup_heap
 from intents_mm.services.strategy_engine import StrategyEngine
 from intents_mm.storage.store import HistoryStore
 
@@ -194,6 +194,7 @@ async def serve(names: Sequence[str], config: Config, *, distributed: bool) -> i
         await store.close()
         return 0
     running = starting.result()
+    freeze_startup_heap()
     for server in running.servers:
         log.info("%s control API on %s", server.service.name, server.url)
     print(

@@ -37,7 +37,7 @@ from intents_mm.config import SERVICES, Config, load_config
 from intents_mm.domain.amounts import format_units
 from intents_mm.domain.assets import AssetRegistry
 from intents_mm.errors import IntentsMMError
-from intents_mm.services.runtime import to_jsonable
+from intents_mm.services.runtime import freeze_startup_heap, to_jsonable
 from intents_mm.sim.scenario import Scenario, load_scenario
 from intents_mm.sim.venue import SimVenue
 from intents_mm.storage.migrate import migrate, redact_url, resolve_store_url
@@ -230,6 +230,7 @@ class Simulation:
                     if resp.status != 200:
                         raise IntentsMMError(f"could not arm {name}: HTTP {resp.status} {body[:200]}")
         self.armed_at_ns = time.time_ns()
+        freeze_startup_heap()  # before the flow: start-up objects leave the cyclic GC's full passes
 
     async def _progress_until_done(self, t0: float) -> None:
         end = time.monotonic() + self.duration_s

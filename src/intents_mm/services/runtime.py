@@ -17,6 +17,7 @@ A :class:`Service` is a thin shell around domain logic. The runtime gives it:
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -77,6 +78,18 @@ class ServiceContext:
     assets: AssetRegistry = field(default_factory=AssetRegistry.default)
     store: HistoryStore | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # composition-root hooks (simulation, tests)
+
+
+def freeze_startup_heap() -> None:
+    """Collect once, then exempt every object alive now from future cyclic-GC passes (``gc.freeze``).
+
+    Call it once the services have started (run-all, run, simulate, bench): the modules, clients,
+    caches and tables built at start-up live for the whole process, and without this every full
+    collection walks all of them again (a 50-90 ms pause of the event loop in a measured bench run).
+    Objects created later are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def to_jsonable(value: Any) -> Any:
