@@ -31,6 +31,7 @@ from e2e_kit import (
     drain,
     e2e_scenario,
     stored,
+    wait_accepted,
     wait_for,
 )
 from intents_mm import messages as m
@@ -45,12 +46,6 @@ U128_MAX = 2**128 - 1
 def storm_scenario() -> Any:
     base = e2e_scenario()
     return dataclasses.replace(base, relay=dataclasses.replace(base.relay, api_keys=(ROGUE_KEY,)))
-
-
-async def accepted(run: InProcessRun) -> int:
-    state = await run.state("trade-executor")
-    count: int = state["counts"]["accepted"]
-    return count
 
 
 async def healthy(run: InProcessRun, http: aiohttp.ClientSession) -> dict[str, int]:
@@ -174,7 +169,7 @@ async def test_relay_socket_storm_relay_and_ingest_survive(tmp_path: Path) -> No
             sampler = InvariantSampler(run)
             sampler.start()
             await run.venue.start_flow()
-            await wait_for(lambda: _at_least(run, 3), timeout_s=20, what="first accepted quotes")
+            await wait_accepted(run, 3, what="quotes before the storm")
             ingest_before = (await run.state("near-intents-ingest"))["quotes"]
 
             async with aiohttp.ClientSession() as http:
@@ -230,8 +225,7 @@ async def test_relay_socket_storm_relay_and_ingest_survive(tmp_path: Path) -> No
             ingest = await run.state("near-intents-ingest")
             assert ingest["connection"] == "connected"
             assert ingest["quotes"]["invalid"] > ingest_before["invalid"], ingest["quotes"]
-            base = await accepted(run)
-            await wait_for(lambda: _at_least(run, base + 3), timeout_s=20, what="quoting after the storm")
+            await wait_accepted(run, 3, what="quotes after the storm")
             async with aiohttp.ClientSession() as http:
                 assert set((await healthy(run, http)).values()) == {200}
 
@@ -261,10 +255,6 @@ async def test_relay_socket_storm_relay_and_ingest_survive(tmp_path: Path) -> No
             assert len(huge) == 2 and all(d.outcome == "decline" for d in huge), huge
     finally:
         await run.shutdown()
-
-
-async def _at_least(run: InProcessRun, n: int) -> bool:
-    return await accepted(run) >= n
 
 
 # ------------------------------------------------------------------------------------ control APIs
@@ -376,7 +366,7 @@ async def test_control_api_storm_answers_4xx_json_and_changes_nothing(tmp_path: 
             await run.arm()
             assert run.venue is not None
             await run.venue.start_flow()
-            await wait_for(lambda: _at_least(run, 2), timeout_s=20, what="first accepted quotes")
+            await wait_accepted(run, 2, what="quotes before the storm")
             async with aiohttp.ClientSession() as http:
                 limits_before = (await run.state("strategy-engine"))["limits"]
                 frozen_before = (await run.state("liquidity-manager"))["withdrawals_frozen"]
@@ -412,7 +402,6 @@ async def test_control_api_storm_answers_4xx_json_and_changes_nothing(tmp_path: 
                 assert (await run.state("strategy-engine"))["limits"] == limits_before
                 assert (await run.state("liquidity-manager"))["withdrawals_frozen"] == frozen_before
                 assert set((await healthy(run, http)).values()) == {200}
-                base_accepted = await accepted(run)
-                await wait_for(lambda: _at_least(run, base_accepted + 2), timeout_s=20, what="quoting after")
+                await wait_accepted(run, 2, what="quotes after the storm")
     finally:
         await run.shutdown()
