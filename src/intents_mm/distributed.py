@@ -37,6 +37,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -305,6 +306,11 @@ class DistributedSimulation(Simulation):
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))
 
+        ports = {name: (self.ports or {}).get(name) or base.port(name) for name in SERVICES}
+        busy = [f"{port_var(n)}={p}" for n, p in ports.items() if not _port_free(base["CONTROL_API_HOST"], p)]
+        if busy:  # another run's services would answer our health checks
+            raise IntentsMMError(f"control port(s) in use: {', '.join(busy)}; set other *_PORT values")
+
         # bus: this run's own stream, created here first (and so checked reachable)
         self.nats_url = base["NATS_URL"] or DEFAULT_NATS_URL
         self.nats_stream = f"{base['NATS_STREAM']}_DIST_{self.run_id.upper()}"
@@ -333,7 +339,6 @@ class DistributedSimulation(Simulation):
                 "the distributed mode keeps its history in PostgreSQL: POSTGRES_URL must be postgresql://"
             )
 
-        ports = {name: (self.ports or {}).get(name) or base.port(name) for name in SERVICES}
         run_env = {
             **self.venue.env(),
             "NATS_URL": self.nats_url,
@@ -652,6 +657,17 @@ class DistributedSimulation(Simulation):
                 f"database {self.created_database} kept for inspection; drop it with: "
                 f"dropdb -h {DEFAULT_PG_HOST} -U {DEFAULT_PG_USER} {self.created_database}"
             )
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 async def _quietly(coro: Any, what: str) -> None:
