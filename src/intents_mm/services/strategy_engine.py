@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from intents_mm.bus.port import Delivery
+from intents_mm.bus.port import Delivery, redelivery_delay_s
 from intents_mm.domain.amounts import Rounding, format_units, to_decimal, to_units
 from intents_mm.domain.pricing import Inventory, PricedQuote, PricingParams, QuoteRequest, price_quote
 from intents_mm.domain.risk import (
@@ -31,7 +31,7 @@ from intents_mm.domain.risk import (
     check_limits,
     first_failure,
 )
-from intents_mm.errors import InputError
+from intents_mm.errors import InputError, IntentsMMError
 from intents_mm.messages import (
     DecisionOutcome,
     ExecuteTrade,
@@ -302,7 +302,21 @@ class StrategyEngine(Service):
             self.seen_quotes[payload.quote_id] = None
             if len(self.seen_quotes) > 50_000:
                 self.seen_quotes.popitem(last=False)
-            await self.decide(payload)
+            decision = await self._decide(payload)  # the command (if any) is published here
+            # The decision record is for history: publish it (and ack the request) off the hot path,
+            # so the next request does not wait for it (on NATS, for its publish acknowledgement).
+            # Unacked requests are bounded by the consumer's max_in_flight.
+            self.spawn(self._record_decision(decision, d), "decision")
+            return
+        await d.ack()
+
+    async def _record_decision(self, decision: TradeDecision, d: Delivery) -> None:
+        try:
+            await self.publish("decision.trade_decision", decision, msg_id=decision.decision_id)
+        except IntentsMMError as exc:
+            log.warning("%s: decision %s not published: %s", self.name, decision.decision_id, exc)
+            await d.nak(redelivery_delay_s(d.num_delivered))
+            return
         await d.ack()
 
     def guard_reason(self, req: SwapRequest, now: int) -> tuple[str | None, dict[str, Any]]:
@@ -339,6 +353,13 @@ class StrategyEngine(Service):
         return None, inputs
 
     async def decide(self, req: SwapRequest) -> TradeDecision:
+        """Decide on ``req``, publish the command (when armed and quoting), then the decision."""
+        decision = await self._decide(req)
+        await self.publish("decision.trade_decision", decision, msg_id=decision.decision_id)
+        return decision
+
+    async def _decide(self, req: SwapRequest) -> TradeDecision:
+        """Everything of :meth:`decide` but publishing the decision record."""
         now = self.clock.now_ns()
         self.counters.requests += 1
         reason, inputs = self.guard_reason(req, now)
@@ -444,7 +465,6 @@ class StrategyEngine(Service):
             inputs=inputs,
             deadline_ms=deadline_ms,
         )
-        await self.publish("decision.trade_decision", decision, msg_id=decision_id)
         if outcome == "quote":
             self.counters.quoted += 1
         else:
