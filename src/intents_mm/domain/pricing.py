@@ -23,6 +23,7 @@ ceiled. Prices use exact rational arithmetic (``Fraction``) so no binary float e
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
@@ -92,6 +93,20 @@ def _sqrt_dec(value: Decimal) -> Decimal:
         return value.sqrt() if value > 0 else Decimal(0)
 
 
+# Exact conversions memoised: parameters, deadlines, the reference mid and sigma repeat from one
+# quote to the next, and Fraction(Decimal) with 28-34 digits is the costly part of a price. Every
+# cached value is exact, so a quote is the same number with or without the caches.
+@functools.lru_cache(maxsize=256)
+def _frac(value: Decimal) -> Fraction:
+    return Fraction(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _sqrt_s(ms: int) -> Fraction:
+    """sqrt(ms / 1000) as computed by ``_sqrt_dec`` (34 digits), exactly as a Fraction."""
+    return Fraction(_sqrt_dec(Decimal(ms) / 1000))
+
+
 def _q(value: Fraction) -> Decimal:
     """A rational as a Decimal rounded to 6 places (for the logged terms only)."""
     with localcontext() as ctx:
@@ -112,17 +127,18 @@ def price_quote(
 ) -> PricedQuote:
     """Price one request. Raises nothing for business reasons: limits are checked by the caller."""
     side = side_of(pair, request)
-    mid = Fraction(reference_mid_fiat) * Fraction(pair.quote_per_fiat)  # quote per base (human)
+    quote_per_fiat = _frac(pair.quote_per_fiat)
+    mid = _frac(reference_mid_fiat) * quote_per_fiat  # quote per base (human)
     base_unit = pair.base.unit
     quote_unit = pair.quote.unit
     # quote-asset units per base-asset unit, at the mid
     mid_units = mid * quote_unit / base_unit
 
-    sigma = Fraction(sigma_bps_per_sqrt_s)
-    vol = Fraction(params.vol_multiplier) * sigma * Fraction(_sqrt_dec(Decimal(params.reaction_ms) / 1000))
-    option = Fraction(params.option_multiplier) * sigma * Fraction(_sqrt_dec(Decimal(deadline_ms) / 1000))
+    sigma = _frac(sigma_bps_per_sqrt_s)
+    vol = _frac(params.vol_multiplier) * sigma * _sqrt_s(params.reaction_ms)
+    option = _frac(params.option_multiplier) * sigma * _sqrt_s(deadline_ms)
     fee = Fraction(fee_pips, 100) if params.fee_in_price else Fraction(0)
-    base = Fraction(params.base_edge_bps)
+    base = _frac(params.base_edge_bps)
 
     # notional at the mid (quote-asset units), to size the size term and the skew's half-trade
     fixed = request.exact_amount_in if request.exact_amount_in is not None else request.exact_amount_out
@@ -132,7 +148,7 @@ def price_quote(
     )
     notional_units = Fraction(fixed) * mid_units if fixed_is_base else Fraction(fixed)
     base_trade_units = Fraction(fixed) if fixed_is_base else Fraction(fixed) / mid_units
-    size = Fraction(params.size_bps_per_eure) * notional_units / quote_unit / Fraction(pair.quote_per_fiat)
+    size = _frac(params.size_bps_per_eure) * notional_units / quote_unit / quote_per_fiat
 
     half_band = Fraction(inventory.max_base_units - inventory.min_base_units, 2)
     centre = Fraction(inventory.max_base_units + inventory.min_base_units, 2)
@@ -142,7 +158,7 @@ def price_quote(
         q = max(Fraction(-1), min(Fraction(1), q))
     else:
         q = Fraction(0)
-    skew = Fraction(params.skew_bps) * q * (1 if side == "buy" else -1)
+    skew = _frac(params.skew_bps) * q * (1 if side == "buy" else -1)
 
     edge = base + vol + option + size + fee + skew
     price_units = mid_units * (1 - edge * BPS) if side == "buy" else mid_units * (1 + edge * BPS)
