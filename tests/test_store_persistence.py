@@ -147,14 +147,16 @@ class _SlowStore:
         self.stalls = stalls
         self.delay_s = delay_s
 
-    async def write_batch(self, envelopes: Sequence[m.Envelope[m.Payload]]) -> int:
+    async def write_batch(
+        self, envelopes: Sequence[m.Envelope[m.Payload]], raw: Sequence[bytes] | None = None
+    ) -> int:
         if self.stalls:
             self.stalls -= 1
             if self.delay_s is None:
                 await asyncio.Event().wait()
             else:
                 await asyncio.sleep(self.delay_s)
-        return await self.store.write_batch(envelopes)
+        return await self.store.write_batch(envelopes, raw)
 
 
 async def test_redeliveries_during_a_slow_write_are_stored_once(store: HistoryStore, bus: MemoryBus) -> None:

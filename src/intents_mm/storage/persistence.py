@@ -47,7 +47,9 @@ class SubscribingBus(Protocol):
 class BatchWriter(Protocol):
     """The part of :class:`HistoryStore` the persister uses."""
 
-    async def write_batch(self, envelopes: Sequence[m.Envelope[m.Payload]]) -> int: ...
+    async def write_batch(
+        self, envelopes: Sequence[m.Envelope[m.Payload]], raw: Sequence[bytes] | None = None
+    ) -> int: ...
 
 
 class PersisterStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,6 +72,7 @@ class PersisterStats(msgspec.Struct, frozen=True, kw_only=True):
 class _Item(msgspec.Struct):
     env: m.Envelope[m.Payload]
     delivery: Delivery
+    raw: bytes  # the envelope as it travelled: stored as is (no second encoding)
 
 
 class HistoryPersister:
@@ -221,7 +224,10 @@ class HistoryPersister:
             return
         self._putting += 1
         try:
-            await self._queue.put(_Item(env=env, delivery=delivery))
+            data = delivery.data
+            await self._queue.put(
+                _Item(env=env, delivery=delivery, raw=data if type(data) is bytes else bytes(data))
+            )
         finally:
             self._putting -= 1
 
@@ -253,7 +259,9 @@ class HistoryPersister:
             try:
                 try:
                     async with asyncio.timeout(self._write_timeout_s):
-                        inserted = await self._store.write_batch([item.env for item in batch])
+                        inserted = await self._store.write_batch(
+                            [item.env for item in batch], [item.raw for item in batch]
+                        )
                 except TimeoutError:
                     raise StoreError(
                         f"history store write timed out after {self._write_timeout_s:g} s"

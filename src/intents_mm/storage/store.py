@@ -28,6 +28,9 @@ from intents_mm.storage.types import ns_to_datetime
 
 P = TypeVar("P", bound=m.Payload)
 
+#: Largest number of rows per INSERT statement of :meth:`HistoryStore.write_batch`.
+WRITE_CHUNK: Final = 100
+
 #: Markout horizons stored per settlement, in seconds.
 MARKOUT_HORIZONS_S: Final = (1, 10, 60, 300)
 
@@ -56,8 +59,11 @@ _WRITE_PLAN: Final = {
 }
 
 
-def event_row(env: m.Envelope[m.Payload]) -> tuple[sa.Table, dict[str, Any]]:
-    """The table and row an envelope is stored as (key columns flattened, full envelope as JSON)."""
+def event_row(env: m.Envelope[m.Payload], raw: bytes | None = None) -> tuple[sa.Table, dict[str, Any]]:
+    """The table and row an envelope is stored as (key columns flattened, full envelope as JSON).
+
+    ``raw`` is the envelope's JSON as it travelled on the bus, when the caller has it: it is stored
+    as it is instead of encoding the envelope again."""
     plan = _WRITE_PLAN.get(env.subject)
     if plan is None:
         raise InputError(f"no history table for subject {env.subject!r}")
@@ -67,7 +73,7 @@ def event_row(env: m.Envelope[m.Payload]) -> tuple[sa.Table, dict[str, Any]]:
         "msg_id": env.msg_id,
         "ts": ns_to_datetime(env.ts_ns),
         "ts_ns": env.ts_ns,
-        "payload": msgspec.Raw(m.encode(env)),
+        "payload": msgspec.Raw(raw if raw is not None else m.encode(env)),
     }
     for name in columns:
         row[name] = getattr(payload, name)
@@ -159,8 +165,14 @@ class HistoryStore:
 
     # ------------------------------------------------------------------------------ writes
 
-    async def write_batch(self, envelopes: Sequence[m.Envelope[m.Payload]]) -> int:
+    async def write_batch(
+        self, envelopes: Sequence[m.Envelope[m.Payload]], raw: Sequence[bytes] | None = None
+    ) -> int:
         """Insert each envelope into its subject's table, in one transaction; returns rows inserted.
+
+        ``raw``, when given, holds each envelope's bus bytes (same order): stored without re-encoding.
+        Rows are sent in statements of at most ``WRITE_CHUNK`` rows, so the event loop runs between
+        them while the database works.
 
         Idempotent: an envelope whose ``msg_id`` is already stored (or repeated in the batch) is
         skipped (``ON CONFLICT (msg_id) DO NOTHING``). Raises :class:`InputError` for a subject with
@@ -171,8 +183,10 @@ class HistoryStore:
             return 0
         by_table: dict[str, tuple[sa.Table, list[dict[str, Any]]]] = {}
         seen: set[tuple[str, str]] = set()
-        for env in envelopes:
-            table, row = event_row(env)
+        if raw is not None and len(raw) != len(envelopes):
+            raise InputError("write_batch: raw must hold one entry per envelope")
+        for i, env in enumerate(envelopes):
+            table, row = event_row(env, raw[i] if raw is not None else None)
             key = (table.name, env.msg_id)
             if key in seen:
                 continue
@@ -188,8 +202,9 @@ class HistoryStore:
                         .on_conflict_do_nothing(index_elements=["msg_id"])
                         .returning(table.c.id)
                     )
-                    result = await conn.execute(stmt, rows)
-                    inserted += len(result.all())
+                    for start in range(0, len(rows), WRITE_CHUNK):
+                        result = await conn.execute(stmt, rows[start : start + WRITE_CHUNK])
+                        inserted += len(result.all())
         except _STORE_ERRORS as exc:
             raise _translate(exc, f"write of {len(envelopes)} messages") from None
         return inserted
