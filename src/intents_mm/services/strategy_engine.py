@@ -403,19 +403,9 @@ class StrategyEngine(Service):
                 book=self.book,
                 limits=self.limits,
             )
-            checks = [
-                LimitCheck(name=c.name, passed=c.passed, value=c.value, limit=c.limit) for c in domain_checks
-            ]
             reason = first_failure(domain_checks)
-            inputs.update(
-                sigma_bps_per_sqrt_s=str(sigma),
-                credited={k: str(v) for k, v in credited.items()},
-                reserved_out={a: str(self.book.reserved_out(a)) for a in credited},
-                mid_quote_per_base=str(quote.mid),
-                price=str(quote.price),
-                notional_eure=str(quote.notional_quote),
-                edge_bps=str(quote.edge_bps),
-            )
+            # what the record shows, read now (before this quote's reservation); formatted later
+            reserved_before = {a: self.book.reserved_out(a) for a in credited}
         decision_id = f"decision:{req.quote_id}"
         outcome: DecisionOutcome = "quote" if reason is None else "decline"
         command: ExecuteTrade | None = None
@@ -447,6 +437,21 @@ class StrategyEngine(Service):
             )
             await self.publish("cmd.execute_trade", command, msg_id=command.command_id)
             self.counters.commands += 1
+            # Let the executor take the command now; the decision record below is for history.
+            await asyncio.sleep(0)
+        if quote is not None:
+            checks = [
+                LimitCheck(name=c.name, passed=c.passed, value=c.value, limit=c.limit) for c in domain_checks
+            ]
+            inputs.update(
+                sigma_bps_per_sqrt_s=str(sigma),
+                credited={k: str(v) for k, v in credited.items()},
+                reserved_out={a: str(v) for a, v in reserved_before.items()},
+                mid_quote_per_base=str(quote.mid),
+                price=str(quote.price),
+                notional_eure=str(quote.notional_quote),
+                edge_bps=str(quote.edge_bps),
+            )
         decision = TradeDecision(
             decision_id=decision_id,
             quote_id=req.quote_id,
