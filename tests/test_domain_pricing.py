@@ -253,3 +253,18 @@ def test_property_pnl_identity(b0: int, e0: int, bt: int, et: int, p0: Decimal, 
 def test_markout_sign() -> None:
     assert markout_bps("buy", Decimal(100), Decimal(101)) == Decimal("100.00")
     assert markout_bps("sell", Decimal(100), Decimal(101)) == Decimal("-100.00")
+
+
+def test_notional_is_rounded_against_us_for_the_limit() -> None:
+    # 5.0000004 EURe asked from us: exactly above the 5 EURe limit; the 6-place notional must not hide it
+    q = quote(req(BTC.token_id, EURE.token_id, exact_out=5 * 10**18 + 4 * 10**11))
+    assert q.notional_quote == Decimal("5.000001")
+    checks = check_limits(
+        BTC_EURE,
+        q,
+        min_deadline_ms=60_000,
+        credited={EURE.token_id: 10**21},
+        book=ReservationBook(),
+        limits=Limits(),
+    )
+    assert first_failure(checks) == "max_notional_eure"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal, localcontext
 from fractions import Fraction
 from typing import Literal
 
@@ -107,11 +107,13 @@ def _sqrt_s(ms: int) -> Fraction:
     return Fraction(_sqrt_dec(Decimal(ms) / 1000))
 
 
-def _q(value: Fraction) -> Decimal:
-    """A rational as a Decimal rounded to 6 places (for the logged terms only)."""
+def _q(value: Fraction, rounding: str = ROUND_HALF_EVEN) -> Decimal:
+    """A rational as a Decimal rounded to 6 places (logged terms; limits use ``ROUND_CEILING``)."""
     with localcontext() as ctx:
         ctx.prec = 50
-        return (Decimal(value.numerator) / Decimal(value.denominator)).quantize(Decimal("0.000001"))
+        return (Decimal(value.numerator) / Decimal(value.denominator)).quantize(
+            Decimal("0.000001"), rounding=rounding
+        )
 
 
 def price_quote(
@@ -185,7 +187,7 @@ def price_quote(
         mid=_q(mid),
         edge_bps=_q(edge),
         terms_bps=terms,
-        notional_quote=_q(notional_actual),
+        notional_quote=_q(notional_actual, ROUND_CEILING),  # checked against limits: round against us
         base_delta=base_delta,
         quote_delta=quote_delta,
     )

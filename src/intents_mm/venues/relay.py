@@ -687,7 +687,7 @@ class SolverRelayClient:
         self.counts["frames_in"] += 1
         try:
             msg = _DECODER.decode(text)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError, ValueError):  # bad JSON, too deep
             self.counts["malformed_not_json"] += 1
             return None
         if type(msg) is not dict:
