@@ -53,6 +53,7 @@ START_WAIT_S: Final = 5.0  # start() waits this long for the first subscription,
 MAX_ID_CHARS: Final = 200
 SEEN_KEPT: Final = 100_000  # quote ids / quote hashes remembered against replays
 RECENT_REJECTIONS: Final = 20
+MAX_PUBLISHING: Final = 256  # quote requests being published at once (bus acknowledgement pending)
 
 #: Reasons an invalid quote request is counted under (``off_pair`` is counted apart).
 INVALID_REASONS: Final = (
@@ -221,6 +222,12 @@ class NearIntentsIngest(Service):
         self.last_publish_error: str | None = None
         self._seen_quotes: OrderedDict[str, None] = OrderedDict()
         self._seen_statuses: OrderedDict[str, None] = OrderedDict()
+        # A publish that waits for a broker acknowledgement (NATS JetStream) must not hold up the next
+        # quote request: such publishes run concurrently (bounded). The memory bus never waits, so
+        # there the request is published inline (a task would only add an event-loop turn).
+        self._pipelined = ctx.bus.describe().get("backend") != "memory"
+        self._publishing: set[str] = set()
+        self._publish_slots = asyncio.Semaphore(MAX_PUBLISHING)
         self.metrics.register(_Metrics(self))
 
     # ------------------------------------------------------------------ life cycle
@@ -274,17 +281,30 @@ class NearIntentsIngest(Service):
             self._reject(event, RequestRejected("payload", str(exc)))
             return
         quote_id = request.quote_id
-        if quote_id in self._seen_quotes:
+        if quote_id in self._seen_quotes or quote_id in self._publishing:
             quotes["duplicate"] += 1
             return
+        if self._pipelined:
+            await self._publish_slots.acquire()  # back-pressure once MAX_PUBLISHING are pending
+            self._publishing.add(quote_id)
+            self.spawn(self._publish_request(request), "publish")
+            return
+        await self._publish_request(request)
+
+    async def _publish_request(self, request: SwapRequest) -> None:
+        quote_id = request.quote_id
         try:
             await self.publish(SWAP_REQUEST, request, msg_id=f"swap:{quote_id}")
         except IntentsMMError as exc:
-            quotes["publish_failed"] += 1
+            self.quotes["publish_failed"] += 1
             self.last_publish_error = f"demand.swap_request: {exc}"
             return
+        finally:
+            if self._pipelined:
+                self._publishing.discard(quote_id)
+                self._publish_slots.release()
         _remember(self._seen_quotes, quote_id)
-        quotes["published"] += 1
+        self.quotes["published"] += 1
 
     async def _on_status(self, event: QuoteStatusEvent) -> None:
         statuses = self.statuses
