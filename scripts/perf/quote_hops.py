@@ -107,7 +107,7 @@ def install() -> None:
         lambda s, ev: stamp(ev.quote_id, HOPS[3]),
         lambda r, s, ev: stamp(ev.quote_id, HOPS[4]),
     )
-    wrap_async(strategy_engine.StrategyEngine, "_decide", lambda s, req: stamp(req.quote_id, HOPS[5]), None)
+    wrap_sync(strategy_engine.StrategyEngine, "_prepare", lambda s, req: stamp(req.quote_id, HOPS[5]), None)
 
     def published(result: Any, s: Any, subject: str, payload: Any, **kw: Any) -> None:
         if isinstance(payload, ExecuteTrade):
@@ -174,6 +174,8 @@ def main() -> None:
         report = asyncio.run(run(Path(tmp)))
     print(bench.render_report(report))
     complete = [s for s in STAMPS.values() if all(h in s for h in HOPS)]
+    if not complete:
+        raise SystemExit("no quote went through every stamped hop (the code changed under the wrappers?)")
     print(f"\n{len(complete)} quotes with every stamp; microseconds per hop: p50 p90 p99")
     for a, b in itertools.pairwise(HOPS):
         d = [(s[b] - s[a]) / 1e3 for s in complete]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
@@ -135,6 +136,8 @@ class StrategyEngine(Service):
         self.declines: collections.Counter[str] = collections.Counter()
         self.last_decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
         self._subs: list[Any] = []
+        # memory bus: publishing never waits, so a request is finished inline (no extra loop turn)
+        self._pipelined = ctx.bus.describe().get("backend") != "memory"
 
     # -- limits ----------------------------------------------------------------------------------
     def _domain_limits(self, human: dict[str, Decimal]) -> Limits:
@@ -302,13 +305,28 @@ class StrategyEngine(Service):
             self.seen_quotes[payload.quote_id] = None
             if len(self.seen_quotes) > 50_000:
                 self.seen_quotes.popitem(last=False)
-            decision = await self._decide(payload)  # the command (if any) is published here
+            finish = self._prepare(payload)  # decided and reserved: the next request sees it
+            if self._pipelined:
+                # A bus that waits for the broker's acknowledgement (NATS): the command's publish
+                # must not hold up the next request either.
+                self.spawn(self._finish_and_record(finish, d), "command")
+                return
+            decision = await finish()  # the memory bus publishes the command without waiting
             # The decision record is for history: publish it (and ack the request) off the hot path,
             # so the next request does not wait for it (on NATS, for its publish acknowledgement).
             # Unacked requests are bounded by the consumer's max_in_flight.
             self.spawn(self._record_decision(decision, d), "decision")
             return
         await d.ack()
+
+    async def _finish_and_record(self, finish: Callable[[], Awaitable[TradeDecision]], d: Delivery) -> None:
+        try:
+            decision = await finish()
+        except IntentsMMError as exc:  # as a failing handler: redelivered later, then skipped as seen
+            log.warning("%s: command not published: %s", self.name, exc)
+            await d.nak(redelivery_delay_s(d.num_delivered))
+            return
+        await self._record_decision(decision, d)
 
     async def _record_decision(self, decision: TradeDecision, d: Delivery) -> None:
         try:
@@ -360,12 +378,16 @@ class StrategyEngine(Service):
 
     async def _decide(self, req: SwapRequest) -> TradeDecision:
         """Everything of :meth:`decide` but publishing the decision record."""
+        return await self._prepare(req)()
+
+    def _prepare(self, req: SwapRequest) -> Callable[[], Awaitable[TradeDecision]]:
+        """Decide and reserve now (synchronously); the returned coroutine function publishes the
+        command, if any, and builds the decision record (from values read now)."""
         now = self.clock.now_ns()
         self.counters.requests += 1
         reason, inputs = self.guard_reason(req, now)
         deadline_ms = req.min_deadline_ms + self.buffer_ms
         quote: PricedQuote | None = None
-        checks: list[LimitCheck] = []
         if reason is None:
             assert (
                 self.reference is not None and self.reference.mid is not None and self.inventory is not None
@@ -435,59 +457,68 @@ class StrategyEngine(Service):
                     expires_ns=now + deadline_ms * MS,
                 )
             )
-            await self.publish("cmd.execute_trade", command, msg_id=command.command_id)
-            self.counters.commands += 1
-            # Let the executor take the command now; the decision record below is for history.
-            await asyncio.sleep(0)
-        if quote is not None:
-            checks = [
-                LimitCheck(name=c.name, passed=c.passed, value=c.value, limit=c.limit) for c in domain_checks
-            ]
-            inputs.update(
-                sigma_bps_per_sqrt_s=str(sigma),
-                credited={k: str(v) for k, v in credited.items()},
-                reserved_out={a: str(v) for a, v in reserved_before.items()},
-                mid_quote_per_base=str(quote.mid),
-                price=str(quote.price),
-                notional_eure=str(quote.notional_quote),
-                edge_bps=str(quote.edge_bps),
+        armed = self.armed
+        reference_mid = self.reference.mid if self.reference else None
+
+        async def finish() -> TradeDecision:
+            checks: list[LimitCheck] = []
+            if command is not None:
+                await self.publish("cmd.execute_trade", command, msg_id=command.command_id)
+                self.counters.commands += 1
+                # Let the executor take the command now; the decision record below is for history.
+                await asyncio.sleep(0)
+            if quote is not None:
+                checks = [
+                    LimitCheck(name=c.name, passed=c.passed, value=c.value, limit=c.limit)
+                    for c in domain_checks
+                ]
+                inputs.update(
+                    sigma_bps_per_sqrt_s=str(sigma),
+                    credited={k: str(v) for k, v in credited.items()},
+                    reserved_out={a: str(v) for a, v in reserved_before.items()},
+                    mid_quote_per_base=str(quote.mid),
+                    price=str(quote.price),
+                    notional_eure=str(quote.notional_quote),
+                    edge_bps=str(quote.edge_bps),
+                )
+            decision = TradeDecision(
+                decision_id=decision_id,
+                quote_id=req.quote_id,
+                outcome=outcome,
+                reason=reason or "ok",
+                armed=armed,
+                asset_in=req.asset_in,
+                asset_out=req.asset_out,
+                exact_amount_in=req.exact_amount_in,
+                exact_amount_out=req.exact_amount_out,
+                amount_in=quote.amount_in if quote else None,
+                amount_out=quote.amount_out if quote else None,
+                reference_mid=reference_mid,
+                price_terms=dict(quote.terms_bps) if quote else {},
+                limit_checks=checks,
+                inputs=inputs,
+                deadline_ms=deadline_ms,
             )
-        decision = TradeDecision(
-            decision_id=decision_id,
-            quote_id=req.quote_id,
-            outcome=outcome,
-            reason=reason or "ok",
-            armed=self.armed,
-            asset_in=req.asset_in,
-            asset_out=req.asset_out,
-            exact_amount_in=req.exact_amount_in,
-            exact_amount_out=req.exact_amount_out,
-            amount_in=quote.amount_in if quote else None,
-            amount_out=quote.amount_out if quote else None,
-            reference_mid=self.reference.mid if self.reference else None,
-            price_terms=dict(quote.terms_bps) if quote else {},
-            limit_checks=checks,
-            inputs=inputs,
-            deadline_ms=deadline_ms,
-        )
-        if outcome == "quote":
-            self.counters.quoted += 1
-        else:
-            self.counters.declined += 1
-            self.declines[reason or "unknown"] += 1
-        self.last_decisions.append(
-            {
-                "quote_id": req.quote_id,
-                "outcome": outcome,
-                "reason": reason or "ok",
-                "armed": self.armed,
-                "command": command is not None,
-                "amount_in": quote.amount_in if quote else None,
-                "amount_out": quote.amount_out if quote else None,
-                "edge_bps": str(quote.edge_bps) if quote else None,
-            }
-        )
-        return decision
+            if outcome == "quote":
+                self.counters.quoted += 1
+            else:
+                self.counters.declined += 1
+                self.declines[reason or "unknown"] += 1
+            self.last_decisions.append(
+                {
+                    "quote_id": req.quote_id,
+                    "outcome": outcome,
+                    "reason": reason or "ok",
+                    "armed": armed,
+                    "command": command is not None,
+                    "amount_in": quote.amount_in if quote else None,
+                    "amount_out": quote.amount_out if quote else None,
+                    "edge_bps": str(quote.edge_bps) if quote else None,
+                }
+            )
+            return decision
+
+        return finish
 
     # -- control ---------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
