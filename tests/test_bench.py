@@ -82,3 +82,6 @@ def test_cpu_sampler_attributes_frames_by_module() -> None:
     assert sampler.shares() == {}
     sampler.counts.update({"venue": 1, "market_maker": 3})
     assert sampler.shares() == {"market_maker": 0.75, "venue": 0.25}
+    assert sampler.top_tasks() == {}
+    sampler.by_task.update({"market_maker solver-relay-reader": 3, "venue relay-ws-writer-1": 1})
+    assert sampler.top_tasks(1) == {"market_maker solver-relay-reader": 0.75}

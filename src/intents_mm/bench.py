@@ -109,6 +109,7 @@ class CpuSampler:
     def __init__(self, interval_s: float = CPU_SAMPLE_S) -> None:
         self.interval_s = interval_s
         self.counts: Counter[str] = Counter()
+        self.by_task: Counter[str] = Counter()
         self._previous: Any = None
         self.active = False
 
@@ -131,7 +132,23 @@ class CpuSampler:
         return "driver" if driver else "market_maker" if market_maker else "other"
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.counts[self._classify(frame)] += 1
+        kind = self._classify(frame)
+        self.counts[kind] += 1
+        self.by_task[f"{kind} {self._task_name()}"] += 1
+
+    @staticmethod
+    def _task_name() -> str:
+        """The running asyncio task: its name, or for an unnamed one its coroutine's."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:
+            task = None
+        if task is None:
+            return "(no task: event loop, socket callbacks, other threads)"
+        name = task.get_name()
+        if name.startswith("Task-"):
+            return getattr(task.get_coro(), "__qualname__", "?")
+        return name
 
     def start(self) -> None:
         if not hasattr(signal, "setitimer"):
@@ -152,6 +169,11 @@ class CpuSampler:
         if not total:
             return {}
         return {k: round(v / total, 3) for k, v in sorted(self.counts.items())}
+
+    def top_tasks(self, n: int = 15) -> dict[str, float]:
+        """The ``n`` asyncio tasks that used the most CPU, as shares of all samples."""
+        total = sum(self.by_task.values())
+        return {k: round(v / total, 3) for k, v in self.by_task.most_common(n)} if total else {}
 
 
 # ------------------------------------------------------------------------------ the run
@@ -341,6 +363,7 @@ class Bench(Simulation):
                 "note": "whole process: the simulated venue and the driver run in it too",
                 "split": sampler.shares() if sampler is not None else None,
                 "split_samples": sum(sampler.counts.values()) if sampler is not None else None,
+                "split_by_task": sampler.top_tasks() if sampler is not None else None,
             },
             "driver_outcomes": dict(self.outcomes),
             "strategy": {
