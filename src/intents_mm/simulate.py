@@ -72,13 +72,22 @@ def sqlite_path_for(config: Config) -> Path:
 
 
 def rotate_sqlite(path: Path) -> None:
-    """Keep the previous simulation's history as ``history.prev.sqlite3``; start from an empty file."""
+    """Keep the previous simulation's history as ``history.prev.sqlite3``; start from an empty file.
+
+    The executor's signed-command ledger file beside it belongs to that history (its entries are
+    mirrored into the store), so it moves along to ``signed-commands.ledger.prev``.
+    """
+    from intents_mm.services.executor_ledger import FILE_NAME
+
     if path.exists():
         prev = path.with_name("history.prev.sqlite3")
         for suffix in ("", "-wal", "-shm"):
             old = Path(str(path) + suffix)
             if old.exists():
                 old.replace(Path(str(prev) + suffix))
+    ledger = path.parent / "trade-executor" / FILE_NAME
+    if ledger.exists():
+        ledger.replace(ledger.with_name(FILE_NAME + ".prev"))
 
 
 def percentile(values: list[float], q: float) -> float | None:
