@@ -36,5 +36,8 @@ sim-venue: $(STAMP)
 distributed: $(STAMP)
 	$(BIN)/intents-mm simulate --distributed --duration 120 --seed 7
 
+bench: $(STAMP)
+	$(BIN)/intents-mm bench --mode memory --rate 200 --duration 20
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
