@@ -9,6 +9,7 @@ Contract
 * Consumes ``cmd.execute_trade`` (durable ``trade-executor-commands``). Every command gets exactly one
   ``exec.trade_result`` (msg_id ``result:<command_id>``, so a republished result is deduplicated):
 
+  0. already signed (memory or ledger) → ``error`` with the first signature's quote hash when known;
   1. disarmed → ``skipped_disarmed``, nothing is signed or sent;
   2. ``now > relay_deadline_ns`` (the relay's answer window has passed) → ``dropped_late``, never signed;
   3. signed at most once: the command id is written to the executor's append-only ledger file
@@ -284,7 +285,8 @@ class TradeExecutor(Service):
         self._inflight: dict[str, _Work] = {}
         self._work_tasks: set[asyncio.Task[None]] = set()
         self._results: collections.OrderedDict[str, TradeResult] = collections.OrderedDict()
-        self._signed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # command id -> its quote hash when known (signed here, or read back from the ledger file)
+        self._signed: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self.counts: collections.Counter[str] = collections.Counter({o: 0 for o in OUTCOMES})
         self.salt_retries = 0
         self.last_results: collections.deque[dict[str, Any]] = collections.deque(maxlen=LAST_RESULTS)
@@ -497,12 +499,19 @@ class TradeExecutor(Service):
 
     async def execute(self, cmd: ExecuteTrade, recv_mono_ns: int) -> TradeResult:
         """Decide, sign, record and send one command; returns its result (not yet published)."""
+        if cmd.command_id in self._signed or cmd.command_id in self.ledger:
+            # Signed before (e.g. redelivered after a crash before its result was published): never
+            # again, and the result carries the signed quote's hash so a settlement can still be matched.
+            return self._result(
+                cmd,
+                "error",
+                error="command was already signed; not signed or sent again",
+                quote_hash=self._signed.get(cmd.command_id),
+            )
         if not self.armed:
             return self._result(cmd, "skipped_disarmed")
         if self.clock.now_ns() > cmd.relay_deadline_ns:
             return self._result(cmd, "dropped_late", error="the relay's answer window had passed")
-        if cmd.command_id in self._signed:
-            return self._result(cmd, "error", error="command was already signed; not signed again")
         if self._key is None or self.account_id is None:
             return self._result(cmd, "error", error="no signer key configured")
         attempt = await self._sign_record_send(cmd, recv_mono_ns, cmd.command_id)
@@ -567,7 +576,7 @@ class TradeExecutor(Service):
             buffer_ms=self.buffer_ms,
             standard=self.standard,
         )
-        self._mark_signed(cmd.command_id)
+        self._mark_signed(cmd.command_id, signed.quote_hash)
         entry = LedgerEntry(ledger_id, signed.quote_hash, signed.nonce_b64, signed.deadline_ns, now_ns)
         try:
             self.ledger.append(entry)  # durable against a crash of this process once it returns
@@ -600,6 +609,8 @@ class TradeExecutor(Service):
             self.ledger_load_error = str(exc)
             log.error("%s: %s", self.name, exc)
             return
+        for entry in entries:
+            self._mark_signed(entry.command_id.removesuffix(":salt-retry"), entry.quote_hash)
         self._mirror.extend(entries)  # idempotent: the store keeps the first record of an id
         if self._mirror:
             self._mirror_wake.set()
@@ -661,8 +672,8 @@ class TradeExecutor(Service):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MIRROR_RETRY_MAX_S)
 
-    def _mark_signed(self, command_id: str) -> None:
-        self._signed[command_id] = None
+    def _mark_signed(self, command_id: str, quote_hash: str | None) -> None:
+        self._signed[command_id] = quote_hash
         if len(self._signed) > REMEMBERED_COMMANDS:
             self._signed.popitem(last=False)
 
@@ -697,6 +708,7 @@ class TradeExecutor(Service):
         error: str | None = None,
         signed: SignedQuote | None = None,
         latency_us: int | None = None,
+        quote_hash: str | None = None,
     ) -> TradeResult:
         return TradeResult(
             command_id=cmd.command_id,
@@ -704,7 +716,7 @@ class TradeExecutor(Service):
             outcome=outcome,
             relay_reply=relay_reply,
             error=error,
-            quote_hash=signed.quote_hash if signed else None,
+            quote_hash=signed.quote_hash if signed else quote_hash,
             nonce_b64=signed.nonce_b64 if signed else None,
             deadline_ns=signed.deadline_ns if signed else None,
             latency_us=latency_us,
