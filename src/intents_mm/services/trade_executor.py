@@ -182,10 +182,13 @@ def sign_quote(
             "intents": intents,
         }
         payload = sign_raw_ed25519(key, json.dumps(body, separators=(",", ":")))
-    output = (
-        {"amount_out": str(cmd.amount_out)} if cmd.exact_side == "in" else {"amount_in": str(cmd.amount_in)}
+    params = SolverRelayClient.quote_response_params(
+        cmd.quote_id,
+        exact_side=cmd.exact_side,
+        amount_in=cmd.amount_in,
+        amount_out=cmd.amount_out,
+        signed_data=payload.to_json_obj(),
     )
-    params = {"quote_id": cmd.quote_id, "quote_output": output, "signed_data": payload.to_json_obj()}
     return SignedQuote(params, payload, payload.hash_b58(), nonce, nonce_b64, deadline_ns)
 
 

@@ -416,6 +416,16 @@ class SolverRelayClient:
 
     # ------------------------------------------------------------------ quote responses
 
+    @staticmethod
+    def quote_response_params(
+        quote_id: str, *, exact_side: str, amount_in: int, amount_out: int, signed_data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The ``quote_response`` object (section 1.5): ``quote_output`` carries the side the request left
+        open (``amount_out`` for an exact-in request, ``amount_in`` for exact-out), one key only, as the
+        reference solver sends it; amounts as decimal strings."""
+        output = {"amount_out": str(amount_out)} if exact_side == "in" else {"amount_in": str(amount_in)}
+        return {"quote_id": quote_id, "quote_output": output, "signed_data": signed_data}
+
     async def send_quote_response(self, params: dict[str, Any]) -> RelayReply:
         """Send ``quote_response`` with ``params`` as the single positional object and wait for the reply.
 
