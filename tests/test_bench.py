@@ -6,12 +6,18 @@ Correctness only (the report has its fields and quotes were answered); no assert
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from intents_mm.bench import CpuSampler, bench_scenario
+from intents_mm.bench_venue import VenueProcess
 from intents_mm.domain.assets import AssetRegistry
+from intents_mm.errors import IntentsMMError
 
 REPORT_FIELDS = (
     "mode",
@@ -26,6 +32,30 @@ REPORT_FIELDS = (
     "strategy",
     "executor_outcomes",
 )
+
+
+def _run_bench(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "intents_mm", "bench", "--json", str(out), *extra],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report: dict[str, object] = json.loads(out.read_text(encoding="utf-8"))
+    return proc, report
+
+
+def test_bench_in_process_venue_still_works(tmp_path: Path) -> None:
+    proc, report = _run_bench(tmp_path, "--in-process-venue", "--duration", "2", "--rate", "50")
+    assert report["venue"] == "in-process"
+    assert report["sent"] == 100
+    assert isinstance(report["answered"], int) and report["answered"] > 0
+    assert report["venue_cpu"] is None
+    assert "venue in-process" in proc.stdout and "whole process" in proc.stdout
 
 
 def test_bench_memory_end_to_end(tmp_path: Path) -> None:
@@ -54,6 +84,7 @@ def test_bench_memory_end_to_end(tmp_path: Path) -> None:
     for name in REPORT_FIELDS:
         assert name in report, name
     assert report["mode"] == "memory"
+    assert report["venue"] == "process", "the venue runs in a child process by default"
     assert report["sent"] == 150
     assert report["answered"] > 0
     assert report["answered"] + report["dropped"] == report["sent"]
@@ -65,6 +96,30 @@ def test_bench_memory_end_to_end(tmp_path: Path) -> None:
     assert report["executor_outcomes"]["accepted"] >= report["answered"] - report["rejected_by_relay"]
     assert "p50" in proc.stdout and "dropped" in proc.stdout
     assert not list(tmp_path.glob("*.sqlite3")), "the bench keeps its history store in a temporary directory"
+    venue_cpu = report["venue_cpu"]
+    assert venue_cpu["process_s"] > 0 and venue_cpu["per_answered_quote_us"] > 0
+    assert "market maker's process only" in proc.stdout and "venue process CPU" in proc.stdout
+    with pytest.raises(ProcessLookupError):  # the child venue process was stopped
+        os.kill(venue_cpu["pid"], 0)
+
+
+async def test_venue_process_serves_loopback_refuses_bad_drive_and_stops_on_sigterm() -> None:
+    venue = VenueProcess()
+    try:
+        env = await venue.start(seed=3)
+        assert env["NEAR_INTENTS_RELAY_WS_URL"].startswith("ws://127.0.0.1:")
+        assert venue.control_url.startswith("http://127.0.0.1:")
+        assert await venue.samples() == []
+        with pytest.raises(IntentsMMError, match="HTTP 400"):
+            await venue.drive(
+                rate=-1, duration_s=1, accept_share=0, min_notional=Decimal(1), max_notional=Decimal(4)
+            )
+    finally:
+        code = await venue.stop()
+    assert code == 0, "SIGTERM stops the venue cleanly"
+    assert venue.pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(venue.pid, 0)
 
 
 def test_bench_scenario_has_no_competitors_or_jumps_and_funds_the_market_maker() -> None:

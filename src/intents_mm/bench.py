@@ -1,23 +1,28 @@
 """``intents-mm bench``: the quote hot path under a constant request rate, measured at the relay.
 
-Starts the simulated venue and the seven services exactly as ``intents-mm simulate`` does (same
-composition, same wire protocols over loopback; control APIs and venue servers on ephemeral ports, a
-fresh SQLite history store in a temporary directory), waits for warm-up, arms through the audited
-control endpoints, then drives quote requests through the simulated relay's in-process
-``request_quote`` hook at a constant rate (open loop: each request is scheduled by time, the driver
-never waits for answers).
+Starts the simulated venue and the seven services as ``intents-mm simulate`` does (same composition,
+same wire protocols over loopback; control APIs and venue servers on ephemeral ports, a fresh SQLite
+history store in a temporary directory), waits for warm-up, arms through the audited control
+endpoints, then drives quote requests through the simulated relay's ``request_quote`` hook at a
+constant rate (open loop: each request is scheduled by time, the driver never waits for answers).
 
-The latency of one quote is measured AT THE RELAY: from the moment the relay queues the quote event
-for our ingest socket until our executor's ``quote_response`` frame is read on the executor's socket
-(:meth:`SimRelay.latency_samples`, partner ``market-maker``). A request is *dropped* when no
-``quote_response`` of ours arrived inside the relay window (declined by the strategy, skipped by the
-executor, or too late).
+Venue placement: by default (``venue_process=True``) the venue and the driver run in a child process
+(:mod:`intents_mm.bench_venue`, loopback only, always stopped: SIGTERM then SIGKILL), as in production
+where the venue is remote, so this process holds the market maker alone. ``--in-process-venue``
+(``venue_process=False``) runs them on this process's event loop, as ``simulate`` does.
 
-CPU: ``time.process_time()`` over the driving phase, divided by the answered quotes. The process holds
-the venue (relay, Verifier signature checks, exchanges, NEAR RPC) as well as the market maker, so this
-is an upper bound for the market maker alone; a SIGPROF sampler (every ``CPU_SAMPLE_S`` of process CPU)
-attributes samples to the venue (any ``intents_mm/sim`` frame on the stack), the driver, the market
-maker (any other ``intents_mm`` frame) or the rest (event loop, socket callbacks, other threads).
+The latency of one quote is measured AT THE RELAY either way: from the moment the relay queues the
+quote event for our ingest socket until our executor's ``quote_response`` frame is read on the
+executor's socket (:meth:`SimRelay.latency_samples`, partner ``market-maker``). A request is
+*dropped* when no ``quote_response`` of ours arrived inside the relay window (declined by the
+strategy, skipped by the executor, or too late).
+
+CPU: ``time.process_time()`` of this process over the driving phase, divided by the answered quotes:
+the market maker alone with the venue in its own process (whose CPU is reported separately), the
+market maker plus the venue and the driver with ``--in-process-venue``. A SIGPROF sampler (every
+``CPU_SAMPLE_S`` of process CPU) attributes samples to the venue (any ``intents_mm/sim`` frame on the
+stack), the driver, the market maker (any other ``intents_mm`` frame) or the rest (event loop, socket
+callbacks, other threads).
 
 Bench-only configuration (laid over the defaults, never read from ``.env``): limits that never
 decline the bench's requests (:data:`BENCH_CONFIG`), a funded play-money account, no competing
@@ -34,7 +39,6 @@ import dataclasses
 import json
 import os
 import platform
-import random
 import signal
 import statistics
 import sys
@@ -42,27 +46,27 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final, TextIO
 
+from intents_mm.bench_venue import (
+    DRIVER_CODE,
+    REQUEST_MIN_DEADLINE_MS,
+    VenueDriver,
+    VenueProcess,
+)
 from intents_mm.config import SERVICES
-from intents_mm.domain.amounts import Rounding, to_units
-from intents_mm.domain.assets import AssetRegistry
 from intents_mm.errors import IntentsMMError
 from intents_mm.services.runtime import to_jsonable
-from intents_mm.sim.relay import RelayRequestError
 from intents_mm.sim.scenario import Scenario, builtin_scenario
 from intents_mm.simulate import Simulation, percentile
 
 DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
-DRAIN_GRACE_S: Final = 1.0
 CPU_SAMPLE_S: Final = 0.002
 MIN_NOTIONAL_EUR: Final = Decimal(1)
 MAX_NOTIONAL_EUR: Final = Decimal(4)
-REQUEST_MIN_DEADLINE_MS: Final = 30_000
-BENCH_PARTNER: Final = "bench"
 
 #: Configuration laid over the defaults for a bench run (strings, as in the environment).
 BENCH_CONFIG: Final[Mapping[str, str]] = {
@@ -126,7 +130,7 @@ class CpuSampler:
                     return "venue"
                 if code in driver_code:
                     driver = True
-                elif not name.endswith("intents_mm/bench.py"):
+                elif not name.endswith(("intents_mm/bench.py", "intents_mm/bench_venue.py")):
                     market_maker = True
             frame = frame.f_back
         return "driver" if driver else "market_maker" if market_maker else "other"
@@ -180,7 +184,11 @@ class CpuSampler:
 
 
 class Bench(Simulation):
-    """One bench run; :meth:`run_bench` returns the report (JSON-ready)."""
+    """One bench run; :meth:`run_bench` returns the report (JSON-ready).
+
+    ``venue_process`` (default): the venue and the driver run in a child process; otherwise on this
+    process's event loop.
+    """
 
     banner = "intents-mm bench"
 
@@ -195,6 +203,7 @@ class Bench(Simulation):
         nats_url: str = DEFAULT_NATS_URL,
         cpu_split: bool = True,
         profile_path: str | None = None,
+        venue_process: bool = True,
         var_dir: Path,
         out: TextIO = sys.stdout,
     ) -> None:
@@ -222,9 +231,8 @@ class Bench(Simulation):
         self.accept_share = accept_share
         self.cpu_split = cpu_split
         self.profile_path = profile_path
-        self._rng = random.Random(seed)
-        self.outcomes: Counter[str] = Counter()
-        self.max_lag_s = 0.0
+        self.venue_process = VenueProcess() if venue_process else None
+        self.child_exit_code: int | None = None
 
     async def run_bench(self) -> dict[str, Any]:
         try:
@@ -232,91 +240,57 @@ class Bench(Simulation):
             await self._warm_up_and_arm()
             return await self._drive()
         finally:
-            await self._shutdown()
-
-    def _request(self, mid_eur: Decimal) -> dict[str, Any]:
-        pair = AssetRegistry.default().active_pair
-        base, quote = pair.base, pair.quote
-        sell_base = self._rng.random() < 0.5
-        exact_in = self._rng.random() < 0.7
-        notional = MIN_NOTIONAL_EUR + (MAX_NOTIONAL_EUR - MIN_NOTIONAL_EUR) * Decimal(
-            f"{self._rng.random():.6f}"
-        )
-        asset_in, asset_out = (base, quote) if sell_base else (quote, base)
-        fixed_asset = asset_in if exact_in else asset_out
-        with localcontext() as ctx:
-            ctx.prec = 40
-            human = notional / mid_eur if fixed_asset == base else notional * pair.quote_per_fiat
-        fixed = max(1, to_units(fixed_asset, human, Rounding.FLOOR))
-        return {
-            "defuse_asset_identifier_in": asset_in.token_id,
-            "defuse_asset_identifier_out": asset_out.token_id,
-            ("exact_amount_in" if exact_in else "exact_amount_out"): str(fixed),
-            "min_deadline_ms": REQUEST_MIN_DEADLINE_MS,
-        }
-
-    async def _one(self, req: dict[str, Any], accept: bool) -> None:
-        venue = self.venue
-        assert venue is not None
-        try:
-            quotes = await venue.relay.request_quote(req, partner_id=BENCH_PARTNER)
-        except RelayRequestError:
-            self.outcomes["request_refused"] += 1
-            return
-        if not quotes:
-            self.outcomes["no_quote"] += 1
-            return
-        self.outcomes["quoted"] += 1
-        if accept and venue.users:
-            user = venue.users[0]
             try:
-                result = await venue.relay.publish_intent(
-                    [quotes[0]["quote_hash"]], user.sign_acceptance(quotes[0])
-                )
-            except IntentsMMError:
-                self.outcomes["publish_error"] += 1
-                return
-            self.outcomes["published_ok" if result.get("status") == "OK" else "published_failed"] += 1
+                await self._shutdown()
+            finally:
+                if self.venue_process is not None:
+                    self.child_exit_code = await self.venue_process.stop()
+
+    async def _start_venue(self) -> tuple[dict[str, str], str]:
+        if self.venue_process is None:
+            return await super()._start_venue()
+        env = await self.venue_process.start(self.seed)
+        self.say(f"{self.banner}: simulated venue and driver in process {self.venue_process.pid}")
+        return env, self.venue_process.admin_url
 
     async def _drive(self) -> dict[str, Any]:
-        venue, running = self.venue, self.running
-        assert venue is not None and running is not None
-        relay = venue.relay
-        loop = asyncio.get_running_loop()
+        running = self.running
+        assert running is not None
         total = max(1, round(self.rate * self.duration_s))
-        interval = 1.0 / self.rate
-        self.say(f"driving {total} quote requests at {self.rate:g}/s ({self.mode} bus)")
-        relay.clear_latency_samples()
-        tasks: set[asyncio.Task[None]] = set()
+        where = "venue process" if self.venue_process is not None else "in-process venue"
+        self.say(f"driving {total} quote requests at {self.rate:g}/s ({self.mode} bus, {where})")
+        driver: VenueDriver | None = None
+        if self.venue_process is None:
+            assert self.venue is not None
+            self.venue.relay.clear_latency_samples()
+            driver = VenueDriver(
+                self.venue,
+                seed=self.seed,
+                min_notional=MIN_NOTIONAL_EUR,
+                max_notional=MAX_NOTIONAL_EUR,
+                stop=self.stop,
+            )
         sampler = CpuSampler() if self.cpu_split else None
-        if sampler is not None:  # the bench's own frames that do the driving (not run_bench/main)
-            sampler.driver_code = frozenset(f.__code__ for f in (Bench._drive, Bench._one, Bench._request))
+        if sampler is not None:  # the frames that do the driving
+            sampler.driver_code = DRIVER_CODE
         profiler = cProfile.Profile() if self.profile_path else None
         cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
         if sampler is not None:
             sampler.start()
         if profiler is not None:
             profiler.enable()
+        child: dict[str, Any] | None = None
         try:
-            start = loop.time() + 0.01
-            for i in range(total):
-                if self.stop.is_set():
-                    total = i
-                    break
-                due = start + i * interval
-                now = loop.time()
-                if due > now:
-                    await asyncio.sleep(due - now)
-                else:
-                    self.max_lag_s = max(self.max_lag_s, now - due)
-                mid = venue.price_at(venue.clock.now_ns())
-                accept = self.accept_share > 0 and self._rng.random() < self.accept_share
-                task = loop.create_task(self._one(self._request(mid), accept))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            drive_s = time.perf_counter() - wall0
-            if tasks:
-                await asyncio.wait(set(tasks), timeout=relay.window_ms / 1000 + DRAIN_GRACE_S)
+            if driver is not None:
+                sent, drive_s = await driver.drive(self.rate, self.duration_s, self.accept_share)
+                outcomes: dict[str, int] = dict(driver.outcomes)
+                max_lag_ms = driver.max_lag_s * 1000
+            else:
+                assert self.venue_process is not None
+                child = await self._drive_child()
+                sent, drive_s = int(child["sent"]), float(child["drive_s"])
+                outcomes = {str(k): int(v) for k, v in child["outcomes"].items()}
+                max_lag_ms = float(child["max_lag_ms"])
         finally:
             if profiler is not None:
                 profiler.disable()
@@ -325,29 +299,46 @@ class Bench(Simulation):
         cpu_s = time.process_time() - cpu0
         thread_s = time.thread_time() - thread0
         wall_s = time.perf_counter() - wall0
-        for task in list(tasks):
-            task.cancel()
         if profiler is not None and self.profile_path:
             profiler.dump_stats(self.profile_path)
             self.say(f"cProfile statistics of the driving phase written to {self.profile_path}")
-        samples = [s for s in relay.latency_samples() if s.partner_id == "market-maker"]
-        answered = [s for s in samples if s.response_ns is not None]
-        lat_ms = [(s.response_ns - s.sent_ns) / 1e6 for s in answered if s.response_ns is not None]
-        rejected = sum(1 for s in answered if s.accepted is False)
+        if self.venue_process is not None:
+            samples = await self.venue_process.samples("market-maker")
+        else:
+            assert self.venue is not None
+            samples = [
+                (s.sent_ns, s.response_ns, s.accepted)
+                for s in self.venue.relay.latency_samples()
+                if s.partner_id == "market-maker"
+            ]
+        answered = [(sent_ns, resp_ns, acc) for sent_ns, resp_ns, acc in samples if resp_ns is not None]
+        lat_ms = [(resp_ns - sent_ns) / 1e6 for sent_ns, resp_ns, _ in answered]
+        rejected = sum(1 for _, _, acc in answered if acc is False)
         states = self._states()
         strat, execu = states["strategy-engine"], states["trade-executor"]
+        per_quote = round(cpu_s / len(answered) * 1e6, 1) if answered else None
+        venue_cpu: dict[str, Any] | None = None
+        if child is not None:
+            child_cpu = float(child["cpu_s"])
+            venue_cpu = {
+                "process_s": round(child_cpu, 3),
+                "wall_s": round(float(child["wall_s"]), 3),
+                "per_answered_quote_us": round(child_cpu / len(answered) * 1e6, 1) if answered else None,
+                "pid": self.venue_process.pid if self.venue_process is not None else None,
+            }
         report = {
             "mode": self.mode,
+            "venue": "process" if self.venue_process is not None else "in-process",
             "rate_per_s": self.rate,
             "duration_s": self.duration_s,
             "seed": self.seed,
-            "sent": total,
+            "sent": sent,
             "events_to_us": len(samples),
             "answered": len(answered),
-            "dropped": total - len(answered),
+            "dropped": sent - len(answered),
             "rejected_by_relay": rejected,
-            "achieved_rate_per_s": round(total / drive_s, 1) if drive_s > 0 else None,
-            "driver_max_lag_ms": round(self.max_lag_s * 1000, 3),
+            "achieved_rate_per_s": round(sent / drive_s, 1) if drive_s > 0 else None,
+            "driver_max_lag_ms": round(max_lag_ms, 3),
             "latency_ms": {
                 "p50": _round(percentile(lat_ms, 50)),
                 "p90": _round(percentile(lat_ms, 90)),
@@ -359,13 +350,19 @@ class Bench(Simulation):
                 "process_s": round(cpu_s, 3),
                 "main_thread_s": round(thread_s, 3),
                 "wall_s": round(wall_s, 3),
-                "per_answered_quote_us": round(cpu_s / len(answered) * 1e6, 1) if answered else None,
-                "note": "whole process: the simulated venue and the driver run in it too",
+                "per_answered_quote_us": per_quote,
+                "note": (
+                    "the market maker's process only: the simulated venue and the driver run in a child "
+                    "process (venue_cpu)"
+                    if self.venue_process is not None
+                    else "whole process: the simulated venue and the driver run in it too"
+                ),
                 "split": sampler.shares() if sampler is not None else None,
                 "split_samples": sum(sampler.counts.values()) if sampler is not None else None,
                 "split_by_task": sampler.top_tasks() if sampler is not None else None,
             },
-            "driver_outcomes": dict(self.outcomes),
+            "venue_cpu": venue_cpu,
+            "driver_outcomes": outcomes,
             "strategy": {
                 "requests": strat["counters"]["requests"],
                 "commands": strat["counters"]["commands"],
@@ -383,6 +380,30 @@ class Bench(Simulation):
         }
         return to_jsonable(report)  # type: ignore[no-any-return]
 
+    async def _drive_child(self) -> dict[str, Any]:
+        """Ask the venue process to drive; Ctrl-C (:attr:`stop`) abandons the run (the child is stopped)."""
+        assert self.venue_process is not None
+        call = asyncio.ensure_future(
+            self.venue_process.drive(
+                rate=self.rate,
+                duration_s=self.duration_s,
+                accept_share=self.accept_share,
+                min_notional=MIN_NOTIONAL_EUR,
+                max_notional=MAX_NOTIONAL_EUR,
+            )
+        )
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({call, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not call.done():
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            raise IntentsMMError("bench interrupted while driving; the venue process is being stopped")
+        return call.result()
+
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
@@ -394,15 +415,26 @@ def render_report(report: Mapping[str, Any]) -> str:
     lines = [
         "",
         f"=== intents-mm bench ({report['mode']} bus, {report['rate_per_s']:g} req/s for "
-        f"{report['duration_s']:g} s, seed {report['seed']}) ===",
+        f"{report['duration_s']:g} s, seed {report['seed']}, venue {report['venue']}) ===",
         f"requests sent        {report['sent']}  (achieved {report['achieved_rate_per_s']}/s, "
         f"driver max lag {report['driver_max_lag_ms']} ms)",
         f"answered by us       {report['answered']}  (rejected by the relay {report['rejected_by_relay']})",
         f"dropped              {report['dropped']}  (declined, late or unanswered within the relay window)",
         f"latency at relay ms  p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
-        f"CPU per quote        {cpu['per_answered_quote_us']} us  (process {cpu['process_s']} s over "
-        f"{cpu['wall_s']} s; whole process incl. the simulated venue and the driver)",
     ]
+    venue_cpu = report.get("venue_cpu")
+    if venue_cpu:
+        lines += [
+            f"CPU per quote        {cpu['per_answered_quote_us']} us  (process {cpu['process_s']} s over "
+            f"{cpu['wall_s']} s; the market maker's process only)",
+            f"venue process CPU    {venue_cpu['per_answered_quote_us']} us per quote  (process "
+            f"{venue_cpu['process_s']} s: simulated venue and driver, pid {venue_cpu['pid']})",
+        ]
+    else:
+        lines.append(
+            f"CPU per quote        {cpu['per_answered_quote_us']} us  (process {cpu['process_s']} s over "
+            f"{cpu['wall_s']} s; whole process incl. the simulated venue and the driver)"
+        )
     if split:
         lines.append("CPU split (sampled)  " + "  ".join(f"{k} {v:.0%}" for k, v in split.items()))
     declined = report["strategy"]["declined_by_reason"]
@@ -421,6 +453,7 @@ def run_bench(
     accept_share: float = 0.0,
     cpu_split: bool = True,
     profile_path: str | None = None,
+    venue_process: bool = True,
 ) -> int:
     async def main(var_dir: Path) -> dict[str, Any]:
         bench = Bench(
@@ -431,6 +464,7 @@ def run_bench(
             accept_share=accept_share,
             cpu_split=cpu_split,
             profile_path=profile_path,
+            venue_process=venue_process,
             var_dir=var_dir,
         )
         loop = asyncio.get_running_loop()

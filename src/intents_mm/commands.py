@@ -96,6 +96,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         accept_share=args.accept_share,
         cpu_split=not args.no_cpu_split,
         profile_path=args.profile,
+        venue_process=not args.in_process_venue,
     )
 
 
@@ -140,6 +141,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-cpu-split", action="store_true", help="do not sample where the CPU time goes")
     p.add_argument("--profile", help="run cProfile over the driving phase and write its statistics here")
+    p.add_argument(
+        "--in-process-venue",
+        action="store_true",
+        help="run the simulated venue and the driver in the market maker's process "
+        "(default: a child process of their own, like a remote venue)",
+    )
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=cmd_bench)
 

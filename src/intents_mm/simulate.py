@@ -158,10 +158,18 @@ class Simulation:
         finally:
             await self._shutdown()
 
-    async def _start(self) -> None:
+    async def _start_venue(self) -> tuple[dict[str, str], str]:
+        """Start the simulated venue; returns its :meth:`SimVenue.env` and its admin URL.
+
+        This one runs it in this process (:attr:`venue`); ``intents-mm bench`` may run it elsewhere.
+        """
         self.venue = SimVenue(self.scenario, seed=self.seed, ports=self.venue_ports)
         await self.venue.start()
-        config = simulation_config(self.environ, self.venue.env(), self.dotenv)
+        return self.venue.env(), self.venue.urls["admin"]
+
+    async def _start(self) -> None:
+        venue_env, admin_url = await self._start_venue()
+        config = simulation_config(self.environ, venue_env, self.dotenv)
         if config["POSTGRES_URL"]:
             self.store_url = resolve_store_url(config["POSTGRES_URL"], Path(config["INTENTS_MM_VAR_DIR"]))
         else:
@@ -193,7 +201,7 @@ class Simulation:
             self.say(f"  {server.service.name:<24} {server.url}")
         self.say(f"  history store            {redact_url(self.store_url)}")
         self.say(f"  bus                      {'NATS ' + self.nats_stream if self.nats_stream else 'memory'}")
-        self.say(f"  venue admin (faults)     {self.venue.urls['admin']}  (docs/fault-drills.md)")
+        self.say(f"  venue admin (faults)     {admin_url}  (docs/fault-drills.md)")
 
     async def _warm_up_and_arm(self) -> None:
         """Wait for a fresh reference, credited inventory and a registered key, then arm both services."""
