@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 from intents_mm.bus.port import Handler, Subscription, redelivery_delay_s
-from intents_mm.bus.subjects import matcher, validate_durable, validate_patterns, validate_subject
+from intents_mm.bus.subjects import matcher, validate_subject, validate_subscription
 from intents_mm.errors import BusError, InputError
 
 __all__ = ["MemoryBus"]
@@ -371,10 +371,7 @@ class MemoryBus:
         max_in_flight: int = 256,
     ) -> Subscription:
         self._check_open()
-        patterns = validate_patterns(subjects)
-        validate_durable(durable)
-        if not ack_wait_s > 0 or max_in_flight < 1:
-            raise InputError("subscribe needs ack_wait_s > 0 and max_in_flight >= 1")
+        patterns = validate_subscription(subjects, durable, ack_wait_s, max_in_flight)
         c = self._consumers.get(durable)
         if c is None:
             c = _Consumer(self, durable, patterns)

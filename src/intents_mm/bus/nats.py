@@ -56,10 +56,9 @@ from nats.js.client import JetStreamContext
 from intents_mm.bus.port import Handler, Subscription, redelivery_delay_s
 from intents_mm.bus.subjects import (
     matcher,
-    validate_durable,
     validate_pattern,
-    validate_patterns,
     validate_subject,
+    validate_subscription,
 )
 from intents_mm.errors import BusError, InputError
 
@@ -672,10 +671,7 @@ class NatsBus:
         max_in_flight: int = 256,
     ) -> Subscription:
         self._client()
-        patterns = validate_patterns(subjects)
-        validate_durable(durable)
-        if not ack_wait_s > 0 or max_in_flight < 1:
-            raise InputError("subscribe needs ack_wait_s > 0 and max_in_flight >= 1")
+        patterns = validate_subscription(subjects, durable, ack_wait_s, max_in_flight)
         if durable in self._subs:
             raise BusError(f"durable consumer {durable!r} already has an active subscriber on this bus")
         sub = _NatsSubscription(

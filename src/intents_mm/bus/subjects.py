@@ -79,6 +79,17 @@ def validate_durable(name: str) -> str:
     return name
 
 
+def validate_subscription(
+    patterns: Sequence[str], durable: str, ack_wait_s: float, max_in_flight: int
+) -> tuple[str, ...]:
+    """Every check ``Bus.subscribe`` makes on its arguments, for both backends; returns the patterns."""
+    checked = validate_patterns(patterns)
+    validate_durable(durable)
+    if not ack_wait_s > 0 or max_in_flight < 1:
+        raise InputError("subscribe needs ack_wait_s > 0 and max_in_flight >= 1")
+    return checked
+
+
 def pattern_matches(pattern: str, subject: str) -> bool:
     """True when the concrete ``subject`` matches ``pattern`` under NATS wildcard rules."""
     ptoks = pattern.split(".")
