@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+from collections.abc import Iterable
+
+import pytest
+
 from intents_mm.domain.assets import BTC, EURE
 from intents_mm.messages import (
     LiquidityAction,
@@ -11,6 +17,7 @@ from intents_mm.messages import (
     QuoteStatus,
     TradeResult,
 )
+from intents_mm.services import inventory_sync
 from intents_mm.services.inventory_sync import Expectation, Reconciler, explain_change
 
 B, E = BTC.token_id, EURE.token_id
@@ -49,6 +56,65 @@ def test_explain_prefers_confirmed_and_finds_subsets() -> None:
     assert explain_change({B: 70, E: 2}, [a, b, c]) == [a, b, c]
     assert explain_change({}, [a, b, c]) == []
     assert explain_change({B: 1}, [a, b, c]) is None
+
+
+def _explain_exhaustively(delta: dict[str, int], expectations: list[Expectation], max_search: int) -> object:
+    """The search as first written: every subset of the pool, largest first, best score kept."""
+    target = {a: d for a, d in delta.items() if d}
+    confirmed = sorted((e for e in expectations if e.confirmed), key=lambda e: e.seen_ns)
+    candidates = sorted((e for e in expectations if not e.confirmed), key=lambda e: -e.seen_ns)
+    pool = confirmed + candidates[: max_search - len(confirmed)]
+    best: tuple[int, int] | None = None
+    best_subset = None
+    for size in range(len(pool), -1, -1):
+        for subset in itertools.combinations(pool, size):
+            n_confirmed = sum(1 for e in subset if e.confirmed)
+            score = (n_confirmed, -(size - n_confirmed))
+            if best is not None and score <= best:
+                continue
+            total: dict[str, int] = {}
+            for e in subset:
+                for a, d in e.deltas.items():
+                    total[a] = total.get(a, 0) + d
+            if {a: d for a, d in total.items() if d} == target:
+                best, best_subset = score, list(subset)
+    return best_subset
+
+
+def test_explain_finds_the_same_subset_as_the_exhaustive_search() -> None:
+    rng = random.Random(5)
+    for _ in range(300):
+        items = [
+            exp(
+                f"e{i}",
+                {B: rng.choice([-2, -1, 1, 2, 3]), E: rng.choice([0, -1, 1])},
+                confirmed=rng.random() < 0.4,
+                seen=rng.randrange(50),
+            )
+            for i in range(rng.randrange(0, 9))
+        ]
+        delta = {B: rng.randrange(-4, 6), E: rng.randrange(-2, 3)}
+        assert explain_change(delta, items, max_search=6) == _explain_exhaustively(delta, items, 6)
+
+
+def test_nothing_changed_is_explained_at_once_among_thousands_of_candidates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    items = [exp(f"q{i}", {B: 1000 + i, E: -5000 - i}, confirmed=False, seen=i) for i in range(8000)]
+    sums = 0
+    real_sum = inventory_sync._sum
+
+    def counting_sum(subset: Iterable[Expectation]) -> dict[str, int]:
+        nonlocal sums
+        sums += 1
+        return real_sum(subset)
+
+    monkeypatch.setattr(inventory_sync, "_sum", counting_sum)
+    assert explain_change({}, items) == []
+    assert sums == 1  # the empty subset, tried first (the exhaustive search tried all 2**12)
+    sums = 0
+    assert explain_change({B: 1000 + 7999, E: -5000 - 7999}, items) == [items[-1]]
+    assert sums == 2  # the empty subset, then the newest candidate
 
 
 def test_explain_with_many_confirmed_uses_time_prefixes() -> None:

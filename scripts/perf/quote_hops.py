@@ -6,6 +6,8 @@ relay queueing the quote event to the relay reading our ``quote_response``. The 
 microseconds per hop; the totals are therefore slightly above the bench's own figures.
 
     .venv/bin/python scripts/perf/quote_hops.py [--mode memory|nats] [--rate 200] [--duration 20]
+
+The simulated venue runs in this process (``--in-process-venue``), so its stamps can be taken.
 """
 
 from __future__ import annotations
@@ -166,7 +168,13 @@ def main() -> None:
 
     async def run(var_dir: Path) -> dict[str, Any]:
         b = bench.Bench(
-            mode=args.mode, rate=args.rate, duration_s=args.duration, seed=7, var_dir=var_dir, cpu_split=False
+            mode=args.mode,
+            rate=args.rate,
+            duration_s=args.duration,
+            seed=7,
+            var_dir=var_dir,
+            cpu_split=False,
+            venue_process=False,  # the relay's stamps must be taken in this process
         )
         return await b.run_bench()
 
@@ -182,6 +190,15 @@ def main() -> None:
         print(f"  {a:>26} -> {b:<26} {pct(d, 50):7.0f} {pct(d, 90):7.0f} {pct(d, 99):7.0f}")
     total = [(s[HOPS[-1]] - s[HOPS[0]]) / 1e3 for s in complete]
     print(f"  {'total':>56} {pct(total, 50):7.0f} {pct(total, 90):7.0f} {pct(total, 99):7.0f}")
+    # The tail: for the slowest 1 % of quotes, which hop took the longest.
+    slowest = sorted(complete, key=lambda s: s[HOPS[-1]] - s[HOPS[0]])[-max(1, len(complete) // 100) :]
+    worst: dict[str, int] = defaultdict(int)
+    for s in slowest:
+        a, b = max(itertools.pairwise(HOPS), key=lambda ab: s[ab[1]] - s[ab[0]])
+        worst[f"{a} -> {b}"] += 1
+    print(f"\nslowest {len(slowest)} quotes, the hop that took the longest:")
+    for hop, count in sorted(worst.items(), key=lambda kv: -kv[1]):
+        print(f"  {count:4d}  {hop}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import itertools
 import logging
 from collections.abc import Iterable, Sequence
@@ -134,24 +135,25 @@ def explain_change(
     """
     target = {a: d for a, d in delta.items() if d}
     confirmed = sorted((e for e in expectations if e.confirmed), key=lambda e: e.seen_ns)
-    candidates = sorted((e for e in expectations if not e.confirmed), key=lambda e: -e.seen_ns)
     if len(confirmed) > max_search:
         for n in range(len(confirmed), -1, -1):
             if _sum(confirmed[:n]) == target:
                 return confirmed[:n]
         return None
-    pool = confirmed + candidates[: max_search - len(confirmed)]
-    best: tuple[int, int] | None = None
-    best_subset: list[Expectation] | None = None
-    for size in range(len(pool), -1, -1):
-        for subset in itertools.combinations(pool, size):
-            n_confirmed = sum(1 for e in subset if e.confirmed)
-            score = (n_confirmed, -(size - n_confirmed))
-            if best is not None and score <= best:
-                continue
-            if _sum(subset) == target:
-                best, best_subset = score, list(subset)
-    return best_subset
+    candidates = heapq.nsmallest(
+        max_search - len(confirmed), (e for e in expectations if not e.confirmed), key=lambda e: -e.seen_ns
+    )
+    # Best first: most confirmed, then fewest candidates; within one (confirmed, candidates) count the
+    # subsets come in the order of the pool (confirmed, then candidates), so the first match is the
+    # earliest. The usual cases (nothing changed, one or two settlements) end after a few subsets.
+    for n_confirmed in range(len(confirmed), -1, -1):
+        for n_candidates in range(len(candidates) + 1):
+            for chosen in itertools.combinations(confirmed, n_confirmed):
+                for extra in itertools.combinations(candidates, n_candidates):
+                    subset = chosen + extra
+                    if _sum(subset) == target:
+                        return list(subset)
+    return None
 
 
 def _landed(delta: dict[str, int], pending: Sequence[Expectation], overdue_ns: int) -> list[Expectation]:

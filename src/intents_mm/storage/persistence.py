@@ -123,6 +123,7 @@ class HistoryPersister:
         self._subscription: Subscription | None = None
         self._stopping = False
         self._progress = asyncio.Event()
+        self._full = asyncio.Event()  # set when a batch's worth of items is queued
         self.healthy = True
         self.last_error: str | None = None
         self.last_poison: str | None = None
@@ -228,28 +229,27 @@ class HistoryPersister:
             await self._queue.put(
                 _Item(env=env, delivery=delivery, raw=data if type(data) is bytes else bytes(data))
             )
+            if self._queue.qsize() + 1 >= self._batch_max:
+                self._full.set()  # a whole batch is waiting: write it now
         finally:
             self._putting -= 1
 
     async def _next_batch(self) -> list[_Item]:
-        """Take up to ``batch_max`` items; items taken count as in flight (``backlog``) at once."""
+        """Take up to ``batch_max`` items; items taken count as in flight (``backlog``) at once.
+
+        After the first item it waits until ``batch_interval_s`` has passed or ``batch_max`` items are
+        queued, then takes them all at once: one wake-up per batch, not one per message."""
         batch = [await self._queue.get()]
         self._inflight = 1
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._batch_interval_s
-        while len(batch) < self._batch_max:
-            try:
-                batch.append(self._queue.get_nowait())
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        batch.append(await self._queue.get())
-                except TimeoutError:
-                    break
-            self._inflight = len(batch)
+        if self._queue.qsize() + 1 < self._batch_max and self._batch_interval_s > 0:
+            self._full.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._batch_interval_s):
+                    await self._full.wait()
+        queue = self._queue
+        while len(batch) < self._batch_max and not queue.empty():
+            batch.append(queue.get_nowait())
+        self._inflight = len(batch)
         return batch
 
     async def _commit(self, batch: list[_Item]) -> None:
@@ -295,7 +295,9 @@ class HistoryPersister:
         self.batches += 1
         self.stored += inserted
         self.duplicates += len(batch) - inserted
-        for item in batch:
+        for i, item in enumerate(batch):
+            if i and not i % 32:
+                await asyncio.sleep(0)  # a large batch does not hold the event loop
             await self._ack(item.delivery)
 
     async def _ack(self, delivery: Delivery) -> None:

@@ -9,6 +9,7 @@ NUL character) is the subclass :class:`StoreRejectedError`, which retrying canno
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Final, Literal, TypeVar
 
@@ -23,6 +24,14 @@ from intents_mm import messages as m
 from intents_mm.clock import SYSTEM_CLOCK, Clock
 from intents_mm.errors import InputError, StoreError
 from intents_mm.storage import schema as s
+from intents_mm.storage.event_writer import (
+    BIND_ERRORS,
+    InsertPlan,
+    Params,
+    SqliteWriter,
+    StoreRefused,
+    sqlite_path,
+)
 from intents_mm.storage.migrate import create_engine, head_revision, one_line, redact_url
 from intents_mm.storage.types import ns_to_datetime
 
@@ -30,6 +39,9 @@ P = TypeVar("P", bound=m.Payload)
 
 #: Largest number of rows per INSERT statement of :meth:`HistoryStore.write_batch`.
 WRITE_CHUNK: Final = 100
+
+#: :meth:`HistoryStore.write_batch` lets the event loop run other tasks after this many rows built.
+YIELD_EVERY: Final = 16
 
 #: Markout horizons stored per settlement, in seconds.
 MARKOUT_HORIZONS_S: Final = (1, 10, 60, 300)
@@ -103,6 +115,8 @@ class HistoryStore:
         self._clock = clock
         self._engine: AsyncEngine | None = None
         self._dialect: str | None = None  # parsed on first use, then read per statement
+        self._plans: dict[str, InsertPlan] | None = None
+        self._sqlite_writer: SqliteWriter | None = None
 
     @property
     def url(self) -> str:
@@ -122,7 +136,10 @@ class HistoryStore:
         """Create the engine. With ``check`` (default) the database must be reachable and migrated to
         the head revision, else :class:`StoreError`; without it, connection is deferred to first use."""
         if self._engine is None:
-            self._engine = create_engine(self._url)
+            engine = create_engine(self._url)
+            if self.dialect == "sqlite" and self._sqlite_writer is None:
+                self._sqlite_writer = SqliteWriter(sqlite_path(self._url))
+            self._engine = engine
         if not check:
             return
         try:
@@ -139,6 +156,9 @@ class HistoryStore:
 
     async def close(self) -> None:
         """Dispose of the engine and its connections; the store can be connected again."""
+        writer, self._sqlite_writer = self._sqlite_writer, None
+        if writer is not None:
+            await writer.close()
         if self._engine is not None:
             engine, self._engine = self._engine, None
             await engine.dispose()
@@ -171,8 +191,9 @@ class HistoryStore:
         """Insert each envelope into its subject's table, in one transaction; returns rows inserted.
 
         ``raw``, when given, holds each envelope's bus bytes (same order): stored without re-encoding.
-        Rows are sent in statements of at most ``WRITE_CHUNK`` rows, so the event loop runs between
-        them while the database works.
+        Each table's rows go in one ``executemany`` of a precompiled INSERT
+        (:mod:`intents_mm.storage.event_writer`): on SQLite on the store's writer thread, on
+        PostgreSQL in statements of at most ``WRITE_CHUNK`` rows, so the event loop runs between them.
 
         Idempotent: an envelope whose ``msg_id`` is already stored (or repeated in the batch) is
         skipped (``ON CONFLICT (msg_id) DO NOTHING``). Raises :class:`InputError` for a subject with
@@ -181,33 +202,54 @@ class HistoryStore:
         """
         if not envelopes:
             return 0
-        by_table: dict[str, tuple[sa.Table, list[dict[str, Any]]]] = {}
-        seen: set[tuple[str, str]] = set()
         if raw is not None and len(raw) != len(envelopes):
             raise InputError("write_batch: raw must hold one entry per envelope")
+        engine = self._require_engine()
+        plans = self._insert_plans(engine)
+        by_table: dict[str, tuple[InsertPlan, list[Params]]] = {}
+        seen: set[tuple[str, str]] = set()
         for i, env in enumerate(envelopes):
+            if i and not i % YIELD_EVERY:
+                await asyncio.sleep(0)  # let a quote that arrived meanwhile through
             table, row = event_row(env, raw[i] if raw is not None else None)
             key = (table.name, env.msg_id)
             if key in seen:
                 continue
             seen.add(key)
-            by_table.setdefault(table.name, (table, []))[1].append(row)
-        engine = self._require_engine()
+            plan = plans[table.name]
+            try:
+                params = plan.params(row)
+            except BIND_ERRORS as exc:
+                raise StoreRejectedError(
+                    f"history store refused {env.subject} {env.msg_id}: {one_line(exc)}"
+                ) from None
+            by_table.setdefault(table.name, (plan, []))[1].append(params)
+        statements = [(plan.sql, rows) for plan, rows in by_table.values()]
+        if self._sqlite_writer is not None:
+            try:
+                return await self._sqlite_writer.write(statements)
+            except StoreRefused as exc:
+                raise StoreRejectedError(
+                    f"history store refused write of {len(envelopes)} messages: {exc}"
+                ) from None
+            except StoreError as exc:
+                raise StoreError(f"history store write of {len(envelopes)} messages failed: {exc}") from None
         inserted = 0
         try:
             async with engine.begin() as conn:
-                for table, rows in by_table.values():
-                    stmt = (
-                        self._insert(table)
-                        .on_conflict_do_nothing(index_elements=["msg_id"])
-                        .returning(table.c.id)
-                    )
+                for sql, rows in statements:
                     for start in range(0, len(rows), WRITE_CHUNK):
-                        result = await conn.execute(stmt, rows[start : start + WRITE_CHUNK])
-                        inserted += len(result.all())
+                        result = await conn.exec_driver_sql(sql, rows[start : start + WRITE_CHUNK])
+                        inserted += result.rowcount
         except _STORE_ERRORS as exc:
             raise _translate(exc, f"write of {len(envelopes)} messages") from None
         return inserted
+
+    def _insert_plans(self, engine: AsyncEngine) -> dict[str, InsertPlan]:
+        if self._plans is None:
+            dialect = engine.dialect
+            self._plans = {table.name: InsertPlan(table, dialect) for table, _ in s.SUBJECT_TABLES.values()}
+        return self._plans
 
     async def put_state(self, key: str, value: Any) -> None:
         """Store a small JSON-safe setting under ``key`` (Decimals are stored as strings)."""
