@@ -148,11 +148,18 @@ async def test_store_batch_records_and_reads_back(store_url: str) -> None:
     await store.connect()
     try:
         assert await store.record_signed_commands([]) == 0
-        rows = [("c1", "h1", "n1", T0), ("c2", "h2", "n2", T0 + S)]
+        rows = [("c1", "h1", "n1", T0, T0 + 40 * S), ("c2", "h2", "n2", T0 + S, T0 + 10 * S)]
         assert await store.record_signed_commands(rows) == 2
-        assert await store.record_signed_commands([*rows, ("c3", "h3", "n3", T0 + 2 * S)]) == 1
+        assert await store.record_signed_commands([*rows, ("c3", "h3", "n3", T0 + 2 * S, None)]) == 1
         assert await store.record_signed_command("c1", "x", "y") is False  # the one-row form agrees
         assert await store.signed_commands_since(T0 + S) == [("c2", T0 + S), ("c3", T0 + 2 * S)]
         assert [c for c, _ in await store.signed_commands_since(0)] == ["c1", "c2", "c3"]
+        # live quotes: deadline not passed, earliest first; a record without a deadline is never live
+        assert await store.live_signed_quotes(T0) == [
+            ("c2", "h2", "n2", T0 + 10 * S),
+            ("c1", "h1", "n1", T0 + 40 * S),
+        ]
+        assert await store.live_signed_quotes(T0 + 10 * S + 1) == [("c1", "h1", "n1", T0 + 40 * S)]
+        assert await store.live_signed_quotes(T0 + 41 * S) == []
     finally:
         await store.close()

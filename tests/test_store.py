@@ -81,13 +81,13 @@ def _with(env: m.Envelope[m.Payload], **changes: Any) -> m.Envelope[m.Payload]:
 
 async def test_migrate_creates_every_table(store_url: str) -> None:
     assert await current_revision(store_url) is None
-    assert await migrate(store_url) == ["0001"]
+    assert await migrate(store_url) == ["0001", "0002"]
     assert await _table_names(store_url) == EXPECTED_TABLES | {"alembic_version"}
-    assert await current_revision(store_url) == head_revision() == "0001"
+    assert await current_revision(store_url) == head_revision() == "0002"
 
 
 async def test_migrate_twice_is_a_no_op(store_url: str) -> None:
-    assert await migrate(store_url) == ["0001"]
+    assert await migrate(store_url) == ["0001", "0002"]
     assert await migrate(store_url) == []
     assert await _table_names(store_url) == EXPECTED_TABLES | {"alembic_version"}
 
@@ -132,7 +132,7 @@ async def test_postgres_column_types(pg_url: str) -> None:
 
 async def test_connect_refuses_an_unmigrated_store(store_url: str) -> None:
     st = HistoryStore(store_url)
-    with pytest.raises(StoreError, match="revision none, expected 0001"):
+    with pytest.raises(StoreError, match="revision none, expected 0002"):
         await st.connect()
     await st.close()
 

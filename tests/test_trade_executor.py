@@ -670,6 +670,32 @@ async def test_kill_retries_without_a_nonce_the_view_missed(h: Harness) -> None:
     assert h.verifier.is_nonce_used(MM_ACCOUNT, b64decode(live.nonce_b64))
 
 
+async def test_a_new_machine_rebuilds_the_live_quotes_from_the_store(h: Harness) -> None:
+    """No ledger file (a new pod): the store's signed_commands, with their deadlines, bring the live
+    quotes back, so /kill still cancels them."""
+    await h.start_executor()
+    await h.arm()
+    event = await h.ask(exact_in=5000)
+    await h.send(h.command(event, amount_in=5000, amount_out=EUR))
+    (res,) = await h.collector.wait_results(1)
+    assert res.outcome == "accepted" and res.nonce_b64
+    await h.stop_executor()  # the mirror is flushed to the store on stop
+    ledger_dir = Path(h.env["INTENTS_MM_VAR_DIR"]) / "trade-executor"
+    removed = [p for p in ledger_dir.iterdir() if p.name.startswith("signed-commands.ledger")]
+    assert removed
+    for path in removed:
+        path.unlink()
+
+    await h.start_executor()
+    state = await h.get_state()
+    assert state["ledger"]["loaded_from_file"] == 0
+    assert state["outstanding_quotes"]["count"] == 1
+    status, body = await h.post("/kill")
+    assert status == 200, body
+    assert body["nonces_cancelled"] == [res.nonce_b64]
+    assert h.verifier.is_nonce_used(MM_ACCOUNT, b64decode(res.nonce_b64))
+
+
 async def test_kill_failure_is_reported_and_signed_quotes_survive_a_restart(h: Harness) -> None:
     await h.start_executor()
     await h.arm()

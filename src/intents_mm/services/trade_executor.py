@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import heapq
 import inspect
 import json
@@ -56,7 +55,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
-import msgspec
 from aiohttp import web
 
 from intents_mm.bus.port import Delivery, Subscription
@@ -70,7 +68,6 @@ from intents_mm.messages import (
     TradeOutcome,
     TradeResult,
     decode,
-    encode_payload,
 )
 from intents_mm.near.encoding import b64decode, b64encode
 from intents_mm.near.keys import SigningKey, is_implicit_account
@@ -94,10 +91,8 @@ log = logging.getLogger(__name__)
 
 MS: Final = 1_000_000
 S: Final = 1_000_000_000
-OUTSTANDING_STATE_KEY: Final = "trade-executor.outstanding"
 KEY_CHECK_INTERVAL_NS: Final = 30 * S
 SALT_REFRESH_INTERVAL_NS: Final = 60 * S
-PERSIST_INTERVAL_NS: Final = 2 * S
 TICK_S: Final = 0.5
 MAX_IN_FLIGHT: Final = 64
 REMEMBERED_COMMANDS: Final = 100_000
@@ -208,33 +203,6 @@ class Outstanding:
     nonce_b64: str
     deadline_ns: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "command_id": self.command_id,
-            "quote_hash": self.quote_hash,
-            "nonce": self.nonce_b64,
-            "deadline_ns": self.deadline_ns,
-        }
-
-    @functools.cached_property
-    def json_bytes(self) -> bytes:
-        """``to_json()`` encoded, once: the persisted list is joined from these."""
-        return encode_payload(self.to_json())
-
-    @classmethod
-    def from_json(cls, obj: object) -> Outstanding | None:
-        if not isinstance(obj, dict):
-            return None
-        c, h, n, d = obj.get("command_id"), obj.get("quote_hash"), obj.get("nonce"), obj.get("deadline_ns")
-        if not (isinstance(c, str) and isinstance(h, str) and isinstance(n, str) and type(d) is int):
-            return None
-        try:
-            if len(b64decode(n)) != 32:
-                return None
-        except InputError:
-            return None
-        return cls(c, h, n, d)
-
 
 class _Work:
     """One command being processed; ``done`` resolves with its result."""
@@ -311,9 +279,6 @@ class TradeExecutor(Service):
         # emergency stop
         self.outstanding: dict[str, Outstanding] = {}
         self._expiries: list[tuple[int, str]] = []  # heap of (deadline_ns, nonce) over outstanding
-        self._outstanding_dirty = False
-        self._persisted_mono: int | None = None
-        self.persist_error: str | None = None
         self._kill_lock = asyncio.Lock()
         self.last_kill: dict[str, Any] | None = None
 
@@ -335,7 +300,6 @@ class TradeExecutor(Service):
             )
         await self.relay.start()
         await self._load_store_ledger()
-        await self._load_outstanding()
         self.spawn(self.ledger.sync_forever(), "ledger-sync")
         self.spawn(self._mirror_forever(), "ledger-mirror")
         self._sub = await self.bus.subscribe([EXECUTE_TRADE], f"{self.name}-commands", self._on_command)
@@ -358,10 +322,6 @@ class TradeExecutor(Service):
             if not self.ledger_ready and self.ledger_load_error is not None:
                 await self._load_store_ledger()
             self._expire_outstanding()
-            if self._outstanding_dirty and (
-                self._persisted_mono is None or now_mono - self._persisted_mono >= PERSIST_INTERVAL_NS
-            ):
-                await self._persist_outstanding()
             await asyncio.sleep(TICK_S)
 
     async def stop(self) -> None:
@@ -373,9 +333,6 @@ class TradeExecutor(Service):
             for task in list(self._work_tasks):
                 task.cancel()
             await asyncio.gather(*self._work_tasks, return_exceptions=True)
-        self._expire_outstanding()
-        if self._outstanding_dirty:
-            await self._persist_outstanding()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(MIRROR_FLUSH_TIMEOUT_S):
                 while self._mirror and await self._mirror_once():
@@ -523,7 +480,6 @@ class TradeExecutor(Service):
         signed, reply, error = attempt
         if error is None and reply is not None and not reply.ok and is_invalid_salt(reply.error_message):
             self.outstanding.pop(signed.nonce_b64, None)  # a quote with an invalid salt can never settle
-            self._outstanding_dirty = True
             try:
                 await self.refresh_salt()
             except IntentsMMError as exc:
@@ -612,8 +568,13 @@ class TradeExecutor(Service):
             self.ledger_load_error = str(exc)
             log.error("%s: %s", self.name, exc)
             return
+        now = self.clock.now_ns()
         for entry in entries:
             self._mark_signed(entry.command_id.removesuffix(":salt-retry"), entry.quote_hash)
+            if entry.deadline_ns >= now:  # still live: /kill must see it
+                self._restore_outstanding(
+                    Outstanding(entry.command_id, entry.quote_hash, entry.nonce_b64, entry.deadline_ns)
+                )
         self._mirror.extend(entries)  # idempotent: the store keeps the first record of an id
         if self._mirror:
             self._mirror_wake.set()
@@ -634,6 +595,13 @@ class TradeExecutor(Service):
                 return
             for command_id, signed_ts_ns in recorded:
                 self.ledger.remember(command_id, signed_ts_ns)
+            try:
+                live = await store.live_signed_quotes(self.clock.now_ns())
+            except StoreError as exc:
+                self.ledger_load_error = f"could not read the live signed quotes back from the store: {exc}"
+                return
+            for command_id, quote_hash, nonce_b64, deadline_ns in live:
+                self._restore_outstanding(Outstanding(command_id, quote_hash, nonce_b64, deadline_ns))
         self.ledger_ready = True
         self.ledger_load_error = None
 
@@ -651,7 +619,7 @@ class TradeExecutor(Service):
         batch = self._mirror[:MIRROR_BATCH]
         try:
             await store.record_signed_commands(
-                [(e.command_id, e.quote_hash, e.nonce_b64, e.signed_ts_ns) for e in batch]
+                [(e.command_id, e.quote_hash, e.nonce_b64, e.signed_ts_ns, e.deadline_ns) for e in batch]
             )
         except StoreError as exc:
             self.mirror_error = str(exc)
@@ -736,7 +704,10 @@ class TradeExecutor(Service):
     def _add_outstanding(self, entry: Outstanding) -> None:
         self.outstanding[entry.nonce_b64] = entry
         heapq.heappush(self._expiries, (entry.deadline_ns, entry.nonce_b64))
-        self._outstanding_dirty = True
+
+    def _restore_outstanding(self, entry: Outstanding) -> None:
+        if entry.nonce_b64 not in self.outstanding:
+            self._add_outstanding(entry)
 
     def _expire_outstanding(self) -> None:
         """Drop the quotes whose deadline has passed (from a heap: nothing is scanned)."""
@@ -747,37 +718,6 @@ class TradeExecutor(Service):
             entry = outstanding.get(nonce)
             if entry is not None and entry.deadline_ns == deadline_ns:
                 del outstanding[nonce]
-                self._outstanding_dirty = True
-
-    async def _persist_outstanding(self) -> None:
-        self._persisted_mono = self.clock.monotonic_ns()
-        store = self.ctx.store
-        if store is None:
-            self._outstanding_dirty = False
-            return
-        self._outstanding_dirty = False
-        try:
-            joined = b",".join([o.json_bytes for o in self.outstanding.values()])
-            await store.put_state(OUTSTANDING_STATE_KEY, msgspec.Raw(b"[" + joined + b"]"))
-            self.persist_error = None
-        except StoreError as exc:
-            self._outstanding_dirty = True
-            self.persist_error = f"could not persist the signed quotes: {exc}"
-
-    async def _load_outstanding(self) -> None:
-        store = self.ctx.store
-        if store is None:
-            return
-        try:
-            saved = await store.get_state(OUTSTANDING_STATE_KEY)
-        except StoreError as exc:
-            self.persist_error = f"could not load the signed quotes: {exc}"
-            return
-        now = self.clock.now_ns()
-        for item in saved if isinstance(saved, list) else []:
-            entry = Outstanding.from_json(item)
-            if entry is not None and entry.deadline_ns >= now and entry.nonce_b64 not in self.outstanding:
-                self._add_outstanding(entry)
 
     # -- emergency stop ----------------------------------------------------------------------------
     async def kill(self, *, reason: str | None = None) -> dict[str, Any]:
@@ -798,8 +738,6 @@ class TradeExecutor(Service):
             }
             outcome.update(await self._invalidate(live))
             self.last_kill = outcome
-            self._outstanding_dirty = True
-            await self._persist_outstanding()
             detail = json.dumps(
                 {k: outcome[k] for k in ("ok", "tx_hash", "error", "outstanding")}
                 | {
@@ -1029,7 +967,6 @@ class TradeExecutor(Service):
             "outstanding_quotes": {
                 "count": len(live),
                 "latest_deadline_ns": max((o.deadline_ns for o in live), default=None),
-                "persist_error": self.persist_error,
             },
             "last_kill": self.last_kill,
             "ledger": {

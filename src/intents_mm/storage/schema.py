@@ -230,8 +230,10 @@ signed_commands = sa.Table(
     sa.Column("nonce", _T, nullable=False),
     sa.Column("signed_ts", UtcDateTime(), nullable=False),
     sa.Column("signed_ts_ns", sa.BigInteger, nullable=False),
+    sa.Column("deadline_ns", sa.BigInteger, nullable=True),  # the quote's deadline (revision 0002)
 )
 sa.Index(None, signed_commands.c.signed_ts)
+sa.Index(None, signed_commands.c.deadline_ns)
 
 BASE_EVENT_COLUMNS: Final = frozenset({"id", "msg_id", "ts", "ts_ns", "payload"})
 

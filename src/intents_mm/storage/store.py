@@ -300,9 +300,9 @@ class HistoryStore:
         rows = await self._execute_write(stmt, f"signed command record for {command_id!r}")
         return len(rows) == 1
 
-    async def record_signed_commands(self, entries: Sequence[tuple[str, str, str, int]]) -> int:
-        """Record many ``(command_id, quote_hash, nonce_b64, signed_ts_ns)`` at once, in one transaction;
-        ids already recorded are left as they are. Returns how many were new.
+    async def record_signed_commands(self, entries: Sequence[tuple[str, str, str, int, int | None]]) -> int:
+        """Record many ``(command_id, quote_hash, nonce_b64, signed_ts_ns, deadline_ns)`` at once, in one
+        transaction; ids already recorded are left as they are. Returns how many were new.
 
         The trade executor mirrors its local append-only ledger here asynchronously (see
         ``docs/services/trade-executor.md``); :meth:`record_signed_command` stays the one-row form.
@@ -316,8 +316,9 @@ class HistoryStore:
                 "nonce": nonce_b64,
                 "signed_ts": ns_to_datetime(signed_ts_ns),
                 "signed_ts_ns": signed_ts_ns,
+                "deadline_ns": deadline_ns,
             }
-            for command_id, quote_hash, nonce_b64, signed_ts_ns in entries
+            for command_id, quote_hash, nonce_b64, signed_ts_ns, deadline_ns in entries
         ]
         stmt = (
             self._insert(s.signed_commands)
@@ -331,6 +332,23 @@ class HistoryStore:
                 return len(result.all())
         except _STORE_ERRORS as exc:
             raise _translate(exc, f"signed command records ({len(rows)})") from None
+
+    async def live_signed_quotes(self, now_ns: int) -> list[tuple[str, str, str, int]]:
+        """``(command_id, quote_hash, nonce_b64, deadline_ns)`` of the signed quotes whose deadline is
+        at or after ``now_ns`` (records without a deadline are not live), earliest deadline first."""
+        t = s.signed_commands
+        stmt = (
+            sa.select(t.c.command_id, t.c.quote_hash, t.c.nonce, t.c.deadline_ns)
+            .where(t.c.deadline_ns >= now_ns)  # indexed
+            .order_by(t.c.deadline_ns)
+        )
+        engine = self._require_engine()
+        try:
+            async with engine.connect() as conn:
+                rows = (await conn.execute(stmt)).all()
+        except _STORE_ERRORS as exc:
+            raise _translate(exc, "read of the live signed quotes") from None
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
     async def signed_commands_since(self, since_ns: int) -> list[tuple[str, int]]:
         """``(command_id, signed_ts_ns)`` of the commands recorded as signed at or after ``since_ns``,
