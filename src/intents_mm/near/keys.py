@@ -9,6 +9,7 @@ A ``SigningKey`` never shows its secret in ``repr``/``str``; only ``to_secret_st
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -63,6 +64,10 @@ class PublicKey:
         return cls(_decode_exact(text, PUBLIC_KEY_LEN, "public key"))
 
     def to_string(self) -> str:
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:  # encoded once: every signed quote carries the public key
         return ED25519_PREFIX + b58encode(self.raw)
 
     def __str__(self) -> str:
