@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,7 +12,14 @@ from bus_helpers import Recorder, wait_until
 from intents_mm.bus import ALL_SUBJECTS, MemoryBus, make_bus, redelivery_delay_s
 from intents_mm.bus.nats import NatsBus
 from intents_mm.bus.port import Delivery
-from intents_mm.bus.subjects import matcher, pattern_matches, validate_subject
+from intents_mm.bus.subjects import (
+    disjoint,
+    matcher,
+    part_durable,
+    pattern_matches,
+    patterns_overlap,
+    validate_subject,
+)
 from intents_mm.errors import BusError, InputError
 
 
@@ -193,3 +201,39 @@ def test_redelivery_backoff_grows_and_is_capped() -> None:
     assert delays[0] == pytest.approx(0.05)
     assert delays == sorted(delays)
     assert max(delays) == 5.0
+
+
+def test_patterns_overlap_when_some_subject_matches_both() -> None:
+    cases = [
+        ("a.b", "a.b", True),
+        ("a.b", "a.c", False),
+        ("a.*", "a.b", True),
+        ("a.>", "a", False),
+        ("a.>", "a.b.c", True),
+        (">", "x", True),
+        ("*", ">", True),
+        ("a.*", "a.b.c", False),
+        ("a.*.c", "a.b.*", True),
+        ("a", "a.b", False),
+        ("*.>", "a", False),
+    ]
+    for a, b, expected in cases:
+        assert patterns_overlap(a, b) is expected, (a, b)
+        assert patterns_overlap(b, a) is expected, (b, a)
+    # checked against the matcher on concrete subjects: an overlap is a subject both match
+    subjects = [".".join(t) for n in (1, 2, 3, 4) for t in itertools.product("abc", repeat=n)]
+    patterns = ["a", "a.*", "*.c", "a.>", "*.*.c", ">", "b.>", "a.b"]
+    for a in patterns:
+        for b in patterns:
+            both = any(pattern_matches(a, s) and pattern_matches(b, s) for s in subjects)
+            assert patterns_overlap(a, b) is both, (a, b)
+    assert disjoint(["exec.trade_result", "cmd.*", "demand.quote_status"])
+    assert not disjoint(["exec.trade_result", "exec.*"])
+
+
+def test_part_durable_names_are_distinct_and_valid() -> None:
+    names = {part_durable("d", p) for p in ("a.b", "a_b", "a_db", "a.*", "a.>", "a__b")}
+    assert len(names) == 6
+    assert part_durable("hw", "exec.trade_result") == "hw--exec_dtrade__result"
+    with pytest.raises(InputError):
+        part_durable("d" * 199, "a.b")

@@ -152,18 +152,55 @@ async def test_changing_a_durables_subjects_keeps_its_position(nbus: NatsBus) ->
     assert second.ids() == ["a5", "b0"]
 
 
-async def test_multi_pattern_subscription_skips_other_subjects(nbus: NatsBus) -> None:
+async def test_disjoint_patterns_get_one_consumer_each_and_no_foreign_deliveries(
+    nbus: NatsBus, nats_server_url: str, stream_prefix: str
+) -> None:
     rec = Recorder()
-    await nbus.subscribe(["exec.trade_result", "cmd.*"], "multi", rec.handler)
+    sub = await nbus.subscribe(["exec.trade_result", "cmd.*"], "multi", rec.handler)
     await nbus.publish("market.reference_price", b"skip", msg_id="s1")
     await nbus.publish("cmd.execute_trade", b"take", msg_id="t1")
     await nbus.publish("exec.trade_result", b"take", msg_id="t2")
-    await wait_until(lambda: len(rec.got) >= 2, what="2 matching deliveries")
+    await nbus.publish("cmd.execute_trade", b"take", msg_id="t3")
+    await wait_until(lambda: len(rec.got) >= 3, what="3 matching deliveries")
     await asyncio.sleep(0.3)
-    assert rec.ids() == ["t1", "t2"]
+    ids = rec.ids()
+    assert sorted(ids) == ["t1", "t2", "t3"]
+    assert ids.index("t1") < ids.index("t3")  # publish order per subject
     counters = nbus.describe()["counters"]
     assert isinstance(counters, dict)
-    assert counters["filtered"] == 1
+    assert counters["filtered"] == 0  # the server filtered: nothing foreign was delivered and acked
+    nc = await nats.connect(nats_server_url)
+    try:
+        js = nc.jetstream()
+        prefix = stream_prefix.lower()
+        consumers = {c.name: c.config.filter_subject for c in await js.consumers_info(f"{stream_prefix}_S")}
+        assert consumers == {
+            "multi--exec_dtrade__result": f"{prefix}.exec.trade_result",
+            "multi--cmd_d_s": f"{prefix}.cmd.*",
+        }
+    finally:
+        await nc.close()
+    # a restart resumes each consumer where it was
+    await sub.stop()
+    await nbus.publish("exec.trade_result", b"take", msg_id="t4")
+    again = Recorder()
+    await nbus.subscribe(["exec.trade_result", "cmd.*"], "multi", again.handler)
+    await wait_until(lambda: len(again.got) >= 1, what="the message published while stopped")
+    await asyncio.sleep(0.3)
+    assert again.ids() == ["t4"]
+
+
+async def test_overlapping_patterns_share_one_consumer_and_each_message_comes_once(nbus: NatsBus) -> None:
+    rec = Recorder()
+    await nbus.subscribe(["cmd.*", "cmd.execute_trade"], "overlap", rec.handler)
+    await nbus.publish("market.reference_price", b"skip", msg_id="s1")
+    await nbus.publish("cmd.execute_trade", b"take", msg_id="t1")
+    await wait_until(lambda: len(rec.got) >= 1, what="1 matching delivery")
+    await asyncio.sleep(0.3)
+    assert rec.ids() == ["t1"]
+    counters = nbus.describe()["counters"]
+    assert isinstance(counters, dict)
+    assert counters["filtered"] == 1  # one consumer over the prefix, the other subject skipped
 
 
 async def test_unreachable_server_fails_start_with_bus_error() -> None:

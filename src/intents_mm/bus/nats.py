@@ -7,10 +7,14 @@ Implements the contract in :mod:`intents_mm.bus.port`. Layout on the server:
   :meth:`NatsBus.start`: the stream is created when missing and updated when its settings differ.
 - logical subject ``x.y`` travels as ``f"{subject_prefix}.x.y"`` with header ``Nats-Msg-Id: msg_id``.
 - one durable **pull** consumer per ``durable`` name: explicit ack, ``ack_wait = ack_wait_s``,
-  ``max_ack_pending = max_in_flight``, unlimited deliveries. Its filter is the one pattern when a
-  subscription has one, else the whole prefix with the other subjects acked and skipped client-side
-  (the deployed server, 2.9, has one filter per consumer). When a durable's filter must change it is
-  re-created starting after its ack floor, so it keeps its position.
+  ``max_ack_pending = max_in_flight``, unlimited deliveries, filtered on the subscription's pattern.
+  The deployed server (2.9) has one filter per consumer, so a subscription to several patterns that
+  no subject matches twice is **one consumer per pattern** (``<durable>--<pattern slug>``, see
+  :func:`~intents_mm.bus.subjects.part_durable`), its handler still awaited one delivery at a time;
+  ``max_in_flight`` then holds per pattern. Overlapping patterns share one consumer over the whole
+  prefix, the other subjects acked and skipped client-side. When a durable's filter must change it is
+  re-created starting after its ack floor, so it keeps its position (and a single consumer of an
+  earlier layout is replaced by per-pattern ones the same way).
 
 Consumption: the subscription keeps one long-lived pull request (``batch = max_in_flight``, expiring
 every ``pull_expires_s``) outstanding on a private inbox; the server pushes messages into it as they
@@ -53,9 +57,11 @@ from nats.js.api import (
 )
 from nats.js.client import JetStreamContext
 
-from intents_mm.bus.port import Handler, Subscription, redelivery_delay_s
+from intents_mm.bus.port import Delivery, Handler, Subscription, redelivery_delay_s
 from intents_mm.bus.subjects import (
+    disjoint,
     matcher,
+    part_durable,
     validate_pattern,
     validate_subject,
     validate_subscription,
@@ -216,6 +222,8 @@ class _NatsSubscription:
         self._sub: Any = None
         self._pull_task: asyncio.Task[None] | None = None
         self._work_task: asyncio.Task[None] | None = None
+        #: When the consumer does not exist yet: the stream sequence it starts at (None: everything).
+        self.start_seq: int | None = None
 
     async def start(self) -> None:
         bus = self._bus
@@ -379,6 +387,84 @@ class _NatsSubscription:
         }
 
 
+class _NatsSplitSubscription:
+    """A subscription to several disjoint patterns: one durable pull consumer per pattern.
+
+    The server (2.9) takes one filter subject per consumer; one consumer over the whole prefix would
+    hand this subscriber every message on the bus to ack and skip (a third of all deliveries on the
+    quote path). So each pattern gets its own consumer, ``part_durable(durable, pattern)``, and the
+    handler is still awaited for one delivery at a time (a lock shared by the parts), in publish order
+    per subject. A consumer of the old single-consumer layout named ``durable`` is replaced: the parts
+    start after its ack floor and it is deleted, so nothing is skipped or replayed.
+    """
+
+    def __init__(
+        self,
+        bus: NatsBus,
+        *,
+        durable: str,
+        patterns: tuple[str, ...],
+        handler: Handler,
+        ack_wait_s: float,
+        max_in_flight: int,
+    ) -> None:
+        self._bus = bus
+        self.durable = durable
+        self.patterns = patterns
+        lock = asyncio.Lock()
+
+        async def one_at_a_time(delivery: Delivery) -> None:
+            async with lock:
+                await handler(delivery)
+
+        self.parts = [
+            _NatsSubscription(
+                bus,
+                durable=part_durable(durable, pattern),
+                patterns=(pattern,),
+                handler=one_at_a_time,
+                ack_wait_s=ack_wait_s,
+                max_in_flight=max_in_flight,
+            )
+            for pattern in patterns
+        ]
+        self._stopped = False
+
+    async def start(self) -> None:
+        floor = await self._bus._combined_consumer_floor(self.durable)
+        started: list[_NatsSubscription] = []
+        try:
+            for part in self.parts:
+                part.start_seq = None if floor is None else floor + 1
+                await part.start()
+                started.append(part)
+            if floor is not None:
+                await self._bus._delete_consumer(self.durable)
+        except BaseException:
+            for part in started:
+                with contextlib.suppress(Exception):
+                    await part.stop()
+            raise
+
+    def on_reconnected(self) -> None:
+        for part in self.parts:
+            part.on_reconnected()
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        await asyncio.gather(*(part.stop() for part in self.parts))
+        self._stopped = True
+        if self._bus._subs.get(self.durable) is self:
+            del self._bus._subs[self.durable]
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "subjects": list(self.patterns),
+            "consumers": {part.durable: part.describe() for part in self.parts},
+        }
+
+
 class NatsBus:
     """The bus on NATS JetStream; see the module and port docstrings."""
 
@@ -419,7 +505,7 @@ class NatsBus:
         self._pull_expires_s = float(pull_expires_s)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
-        self._subs: dict[str, _NatsSubscription] = {}
+        self._subs: dict[str, _NatsSubscription | _NatsSplitSubscription] = {}
         self._full_subjects: dict[str, str] = {}
         self._counters = _Counters()
         self._last_error = ""
@@ -576,7 +662,15 @@ class NatsBus:
                     await self._ensure_stream()
                 info = None
             if info is None:
-                await js.add_consumer(stream, self._consumer_config(sub))
+                if sub.start_seq is None:
+                    await js.add_consumer(stream, self._consumer_config(sub))
+                else:
+                    await js.add_consumer(
+                        stream,
+                        self._consumer_config(
+                            sub, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=sub.start_seq
+                        ),
+                    )
                 return
             have = info.config
             if have.deliver_subject:
@@ -617,6 +711,27 @@ class NatsBus:
             raise BusError(
                 f"cannot set up NATS consumer {durable} on {stream}: {_describe_exc(exc)}"
             ) from exc
+
+    async def _combined_consumer_floor(self, durable: str) -> int | None:
+        """The ack floor (stream sequence) of a consumer named ``durable``; None when there is none."""
+        try:
+            info = await self._jetstream().consumer_info(self._stream, durable)
+        except nats.js.errors.NotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            what = f"NATS consumer {durable} on {self._stream}"
+            raise BusError(f"cannot read {what}: {_describe_exc(exc)}") from exc
+        return info.ack_floor.stream_seq if info.ack_floor is not None else 0
+
+    async def _delete_consumer(self, durable: str) -> None:
+        log.warning("bus: durable %s is now one consumer per subject; deleting the old consumer", durable)
+        try:
+            await self._jetstream().delete_consumer(self._stream, durable)
+        except nats.js.errors.NotFoundError:
+            return
+        except (nats.errors.Error, TimeoutError) as exc:
+            what = f"NATS consumer {durable} on {self._stream}"
+            raise BusError(f"cannot delete {what}: {_describe_exc(exc)}") from exc
 
     # ------------------------------------------------------------------------------ port
 
@@ -674,7 +789,8 @@ class NatsBus:
         patterns = validate_subscription(subjects, durable, ack_wait_s, max_in_flight)
         if durable in self._subs:
             raise BusError(f"durable consumer {durable!r} already has an active subscriber on this bus")
-        sub = _NatsSubscription(
+        kind = _NatsSplitSubscription if len(patterns) > 1 and disjoint(patterns) else _NatsSubscription
+        sub = kind(
             self,
             durable=durable,
             patterns=patterns,

@@ -118,3 +118,32 @@ def matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
         return hit
 
     return matches
+
+
+def patterns_overlap(a: str, b: str) -> bool:
+    """True when some concrete subject matches both patterns (NATS wildcard rules)."""
+    at, bt = a.split("."), b.split(".")
+    for i in range(max(len(at), len(bt))):
+        x = at[i] if i < len(at) else None
+        y = bt[i] if i < len(bt) else None
+        if x == ">" or y == ">":
+            # ">" needs at least one more token: the other pattern must still have one here
+            return x is not None and y is not None
+        if x is None or y is None:
+            return False
+        if "*" not in (x, y) and x != y:
+            return False
+    return True
+
+
+def disjoint(patterns: Sequence[str]) -> bool:
+    """True when no subject matches two of ``patterns``."""
+    return not any(patterns_overlap(a, b) for i, a in enumerate(patterns) for b in patterns[i + 1 :])
+
+
+def part_durable(durable: str, pattern: str) -> str:
+    """The durable name of ``durable``'s consumer for ``pattern`` when a subscription is split per
+    pattern: ``<durable>--<pattern>`` with ``_`` → ``__``, ``.`` → ``_d``, ``*`` → ``_s``, ``>`` →
+    ``_g`` (one-to-one, so two patterns never share a name). :class:`InputError` past 200 chars."""
+    slug = pattern.replace("_", "__").replace(".", "_d").replace("*", "_s").replace(">", "_g")
+    return validate_durable(f"{durable}--{slug}")

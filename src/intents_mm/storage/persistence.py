@@ -86,7 +86,7 @@ class HistoryPersister:
         batch_max: int = 500,
         batch_interval_s: float = 0.05,
         durable: str = DEFAULT_DURABLE,
-        subjects: Sequence[str] = m.ALL_SUBJECTS,
+        subjects: Sequence[str] = (">",),
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
         queue_max: int | None = None,
