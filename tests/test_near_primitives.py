@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import base58
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -72,6 +73,25 @@ def test_b64_strict() -> None:
 def test_encodings_roundtrip(data: bytes) -> None:
     assert b58decode(b58encode(data)) == data
     assert b64decode(b64encode(data)) == data
+
+
+@given(
+    st.binary(max_size=80) | st.builds(lambda n, b: b"\0" * n + b, st.integers(0, 5), st.binary(max_size=40))
+)
+def test_b58encode_equals_the_reference_package(data: bytes) -> None:
+    # our two-digits-at-a-time encoder against the digit-by-digit one of the ``base58`` package
+    assert b58encode(data) == base58.b58encode(data).decode("ascii")
+
+
+def test_b58encode_edges() -> None:
+    for data in (
+        b"\0",
+        b"\0" * 40,
+        b"\xff" * 64,
+        (58**10).to_bytes(8, "big"),
+        (58**10 - 1).to_bytes(8, "big"),
+    ):
+        assert b58encode(data) == base58.b58encode(data).decode("ascii")
 
 
 # ------------------------------------------------------------------------------------------ keys

@@ -19,9 +19,31 @@ _B58_CHARS = frozenset(B58_ALPHABET)
 _B64_RE = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z")
 
 
+# base58 digits two at a time (58**2 = 3364 pairs), ten per big-integer division: a signature takes
+# 9 big divisions instead of the 88 of the digit-by-digit loop (~5 µs instead of ~14 µs; every signed
+# quote encodes its signature and its hash). Checked against the ``base58`` package in the tests.
+_B58_PAIRS = tuple(a + b for a in B58_ALPHABET for b in B58_ALPHABET)
+_B58_TEN_DIGITS = 58**10
+
+
 def b58encode(data: bytes) -> str:
     """Encode bytes as base58 (leading zero bytes become leading ``1`` characters)."""
-    return str(base58.b58encode(bytes(data)).decode("ascii"))
+    data = bytes(data)
+    n = int.from_bytes(data, "big")
+    chunks: list[int] = []
+    while n:
+        n, chunk = divmod(n, _B58_TEN_DIGITS)
+        chunks.append(chunk)
+    pairs = _B58_PAIRS
+    parts: list[str] = []
+    for chunk in reversed(chunks):  # most significant first, each exactly ten digits
+        rest, d4 = divmod(chunk, 3364)
+        rest, d3 = divmod(rest, 3364)
+        rest, d2 = divmod(rest, 3364)
+        d0, d1 = divmod(rest, 3364)
+        parts.append(pairs[d0] + pairs[d1] + pairs[d2] + pairs[d3] + pairs[d4])
+    zeros = len(data) - len(data.lstrip(b"\0"))
+    return "1" * zeros + "".join(parts).lstrip("1")
 
 
 def b58decode(text: str) -> bytes:
