@@ -481,6 +481,46 @@ async def test_restart_recovers_from_the_store(store: HistoryStore) -> None:
         await e.bus.close()
 
 
+async def test_a_status_whose_result_is_only_in_the_store_is_matched(env: Env) -> None:
+    """The result was consumed before a restart and is older than what the start-up read back: the
+    status finds it in the store by its quote hash."""
+    await env.price("60000", T0)
+    result = m.TradeResult(
+        command_id="c9",
+        quote_id="q9",
+        outcome="accepted",
+        quote_hash="QH9",
+        deadline_ns=T0 + 70 * S,
+        amount_in=100_000,
+        amount_out=59_700_000_000_000_000_000,
+        asset_in=B,
+        asset_out=E,
+    )
+    cls, version = m.SUBJECT_TYPES[m.TRADE_RESULT]
+    stored = m.Envelope(
+        subject=m.TRADE_RESULT,
+        type=cls.__name__,
+        version=version,
+        msg_id="only-in-store",
+        ts_ns=T0,
+        payload=result,
+    )
+    assert await env.store.write_batch([stored]) == 1  # never on this process's bus
+    await env.status("QH9", T0 + 2 * S)
+    await env.status("NOT-OURS-9", T0 + 2 * S)
+    await until(lambda: env.hw.follow.statuses == 2)
+    await env.hw.step()
+    await until(lambda: env.hw.follow.settlements_written == 1)
+    s = await env.store.get_settlement("QH9")
+    assert s is not None and s.command_id == "c9" and s.amount_out == 59_700_000_000_000_000_000
+    assert env.hw.follow.results_from_store == 1
+    _status, body = await env.get("/state")
+    assert body["settlements"]["results_from_store"] == 1
+    assert body["settlements"]["awaiting_result"] == 1  # NOT-OURS-9, looked up once, waits to expire
+    await env.hw.step()
+    assert env.hw.follow.results_from_store == 1
+
+
 async def test_healthz_reports_store_connectivity(env: Env) -> None:
     status, body = await env.get("/healthz")
     assert status == 200 and body["checks"]["store"]["ok"] is True

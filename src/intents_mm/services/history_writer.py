@@ -8,7 +8,9 @@ Three jobs, one service:
   and the persister's own write failures), and says so.
 - **Settlement follow-up.** Each ``demand.quote_status`` is matched by ``quote_hash`` to our
   ``exec.trade_result`` with outcome ``accepted`` (either may arrive first; on start the recent rows
-  of both tables are read back from the store so a restart loses nothing) and recorded as a
+  of both tables are read back from the store, and a status whose result is not in memory is looked
+  up in the store by its quote hash, so a restart loses nothing however many quotes were live) and
+  recorded as a
   :class:`~intents_mm.messages.Settlement` with the BTC/EUR reference mid at fill. Markouts at 1 s,
   10 s, 60 s and 5 min are filled in once each horizon has passed (price from the in-memory history,
   else ``market_price_events``). A quote status that matches none of our accepted results within
@@ -424,6 +426,7 @@ class _FollowStats:
     settlements_written: int = 0
     unknown_quote_hashes: int = 0
     expired_results: int = 0
+    results_from_store: int = 0
     markouts_written: int = 0
     markouts_given_up: int = 0
     poison: int = 0
@@ -457,6 +460,7 @@ class HistoryWriter(Service):
         self._flows: dict[tuple[str, str], Flow] = {}
         self._results: dict[str, tuple[m.TradeResult, int]] = {}  # quote_hash -> (result, expiry ns)
         self._statuses: dict[str, m.QuoteStatus] = {}  # waiting for their result
+        self._looked_up: set[str] = set()  # statuses whose result the store did not have (yet)
         self._settled: OrderedDict[str, None] = OrderedDict()
         self._to_write: dict[str, m.Settlement] = {}
         self._markouts: dict[str, _PendingMarkouts] = {}
@@ -581,6 +585,7 @@ class HistoryWriter(Service):
     def _match(self, result: m.TradeResult, status: m.QuoteStatus) -> None:
         qh = status.quote_hash
         self._results.pop(qh, None)
+        self._looked_up.discard(qh)
         self._remember_settled(qh)
         self.follow.matched += 1
         self._to_write[qh] = m.Settlement(
@@ -710,11 +715,26 @@ class HistoryWriter(Service):
                 del self._markouts[qh]
         return stored
 
+    async def _find_results(self) -> None:
+        """Look up in the store the accepted result of each status still waiting for one (once per
+        status: a result published later arrives on the bus). Results older than what was read back
+        on start, or consumed before a restart, are found this way."""
+        store = self.store
+        if store is None:
+            return
+        for qh in [qh for qh in self._statuses if qh not in self._looked_up]:
+            result = await store.accepted_trade_result(qh)  # StoreError: tried again next step
+            self._looked_up.add(qh)
+            if result is not None and qh in self._statuses:
+                self.follow.results_from_store += 1
+                self._on_result(result)
+
     def _expire(self) -> None:
         now = self.clock.now_ns()
         for qh, status in list(self._statuses.items()):
             if now - status.received_ts_ns > STATUS_MATCH_WINDOW_NS:
                 del self._statuses[qh]
+                self._looked_up.discard(qh)
                 self.follow.unknown_quote_hashes += 1
         for qh, (_result, expiry) in list(self._results.items()):
             if now > expiry:
@@ -789,6 +809,7 @@ class HistoryWriter(Service):
         async with self._lock:
             self._expire()
             try:
+                await self._find_results()
                 if self._to_write:
                     await self.write_settlements()
                 await self.update_markouts()
@@ -966,6 +987,7 @@ class HistoryWriter(Service):
                 "awaiting_write": len(self._to_write),
                 "unknown_quote_hashes": self.follow.unknown_quote_hashes,
                 "expired_results": self.follow.expired_results,
+                "results_from_store": self.follow.results_from_store,
                 "markouts_pending": sum(len(p.horizons) for p in self._markouts.values()),
                 "markouts_written": self.follow.markouts_written,
                 "markouts_given_up": self.follow.markouts_given_up,

@@ -485,6 +485,13 @@ class HistoryStore:
             raise StoreError(f"{t.name} holds a {type(payload).__name__}, expected {payload_type.__name__}")
         return payload
 
+    async def accepted_trade_result(self, quote_hash: str) -> m.TradeResult | None:
+        """Our accepted ``exec.trade_result`` carrying ``quote_hash`` (indexed lookup), or None."""
+        t = s.trade_execution_results
+        return await self._latest_payload(
+            t, m.TradeResult, t.c.quote_hash == quote_hash, t.c.outcome == "accepted"
+        )
+
     async def latest_inventory(self) -> m.InventorySnapshot | None:
         """The newest inventory snapshot (stale or not), by envelope time."""
         return await self._latest_payload(s.intent_inventory_snapshots, m.InventorySnapshot)
