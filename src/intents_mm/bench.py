@@ -51,6 +51,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final, TextIO
 
+from intents_mm import eventloop
 from intents_mm.bench_venue import (
     DRIVER_CODE,
     REQUEST_MIN_DEADLINE_MS,
@@ -59,6 +60,7 @@ from intents_mm.bench_venue import (
 )
 from intents_mm.config import SERVICES
 from intents_mm.errors import IntentsMMError
+from intents_mm.eventloop import DEFAULT_EVENT_LOOP
 from intents_mm.services.runtime import to_jsonable
 from intents_mm.sim.scenario import Scenario, builtin_scenario
 from intents_mm.simulate import Simulation, percentile
@@ -415,7 +417,8 @@ def render_report(report: Mapping[str, Any]) -> str:
     lines = [
         "",
         f"=== intents-mm bench ({report['mode']} bus, {report['rate_per_s']:g} req/s for "
-        f"{report['duration_s']:g} s, seed {report['seed']}, venue {report['venue']}) ===",
+        f"{report['duration_s']:g} s, seed {report['seed']}, venue {report['venue']}, "
+        f"{report.get('event_loop', 'asyncio')} loop) ===",
         f"requests sent        {report['sent']}  (achieved {report['achieved_rate_per_s']}/s, "
         f"driver max lag {report['driver_max_lag_ms']} ms)",
         f"answered by us       {report['answered']}  (rejected by the relay {report['rejected_by_relay']})",
@@ -454,6 +457,7 @@ def run_bench(
     cpu_split: bool = True,
     profile_path: str | None = None,
     venue_process: bool = True,
+    event_loop: str = DEFAULT_EVENT_LOOP,
 ) -> int:
     async def main(var_dir: Path) -> dict[str, Any]:
         bench = Bench(
@@ -473,7 +477,8 @@ def run_bench(
         return await bench.run_bench()
 
     with tempfile.TemporaryDirectory(prefix="intents-mm-bench-") as tmp:
-        report = asyncio.run(main(Path(tmp)))
+        report = eventloop.run(main(Path(tmp)), event_loop)
+    report["event_loop"] = event_loop
     print(render_report(report), flush=True)
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from intents_mm import eventloop
 from intents_mm.config import SERVICES
+from intents_mm.eventloop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 
 
 def _setup_logging(level: str) -> None:
@@ -41,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _setup_logging(args.log_level)
     config = load_config()
-    return asyncio.run(serve([args.service], config, distributed=True))
+    return eventloop.run(serve([args.service], config, distributed=True), config["INTENTS_MM_EVENT_LOOP"])
 
 
 def cmd_run_all(args: argparse.Namespace) -> int:
@@ -50,7 +53,7 @@ def cmd_run_all(args: argparse.Namespace) -> int:
 
     _setup_logging(args.log_level)
     config = load_config()
-    return asyncio.run(serve(list(SERVICES), config, distributed=False))
+    return eventloop.run(serve(list(SERVICES), config, distributed=False), config["INTENTS_MM_EVENT_LOOP"])
 
 
 def cmd_sim_venue(args: argparse.Namespace) -> int:
@@ -66,7 +69,7 @@ def cmd_sim_venue(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from intents_mm.simulate import Simulation, run_simulate
+    from intents_mm.simulate import Simulation, run_simulate, simulation_event_loop
 
     _setup_logging(args.log_level)
     make: type[Simulation] = Simulation
@@ -80,6 +83,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         scenario=args.scenario,
         summary_json=args.summary_json,
         make=make,
+        event_loop=simulation_event_loop(os.environ, Path(".env")),
     )
 
 
@@ -97,6 +101,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cpu_split=not args.no_cpu_split,
         profile_path=args.profile,
         venue_process=not args.in_process_venue,
+        event_loop=args.event_loop,
     )
 
 
@@ -146,6 +151,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="run the simulated venue and the driver in the market maker's process "
         "(default: a child process of their own, like a remote venue)",
+    )
+    p.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=DEFAULT_EVENT_LOOP,
+        help=f"event loop of the market maker's process (default {DEFAULT_EVENT_LOOP})",
     )
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=cmd_bench)

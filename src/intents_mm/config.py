@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from intents_mm.errors import ConfigError
+from intents_mm.eventloop import DEFAULT_EVENT_LOOP, parse_event_loop
 
 SERVICES: tuple[str, ...] = (
     "near-intents-ingest",
@@ -238,6 +239,12 @@ VARIABLES: tuple[Var, ...] = (
         secret=True,
     ),
     Var("INTENTS_MM_VAR_DIR", _str, "./var", "directory for the embedded SQLite store and local state"),
+    Var(
+        "INTENTS_MM_EVENT_LOOP",
+        parse_event_loop,
+        DEFAULT_EVENT_LOOP,
+        "event loop of run, run-all and simulate: uvloop (default) or asyncio",
+    ),
     *(Var(port_var(s), _int(1, 65535), str(p), f"control API port of {s}") for s, p in DEFAULT_PORTS.items()),
     # -- venue endpoints (live defaults)
     Var(

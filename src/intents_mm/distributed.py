@@ -125,7 +125,7 @@ class ServiceProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=asyncio.subprocess.STDOUT,
-                process_group=0,  # a terminal Ctrl-C reaches the parent only; it stops us in order
+                start_new_session=True,  # a terminal Ctrl-C reaches the parent only; it stops us in order
             )
         self.starts += 1
         self.expected_exit = False
@@ -404,7 +404,7 @@ class DistributedSimulation(Simulation):
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=asyncio.subprocess.STDOUT,
-                process_group=0,
+                start_new_session=True,
             )
             try:
                 code = await asyncio.wait_for(proc.wait(), MIGRATE_TIMEOUT_S)

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from intents_mm import eventloop
 from intents_mm.app import Running, start_services, stop_services
 from intents_mm.bus import make_bus
 from intents_mm.bus.port import Bus
@@ -37,6 +38,7 @@ from intents_mm.config import SERVICES, Config, load_config
 from intents_mm.domain.amounts import format_units
 from intents_mm.domain.assets import AssetRegistry
 from intents_mm.errors import IntentsMMError
+from intents_mm.eventloop import DEFAULT_EVENT_LOOP
 from intents_mm.services.runtime import freeze_startup_heap, to_jsonable
 from intents_mm.sim.scenario import Scenario, load_scenario
 from intents_mm.sim.venue import SimVenue
@@ -63,6 +65,15 @@ def simulation_config(
     env = {k: v for k, v in environ.items() if k not in _VENUE_OWNED}
     env.update(venue_env)
     return load_config(env, dotenv=dotenv)
+
+
+def simulation_event_loop(environ: Mapping[str, str], dotenv: Path | None) -> str:
+    """``INTENTS_MM_EVENT_LOOP`` as the simulation will read it (environment over ``.env``)."""
+    return str(
+        simulation_config(environ, {}, dotenv if dotenv is not None and dotenv.is_file() else None)[
+            "INTENTS_MM_EVENT_LOOP"
+        ]
+    )
 
 
 def sqlite_path_for(config: Config) -> Path:
@@ -434,6 +445,7 @@ def run_simulate(
     scenario: str | None,
     summary_json: str | None,
     make: Callable[..., Simulation] = Simulation,
+    event_loop: str = DEFAULT_EVENT_LOOP,
 ) -> int:
     if duration_s <= 0:
         raise IntentsMMError("--duration must be positive")
@@ -445,7 +457,7 @@ def run_simulate(
             loop.add_signal_handler(sig, sim.stop.set)
         return await sim.run()
 
-    summary = asyncio.run(main())
+    summary = eventloop.run(main(), event_loop)
     print(render_summary(summary), flush=True)
     if summary_json:
         Path(summary_json).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
