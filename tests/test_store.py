@@ -44,6 +44,7 @@ EXPECTED_TABLES = {
     "settlements",
     "service_state",
     "signed_commands",
+    "quote_cancels",
 }
 
 

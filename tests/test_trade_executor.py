@@ -247,6 +247,7 @@ async def _harness_in(store_url: str, var_dir: str, *, register_key: bool) -> As
         "NEAR_INTENTS_ACCOUNT_ID": MM_ACCOUNT,
         "NEAR_RPC_URLS": rpc_url,
         "NEAR_INTENTS_RELAY_WS_URL": relay.ws_url,
+        "NEAR_INTENTS_RELAY_RPC_URL": relay.rpc_url,
         "NEAR_INTENTS_API_KEY": API_KEY,
         "INTENTS_MM_VAR_DIR": var_dir,  # the executor's signed-command ledger file lives here
     }
@@ -708,8 +709,12 @@ async def test_kill_failure_is_reported_and_signed_quotes_survive_a_restart(h: H
     executor = await h.start_executor()
     assert (await h.get_state())["outstanding_quotes"]["count"] == 1
     await h.rpc_server.stop()  # the NEAR RPC is down: the kill cannot send its transaction
+    await h.relay.stop()  # and the relay too: no path can cancel
     status, body = await h.post("/kill")
-    assert status == 502 and body["ok"] is False and "invalidate_nonces" in body["error"]
+    assert status == 502 and body["ok"] is False and "1 of 1 quotes not cancelled" in body["error"]
+    (cancel,) = body["cancels"]
+    assert cancel["outcome"] == "failed" and cancel["nonce"] == res.nonce_b64
+    assert cancel["relay"].startswith("failed:") and cancel["chain"].startswith("failed:")
     assert executor.armed is False
     assert (await h.get_state())["last_kill"]["ok"] is False
     assert not h.verifier.is_nonce_used(MM_ACCOUNT, b64decode(res.nonce_b64))

@@ -354,6 +354,49 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var("EXECUTOR_DEADLINE_BUFFER_MS", _int(0, 600_000), "10000", "added to min_deadline_ms when signing"),
     Var("EXECUTOR_SIGNING_STANDARD", _str, "nep413", "nep413 (default) or raw_ed25519"),
+    Var(
+        "EXECUTOR_KILL_VIA_RELAY",
+        _bool,
+        "true",
+        "POST /kill sends the cancel payloads to the relay's publish_intents (fast, free)",
+    ),
+    Var(
+        "EXECUTOR_KILL_ON_CHAIN",
+        _bool,
+        "true",
+        "POST /kill also executes the cancel payloads on chain (execute_intents; definitive, costs gas)",
+    ),
+    Var(
+        "EXECUTOR_CANCEL_CHAIN_BATCH",
+        _int(1, 100),
+        "10",
+        "cancel payloads per execute_intents transaction (stay within the 300 TGas limit)",
+    ),
+    Var(
+        "EXECUTOR_CANCEL_ON_MOVE",
+        _bool,
+        "true",
+        "cancel live quotes automatically on an adverse reference move, a stale reference, a jump, a disarm",
+    ),
+    Var(
+        "EXECUTOR_CANCEL_ON_MOVE_BPS",
+        _dec(Decimal("0.01"), Decimal(10_000)),
+        "10",
+        "cancel a live quote when the reference mid moved this far against it from its priced mid",
+    ),
+    Var(
+        "EXECUTOR_CANCEL_ON_MOVE_ON_CHAIN",
+        _bool,
+        "false",
+        "automatic cancels also go on chain (execute_intents); default: relay only",
+    ),
+    Var(
+        "EXECUTOR_QUOTE_SOCKET",
+        _str,
+        "executor",
+        "which relay connection sends quote_response: executor (its own) or ingest (the one that got "
+        "the request; run-all/simulate only)",
+    ),
     Var("INVENTORY_POLL_MS", _int(200, 3_600_000), "5000", "inventory-sync cadence"),
     Var("LIQUIDITY_POLL_MS", _int(200, 3_600_000), "10000", "liquidity-manager bridge polling cadence"),
     Var(
@@ -510,6 +553,8 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
         problems.append("the seven *_PORT variables must be distinct")
     if values["EXECUTOR_SIGNING_STANDARD"] not in ("nep413", "raw_ed25519"):
         problems.append("EXECUTOR_SIGNING_STANDARD must be nep413 or raw_ed25519")
+    if values["EXECUTOR_QUOTE_SOCKET"] not in ("executor", "ingest"):
+        problems.append("EXECUTOR_QUOTE_SOCKET must be executor or ingest")
     if values["STRATEGY_MIN_BTC"] > values["STRATEGY_MAX_BTC"]:
         problems.append("STRATEGY_MIN_BTC must not exceed STRATEGY_MAX_BTC")
     if values["STRATEGY_MIN_EURE"] > values["STRATEGY_MAX_EURE"]:

@@ -224,3 +224,58 @@ def token_diff_intent(diff: dict[str, int]) -> dict[str, object]:
             raise InputError(f"token_diff delta for {asset} does not fit in i128")
         out[asset] = str(delta)
     return {"intent": "token_diff", "diff": out}
+
+
+def sign_intents(
+    key: SigningKey,
+    *,
+    signer_id: str,
+    contract_id: str,
+    nonce: bytes,
+    deadline_ns: int,
+    intents: list[dict[str, object]],
+    standard: Standard = "nep413",
+) -> SignedPayload:
+    """Sign ``intents`` for ``signer_id`` with ``nonce`` under either standard.
+
+    ``nep413`` puts nonce and contract in the envelope; ``raw_ed25519`` signs a JSON body with all five
+    fields (``signer_id``, ``verifying_contract``, ``deadline``, ``nonce``, ``intents``) in that order.
+    """
+    if len(nonce) != NONCE_LEN:
+        raise InputError(f"nonce must be {NONCE_LEN} bytes, got {len(nonce)}")
+    if standard == "nep413":
+        return sign_nep413(key, build_intent_message(signer_id, deadline_ns, intents), nonce, contract_id)
+    if standard == "raw_ed25519":
+        body = {
+            "signer_id": signer_id,
+            "verifying_contract": contract_id,
+            "deadline": format_deadline(deadline_ns),
+            "nonce": b64encode(nonce),
+            "intents": intents,
+        }
+        return sign_raw_ed25519(key, json.dumps(body, separators=(",", ":")))
+    raise InputError(f"unsupported signature standard {standard!r} (nep413 or raw_ed25519 expected)")
+
+
+def sign_cancel(
+    key: SigningKey,
+    *,
+    signer_id: str,
+    contract_id: str,
+    nonce: bytes,
+    deadline_ns: int,
+    standard: Standard = "nep413",
+) -> SignedPayload:
+    """The cancel payload of a signed quote (protocol reference 4.3): same key, same ``nonce``,
+    ``intents: []``. Executed first (relay ``publish_intents`` or ``execute_intents``) it spends the nonce,
+    so the quote signed with it can never settle. ``deadline_ns`` must not be later than the nonce's
+    deadline (a versioned nonce carries it; the Verifier refuses ``deadline is greater than nonce``)."""
+    return sign_intents(
+        key,
+        signer_id=signer_id,
+        contract_id=contract_id,
+        nonce=nonce,
+        deadline_ns=deadline_ns,
+        intents=[],
+        standard=standard,
+    )

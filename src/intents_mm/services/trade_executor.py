@@ -50,42 +50,42 @@ import heapq
 import inspect
 import json
 import logging
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
 from aiohttp import web
 
 from intents_mm.bus.port import Delivery, Subscription
-from intents_mm.errors import ContractError, InputError, IntentsMMError, StoreError
+from intents_mm.domain.cancel import MoveWatch, WatchedQuote
+from intents_mm.errors import InputError, IntentsMMError, StoreError
 from intents_mm.messages import (
     EXECUTE_TRADE,
     OPERATOR_ACTION,
+    REFERENCE_PRICE,
     TRADE_RESULT,
     ExecuteTrade,
     OperatorAction,
+    ReferencePrice,
     TradeOutcome,
     TradeResult,
     decode,
 )
-from intents_mm.near.encoding import b64decode, b64encode
+from intents_mm.near.encoding import b64encode
 from intents_mm.near.keys import SigningKey, is_implicit_account
 from intents_mm.near.nonce import random_versioned_nonce
-from intents_mm.near.payload import (
-    SignedPayload,
-    build_intent_message,
-    sign_nep413,
-    sign_raw_ed25519,
-    token_diff_intent,
-)
+from intents_mm.near.payload import SignedPayload, sign_intents, token_diff_intent
 from intents_mm.near.rpc import NearRpcClient
 from intents_mm.near.sender import TransactionSender
-from intents_mm.near.timefmt import format_deadline
 from intents_mm.near.verifier import VerifierClient
 from intents_mm.services.executor_ledger import FILE_NAME, LedgerEntry, LedgerError, SignedLedger
+from intents_mm.services.quote_canceller import CancelOutcome, CancelTarget, QuoteCanceller
 from intents_mm.services.runtime import Check, HttpError, Route, Service, json_response, read_json_object
 from intents_mm.venues.relay import RelayReply, SolverRelayClient
+from intents_mm.venues.relay_rpc import RelayRpcClient
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,9 @@ TICK_S: Final = 0.5
 MAX_IN_FLIGHT: Final = 64
 REMEMBERED_COMMANDS: Final = 100_000
 LAST_RESULTS: Final = 20
-INVALIDATE_GAS: Final = 300 * 10**12
+CANCEL_REACTION_SAMPLES: Final = 10_000
+CANCEL_HISTORY: Final = 20
+CANCEL_WRITE_RETRY_S: Final = 2.0
 RELAY_OVERRIDE: Final = "trade_executor_relay"  # ctx.overrides key: a pre-built SolverRelayClient
 DISARM_STRATEGY_OVERRIDE: Final = "disarm_strategy"  # ctx.overrides key: callable, sync or async
 LEDGER_PATH_OVERRIDE: Final = "trade_executor_ledger_path"  # ctx.overrides key: the ledger file (tests)
@@ -163,20 +165,16 @@ def sign_quote(
     equals the intent deadline.
     """
     deadline_ns = quote_deadline_ns(cmd, now_ns, buffer_ms)
-    intents = [token_diff_intent(quote_token_diff(cmd))]
     nonce = random_versioned_nonce(salt, deadline_ns)
-    nonce_b64 = b64encode(nonce)
-    if standard == "nep413":
-        payload = sign_nep413(key, build_intent_message(signer_id, deadline_ns, intents), nonce, contract_id)
-    else:
-        body = {
-            "signer_id": signer_id,
-            "verifying_contract": contract_id,
-            "deadline": format_deadline(deadline_ns),
-            "nonce": nonce_b64,
-            "intents": intents,
-        }
-        payload = sign_raw_ed25519(key, json.dumps(body, separators=(",", ":")))
+    payload = sign_intents(
+        key,
+        signer_id=signer_id,
+        contract_id=contract_id,
+        nonce=nonce,
+        deadline_ns=deadline_ns,
+        intents=[token_diff_intent(quote_token_diff(cmd))],
+        standard=standard,
+    )
     params = SolverRelayClient.quote_response_params(
         cmd.quote_id,
         exact_side=cmd.exact_side,
@@ -184,7 +182,7 @@ def sign_quote(
         amount_out=cmd.amount_out,
         signed_data=payload.to_json_obj(),
     )
-    return SignedQuote(params, payload, payload.hash_b58(), nonce, nonce_b64, deadline_ns)
+    return SignedQuote(params, payload, payload.hash_b58(), nonce, b64encode(nonce), deadline_ns)
 
 
 def is_invalid_salt(message: str | None) -> bool:
@@ -196,12 +194,21 @@ def is_invalid_salt(message: str | None) -> bool:
 
 @dataclass(frozen=True)
 class Outstanding:
-    """A quote we signed; it can settle until ``deadline_ns`` unless its nonce is invalidated."""
+    """A quote we signed; it can settle until ``deadline_ns`` unless its nonce is spent first (a cancel).
+
+    ``reference_mid`` and ``buys_base`` (what cancel-on-move needs) are known for quotes signed by this
+    process; quotes read back after a restart have neither and are cancelled only by the all-quotes
+    triggers (stale reference, jump, disarm, restart, ``/kill``)."""
 
     command_id: str
     quote_hash: str
     nonce_b64: str
     deadline_ns: int
+    reference_mid: Decimal | None = None
+    buys_base: bool | None = None
+
+    def target(self) -> CancelTarget:
+        return CancelTarget(self.command_id, self.quote_hash, self.nonce_b64, self.deadline_ns)
 
 
 class _Work:
@@ -252,6 +259,7 @@ class TradeExecutor(Service):
         self._salt_mono: int | None = None
         # commands
         self._sub: Subscription | None = None
+        self._watch_subs: list[Subscription] = []
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._inflight: dict[str, _Work] = {}
         self._work_tasks: set[asyncio.Task[None]] = set()
@@ -276,11 +284,35 @@ class TradeExecutor(Service):
         self._mirror_wake = asyncio.Event()
         self.mirrored = 0
         self.mirror_error: str | None = None
-        # emergency stop
-        self.outstanding: dict[str, Outstanding] = {}
+        # live signed quotes, the emergency stop and cancel-on-move
+        self.outstanding: dict[str, Outstanding] = {}  # nonce -> quote
+        self._by_command: dict[str, str] = {}  # command id -> nonce, over outstanding
         self._expiries: list[tuple[int, str]] = []  # heap of (deadline_ns, nonce) over outstanding
         self._kill_lock = asyncio.Lock()
         self.last_kill: dict[str, Any] | None = None
+        self.kill_via_relay: bool = c["EXECUTOR_KILL_VIA_RELAY"]
+        self.kill_on_chain: bool = c["EXECUTOR_KILL_ON_CHAIN"]
+        self.chain_batch: int = c["EXECUTOR_CANCEL_CHAIN_BATCH"]
+        self.cancel_on_move: bool = c["EXECUTOR_CANCEL_ON_MOVE"]
+        self.cancel_move_bps: Decimal = c["EXECUTOR_CANCEL_ON_MOVE_BPS"]
+        self.cancel_move_on_chain: bool = c["EXECUTOR_CANCEL_ON_MOVE_ON_CHAIN"]
+        self.reference_stale_ns: int = c["REFERENCE_STALE_MS"] * MS
+        self.base_token: str = self.ctx.assets.active_pair.base.token_id
+        self.watch = MoveWatch(self.cancel_move_bps)
+        self.relay_cancelled: set[str] = set()  # nonces cancelled at the relay only (not yet on chain)
+        self.relay_rpc: RelayRpcClient | None = None
+        self.canceller: QuoteCanceller | None = None
+        self.cancel_counts: collections.Counter[str] = collections.Counter()  # by trigger
+        self.cancel_outcomes: collections.Counter[str] = collections.Counter()  # by outcome
+        self.last_cancels: collections.deque[dict[str, Any]] = collections.deque(maxlen=CANCEL_HISTORY)
+        self.cancel_reaction_ns: collections.deque[int] = collections.deque(maxlen=CANCEL_REACTION_SAMPLES)
+        self._cancel_rows: list[dict[str, Any]] = []  # waiting to be written to quote_cancels
+        self.cancel_write_error: str | None = None
+        self._cancel_tasks: set[asyncio.Task[None]] = set()
+        self._ref_mid: Decimal | None = None
+        self._ref_computed_ns: int | None = None
+        self._ref_rx_mono: int | None = None
+        self._ref_stale = False
 
     # -- life cycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -299,10 +331,33 @@ class TradeExecutor(Service):
                 request_timeout_s=3.0,
             )
         await self.relay.start()
+        if self._key is not None and self.account_id is not None:
+            self.relay_rpc = RelayRpcClient(
+                self.config["NEAR_INTENTS_RELAY_RPC_URL"], api_key=self.config["NEAR_INTENTS_API_KEY"]
+            )
+            self.canceller = QuoteCanceller(
+                key=self._key,
+                signer_id=self.account_id,
+                contract_id=self.contract_id,
+                standard=self.standard,
+                clock=self.clock,
+                relay_rpc=self.relay_rpc,
+                sender=self.sender,
+                verifier=self.verifier,
+                chain_batch=self.chain_batch,
+            )
         await self._load_store_ledger()
         self.spawn(self.ledger.sync_forever(), "ledger-sync")
         self.spawn(self._mirror_forever(), "ledger-mirror")
+        self.spawn(self._cancel_rows_forever(), "cancel-rows")
         self._sub = await self.bus.subscribe([EXECUTE_TRADE], f"{self.name}-commands", self._on_command)
+        if self.cancel_on_move:
+            self._watch_subs = [
+                await self.bus.subscribe([REFERENCE_PRICE], f"{self.name}-reference", self._on_reference),
+                await self.bus.subscribe([OPERATOR_ACTION], f"{self.name}-control", self._on_control),
+            ]
+            if self.outstanding:  # read back after a restart: nobody watches them any more
+                self._spawn_cancel(list(self.outstanding.values()), "restart")
 
     async def run(self) -> None:
         """Housekeeping: key registration and salt checks, expiry of signed quotes, persistence."""
@@ -322,12 +377,25 @@ class TradeExecutor(Service):
             if not self.ledger_ready and self.ledger_load_error is not None:
                 await self._load_store_ledger()
             self._expire_outstanding()
+            self._check_reference_age()
             await asyncio.sleep(TICK_S)
 
     async def stop(self) -> None:
+        for sub in self._watch_subs:
+            await sub.stop()
+        self._watch_subs = []
         if self._sub is not None:
             await self._sub.stop()
             self._sub = None
+        if self._cancel_tasks:
+            await asyncio.wait(list(self._cancel_tasks), timeout=5.0)
+            for ctask in list(self._cancel_tasks):
+                ctask.cancel()
+            await asyncio.gather(*self._cancel_tasks, return_exceptions=True)
+        if self._cancel_rows:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(MIRROR_FLUSH_TIMEOUT_S):
+                    await self._write_cancel_rows()
         if self._work_tasks:
             await asyncio.wait(list(self._work_tasks), timeout=5.0)
             for task in list(self._work_tasks):
@@ -341,6 +409,9 @@ class TradeExecutor(Service):
         if self.relay is not None and self._owns_relay:
             await self.relay.close()
         self.relay = None
+        if self.relay_rpc is not None:
+            await self.relay_rpc.close()
+            self.relay_rpc = None
         if self.rpc is not None:
             await self.rpc.close()
             self.rpc = None
@@ -462,11 +533,16 @@ class TradeExecutor(Service):
         if cmd.command_id in self._signed or cmd.command_id in self.ledger:
             # Signed before (e.g. redelivered after a crash before its result was published): never
             # again, and the result carries the signed quote's hash so a settlement can still be matched.
+            # The quote may be live (signed before a crash): its nonce and deadline keep the
+            # reservation and the settlement matching alive until the deadline.
+            live = self.outstanding.get(self._by_command.get(cmd.command_id, ""))
             return self._result(
                 cmd,
                 "error",
                 error="command was already signed; not signed or sent again",
-                quote_hash=self._signed.get(cmd.command_id),
+                quote_hash=live.quote_hash if live else self._signed.get(cmd.command_id),
+                nonce_b64=live.nonce_b64 if live else None,
+                deadline_ns=live.deadline_ns if live else None,
             )
         if not self.armed:
             return self._result(cmd, "skipped_disarmed")
@@ -479,7 +555,7 @@ class TradeExecutor(Service):
             return attempt
         signed, reply, error = attempt
         if error is None and reply is not None and not reply.ok and is_invalid_salt(reply.error_message):
-            self.outstanding.pop(signed.nonce_b64, None)  # a quote with an invalid salt can never settle
+            self._drop_outstanding(signed.nonce_b64)  # a quote with an invalid salt can never settle
             try:
                 await self.refresh_salt()
             except IntentsMMError as exc:
@@ -549,7 +625,14 @@ class TradeExecutor(Service):
         if self.clock.now_ns() > cmd.relay_deadline_ns:
             return self._result(cmd, "dropped_late", error="the relay's answer window passed while signing")
         self._add_outstanding(
-            Outstanding(cmd.command_id, signed.quote_hash, signed.nonce_b64, signed.deadline_ns)
+            Outstanding(
+                cmd.command_id,
+                signed.quote_hash,
+                signed.nonce_b64,
+                signed.deadline_ns,
+                reference_mid=cmd.reference_mid,
+                buys_base=cmd.asset_in == self.base_token,
+            )
         )
         assert self.relay is not None
         try:
@@ -680,6 +763,8 @@ class TradeExecutor(Service):
         signed: SignedQuote | None = None,
         latency_us: int | None = None,
         quote_hash: str | None = None,
+        nonce_b64: str | None = None,
+        deadline_ns: int | None = None,
     ) -> TradeResult:
         return TradeResult(
             command_id=cmd.command_id,
@@ -688,8 +773,8 @@ class TradeExecutor(Service):
             relay_reply=relay_reply,
             error=error,
             quote_hash=signed.quote_hash if signed else quote_hash,
-            nonce_b64=signed.nonce_b64 if signed else None,
-            deadline_ns=signed.deadline_ns if signed else None,
+            nonce_b64=signed.nonce_b64 if signed else nonce_b64,
+            deadline_ns=signed.deadline_ns if signed else deadline_ns,
             latency_us=latency_us,
             amount_in=cmd.amount_in,
             amount_out=cmd.amount_out,
@@ -703,11 +788,23 @@ class TradeExecutor(Service):
     # -- outstanding signed quotes -----------------------------------------------------------------
     def _add_outstanding(self, entry: Outstanding) -> None:
         self.outstanding[entry.nonce_b64] = entry
+        self._by_command[entry.command_id.removesuffix(":salt-retry")] = entry.nonce_b64
         heapq.heappush(self._expiries, (entry.deadline_ns, entry.nonce_b64))
+        if self.cancel_on_move and entry.reference_mid is not None and entry.buys_base is not None:
+            self.watch.add(WatchedQuote(entry.nonce_b64, entry.reference_mid, entry.buys_base))
 
     def _restore_outstanding(self, entry: Outstanding) -> None:
         if entry.nonce_b64 not in self.outstanding:
             self._add_outstanding(entry)
+
+    def _drop_outstanding(self, nonce: str) -> None:
+        entry = self.outstanding.pop(nonce, None)
+        if entry is not None:
+            command = entry.command_id.removesuffix(":salt-retry")
+            if self._by_command.get(command) == nonce:
+                del self._by_command[command]
+        self.watch.remove(nonce)
+        self.relay_cancelled.discard(nonce)
 
     def _expire_outstanding(self) -> None:
         """Drop the quotes whose deadline has passed (from a heap: nothing is scanned)."""
@@ -717,11 +814,170 @@ class TradeExecutor(Service):
             deadline_ns, nonce = heapq.heappop(expiries)
             entry = outstanding.get(nonce)
             if entry is not None and entry.deadline_ns == deadline_ns:
-                del outstanding[nonce]
+                self._drop_outstanding(nonce)
+
+    # -- cancel-on-move ----------------------------------------------------------------------------
+    async def _on_reference(self, d: Delivery) -> None:
+        try:
+            payload = decode(d.data, subject=REFERENCE_PRICE).payload
+        except InputError:
+            await d.ack()
+            return
+        if isinstance(payload, ReferencePrice):
+            self.on_reference(payload)
+        await d.ack()
+
+    def on_reference(self, ref: ReferencePrice) -> None:
+        """A new reference price: cancel the live quotes it makes dangerous (in a task of its own)."""
+        self._ref_rx_mono = self.clock.monotonic_ns()
+        self._ref_computed_ns = ref.computed_ts_ns
+        if ref.mid is None or ref.quality == "stale":
+            self._ref_mid = None
+            if not self._ref_stale:
+                self._ref_stale = True
+                self._cancel_all("reference_stale", ref.computed_ts_ns)
+            return
+        self._ref_stale = False
+        self._ref_mid = ref.mid
+        if ref.jump_detected:
+            self._cancel_all("jump", ref.computed_ts_ns)
+            return
+        if not self.watch:
+            return
+        moved = self.watch.moved(ref.mid)
+        if moved:
+            quotes = [self.outstanding[q.nonce_b64] for q in moved if q.nonce_b64 in self.outstanding]
+            self._spawn_cancel(quotes, "move", ref.computed_ts_ns)
+
+    def _check_reference_age(self) -> None:
+        """No reference update for longer than the stale bound: the quotes are priced blind."""
+        if not self.cancel_on_move or self._ref_stale or self._ref_rx_mono is None:
+            return
+        if self.clock.monotonic_ns() - self._ref_rx_mono > self.reference_stale_ns:
+            self._ref_stale = True
+            self._cancel_all("reference_stale", None)
+
+    async def _on_control(self, d: Delivery) -> None:
+        """A disarm of the strategy (operator, loss or jump guard, another executor's /kill) cancels."""
+        try:
+            env = decode(d.data, subject=OPERATOR_ACTION)
+        except InputError:
+            await d.ack()
+            return
+        action = env.payload
+        if (
+            isinstance(action, OperatorAction)
+            and env.ts_ns >= self.started_ns
+            and action.service == "strategy-engine"
+            and action.action in ("disarm", "pause")
+            and action.result == "ok"
+            and not action.actor.startswith(f"{self.name}/")  # our own /kill cancels by itself
+        ):
+            self._cancel_all(f"strategy_{action.action}", None)
+        await d.ack()
+
+    def _cancel_all(self, trigger: str, ref_ts_ns: int | None) -> None:
+        self._expire_outstanding()
+        self._spawn_cancel(list(self.outstanding.values()), trigger, ref_ts_ns)
+
+    def _spawn_cancel(self, quotes: list[Outstanding], trigger: str, ref_ts_ns: int | None = None) -> None:
+        """Cancel at the relay (and on chain when configured) the quotes not already cancelled there."""
+        todo = [q for q in quotes if q.nonce_b64 not in self.relay_cancelled]
+        if not todo or self.canceller is None:
+            return
+        for q in todo:  # claimed now, so a second trigger meanwhile does not send them again
+            self.relay_cancelled.add(q.nonce_b64)
+            self.watch.remove(q.nonce_b64)
+        task = asyncio.get_running_loop().create_task(self._auto_cancel(todo, trigger, ref_ts_ns))
+        self._cancel_tasks.add(task)
+        task.add_done_callback(self._cancel_tasks.discard)
+
+    async def _auto_cancel(self, quotes: list[Outstanding], trigger: str, ref_ts_ns: int | None) -> None:
+        assert self.canceller is not None
+        if ref_ts_ns is not None:
+            self.cancel_reaction_ns.append(self.clock.now_ns() - ref_ts_ns)
+        try:
+            outcomes = await self.canceller.cancel(
+                [q.target() for q in quotes],
+                via_relay=True,
+                on_chain=self.cancel_move_on_chain,
+                precheck=self.cancel_move_on_chain,
+            )
+        except Exception as exc:  # a cancel must never take the executor down; say why
+            log.exception("%s: automatic cancel (%s) failed", self.name, trigger)
+            for q in quotes:
+                self.relay_cancelled.discard(q.nonce_b64)
+            self.last_error = f"automatic cancel ({trigger}) failed: {exc.__class__.__name__}: {exc}"
+            return
+        summary = self._apply_cancels(outcomes, trigger, definitive_chain=self.cancel_move_on_chain)
+        log.info("%s: cancel-on-move (%s): %s", self.name, trigger, summary)
+
+    def _apply_cancels(
+        self, outcomes: list[CancelOutcome], trigger: str, *, definitive_chain: bool
+    ) -> dict[str, int]:
+        """Book the outcomes: quotes that can no longer settle leave the live list; rows are queued."""
+        cancel_id = f"cancel:{trigger}:{uuid.uuid4().hex[:12]}"
+        now = self.clock.now_ns()
+        counts: collections.Counter[str] = collections.Counter()
+        for o in outcomes:
+            nonce = o.target.nonce_b64
+            counts[o.outcome] += 1
+            if o.outcome in ("already_settled", "expired", "voided") or (
+                o.outcome == "cancelled" and (definitive_chain and o.chain in ("cancelled", "used"))
+            ):
+                self._drop_outstanding(nonce)
+            elif o.outcome == "cancelled":
+                self.relay_cancelled.add(nonce)  # at the relay: /kill still spends it on chain
+            else:
+                self.relay_cancelled.discard(nonce)  # failed: a later trigger may try again
+            self._cancel_rows.append(
+                {
+                    "cancel_id": cancel_id,
+                    "trigger": trigger,
+                    "command_id": o.target.command_id,
+                    "quote_hash": o.target.quote_hash,
+                    "nonce": nonce,
+                    "deadline_ns": o.target.deadline_ns,
+                    "outcome": o.outcome,
+                    "reason": o.reason,
+                    "relay": o.relay,
+                    "chain": o.chain,
+                    "chain_tx_hash": o.chain_tx_hash,
+                    "ts_ns": now,
+                }
+            )
+        self.cancel_counts[trigger] += len(outcomes)
+        self.cancel_outcomes.update(counts)
+        self.last_cancels.append(
+            {"cancel_id": cancel_id, "trigger": trigger, "ts_ns": now, "quotes": len(outcomes), **counts}
+        )
+        return dict(counts)
+
+    async def _write_cancel_rows(self) -> bool:
+        store = self.ctx.store
+        if store is None:
+            self._cancel_rows.clear()
+            return True
+        batch = self._cancel_rows[:MIRROR_BATCH]
+        try:
+            await store.record_quote_cancels(batch)
+        except StoreError as exc:
+            self.cancel_write_error = str(exc)
+            return False
+        del self._cancel_rows[: len(batch)]
+        self.cancel_write_error = None
+        return True
+
+    async def _cancel_rows_forever(self) -> None:
+        while True:
+            await asyncio.sleep(MIRROR_DELAY_S if not self.cancel_write_error else CANCEL_WRITE_RETRY_S)
+            while self._cancel_rows and await self._write_cancel_rows():
+                pass
 
     # -- emergency stop ----------------------------------------------------------------------------
-    async def kill(self, *, reason: str | None = None) -> dict[str, Any]:
-        """Disarm the executor and the strategy, then invalidate every live signed quote's nonce."""
+    async def kill(self, *, reason: str | None = None, remove_key: bool = False) -> dict[str, Any]:
+        """Disarm the executor and the strategy, then cancel every live signed quote (or, with
+        ``remove_key``, void them all by removing the executor key from the account)."""
         async with self._kill_lock:
             self.armed = False
             self.disarm_reason = "emergency stop (/kill)"
@@ -735,15 +991,42 @@ class TradeExecutor(Service):
                 "executor_disarmed": True,
                 "strategy": strategy,
                 "outstanding": len(live),
+                "paths": {"relay": self.kill_via_relay, "chain": self.kill_on_chain and not remove_key},
             }
-            outcome.update(await self._invalidate(live))
+            outcomes, key_removal = await self._kill_cancels(live, remove_key)
+            self._apply_cancels(outcomes, "kill", definitive_chain=True)
+            failed = [o for o in outcomes if o.outcome == "failed"]
+            cancels = [o.to_json() for o in outcomes]
+            counts = collections.Counter(o.outcome for o in outcomes)
+            error = (
+                "; ".join(
+                    [f"{len(failed)} of {len(outcomes)} quotes not cancelled: {failed[0].reason}"]
+                    if failed
+                    else []
+                )
+                or None
+            )
+            if key_removal is not None and key_removal.get("error"):
+                error = f"remove_public_key failed: {key_removal['error']}" + (f"; {error}" if error else "")
+            tx_hashes = sorted({o.chain_tx_hash for o in outcomes if o.chain_tx_hash})
+            if key_removal is not None and key_removal.get("tx_hash"):
+                tx_hashes.append(key_removal["tx_hash"])
+            outcome.update(
+                ok=error is None,
+                error=error,
+                counts=dict(counts),
+                cancels=cancels,
+                tx_hashes=tx_hashes,
+                tx_hash=tx_hashes[0] if tx_hashes else None,
+                nonces_cancelled=[
+                    o.target.nonce_b64 for o in outcomes if o.outcome in ("cancelled", "voided")
+                ],
+                already_used=[o.target.nonce_b64 for o in outcomes if o.outcome == "already_settled"],
+                key_removal=key_removal,
+            )
             self.last_kill = outcome
             detail = json.dumps(
-                {k: outcome[k] for k in ("ok", "tx_hash", "error", "outstanding")}
-                | {
-                    "nonces_cancelled": len(outcome["nonces_cancelled"]),
-                    "already_used": len(outcome["already_used"]),
-                },
+                {"ok": outcome["ok"], "outstanding": len(live), "tx_hashes": tx_hashes, **counts},
                 separators=(",", ":"),
             )
             record = OperatorAction(
@@ -751,14 +1034,18 @@ class TradeExecutor(Service):
                 action="kill_result",
                 params={
                     "tx_hash": outcome["tx_hash"],
+                    "tx_hashes": tx_hashes,
+                    "counts": dict(counts),
                     "nonces_cancelled": outcome["nonces_cancelled"],
                     "already_used": outcome["already_used"],
+                    "failed": [{"nonce": o.target.nonce_b64, "reason": o.reason} for o in failed],
+                    "key_removed": bool(key_removal and key_removal.get("tx_hash")),
                     "strategy": strategy,
                 },
                 actor=f"{self.name}/kill",
                 remote="",
                 result="ok" if outcome["ok"] else "refused",
-                detail=detail if outcome["ok"] else f"{outcome['error']} | {detail}",
+                detail=detail if outcome["ok"] else f"{error} | {detail}",
             )
             try:
                 await self.publish(OPERATOR_ACTION, record)
@@ -767,8 +1054,38 @@ class TradeExecutor(Service):
             if outcome["ok"]:
                 log.warning("%s: emergency stop: %s", self.name, detail)
             else:
-                log.error("%s: emergency stop incomplete: %s", self.name, outcome["error"])
+                log.error("%s: emergency stop incomplete: %s", self.name, error)
             return outcome
+
+    async def _kill_cancels(
+        self, live: list[Outstanding], remove_key: bool
+    ) -> tuple[list[CancelOutcome], dict[str, Any] | None]:
+        targets = [o.target() for o in live]
+        if self.canceller is None:
+            outcomes = [CancelOutcome(t, reason="cannot cancel: no signer key configured") for t in targets]
+            key = {"error": "no signer key configured"} if remove_key else None
+            return outcomes, key
+        if not remove_key:
+            outcomes = await self.canceller.cancel(
+                targets, via_relay=self.kill_via_relay, on_chain=self.kill_on_chain, precheck=True
+            )
+            return outcomes, None
+        # last resort: relay cancels first (fast), then one transaction that voids every quote
+        outcomes = await self.canceller.cancel(
+            targets, via_relay=self.kill_via_relay, on_chain=False, precheck=True
+        )
+        assert self.public_key is not None
+        try:
+            tx_hash = await self.canceller.remove_public_key(self.public_key)
+        except IntentsMMError as exc:
+            return outcomes, {"public_key": self.public_key, "tx_hash": None, "error": str(exc)}
+        self.key_registered = False
+        self.disarm_reason = "emergency stop (/kill): executor key removed; register it again to quote"
+        for o in outcomes:
+            if o.outcome not in ("already_settled", "expired"):
+                o.outcome, o.reason = "voided", "executor key removed (remove_public_key)"
+                o.chain_tx_hash = tx_hash
+        return outcomes, {"public_key": self.public_key, "tx_hash": tx_hash, "error": None}
 
     async def _disarm_strategy(self, reason: str | None) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -796,67 +1113,6 @@ class TradeExecutor(Service):
             except Exception as exc:
                 out["local"] = f"failed: {exc.__class__.__name__}: {exc}"
         return out
-
-    async def _invalidate(self, live: list[Outstanding]) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "ok": True,
-            "tx_hash": None,
-            "nonces_cancelled": [],
-            "already_used": [],
-            "error": None,
-        }
-        if not live:
-            return out
-        if self.sender is None or self.verifier is None or self.account_id is None:
-            out.update(ok=False, error="cannot invalidate nonces: no signer key configured")
-            return out
-        candidates = live
-        for attempt in range(2):
-            used = await self._used_nonces(candidates)
-            for o in candidates:
-                if o.nonce_b64 in used:
-                    out["already_used"].append(o.nonce_b64)
-                    self.outstanding.pop(o.nonce_b64, None)
-            candidates = [o for o in candidates if o.nonce_b64 not in used]
-            if not candidates:
-                return out
-            nonces = [o.nonce_b64 for o in candidates]
-            try:
-                tx = await self.sender.call(
-                    self.contract_id, "invalidate_nonces", {"nonces": nonces}, gas=INVALIDATE_GAS, deposit=1
-                )
-            except ContractError as exc:
-                if attempt == 0 and "nonce was already used" in str(exc):
-                    continue  # one settled meanwhile: look again and retry without it
-                out.update(ok=False, error=f"invalidate_nonces failed: {exc}")
-                return out
-            except IntentsMMError as exc:
-                out.update(ok=False, error=f"invalidate_nonces not sent or not confirmed: {exc}")
-                return out
-            out["tx_hash"] = tx.tx_hash
-            out["nonces_cancelled"] = nonces
-            for nonce in nonces:
-                self.outstanding.pop(nonce, None)
-            return out
-        out.update(
-            ok=False, error="invalidate_nonces failed twice on nonces already used"
-        )  # pragma: no cover
-        return out
-
-    async def _used_nonces(self, entries: list[Outstanding]) -> set[str]:
-        """Nonces the Verifier reports used; a failed view counts as unused (the panic path covers it)."""
-        assert self.verifier is not None and self.account_id is not None
-        account = self.account_id
-        verifier = self.verifier
-
-        async def used(entry: Outstanding) -> bool:
-            try:
-                return await verifier.is_nonce_used(account, b64decode(entry.nonce_b64))
-            except IntentsMMError:
-                return False
-
-        flags = await asyncio.gather(*(used(e) for e in entries))
-        return {e.nonce_b64 for e, flag in zip(entries, flags, strict=True) if flag}
 
     # -- control -----------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
@@ -902,14 +1158,35 @@ class TradeExecutor(Service):
         await read_json_object(request, allow_empty=True)
         self.armed = False
         self.disarm_reason = "disarmed by operator"
+        if self.cancel_on_move:
+            self._cancel_all("disarm", None)
         return json_response({"armed": False})
 
     async def _kill(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, allow_empty=True)
+        unknown = sorted(set(body) - {"reason", "remove_public_key", "confirm"})
+        if unknown:
+            raise HttpError(
+                400, f"unknown field(s): {', '.join(unknown)}; known: reason, remove_public_key, confirm"
+            )
         reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise HttpError(400, "reason must be a string")
-        outcome = await self.kill(reason=reason[:200] if reason else None)
+        remove_key = body.get("remove_public_key", False)
+        if not isinstance(remove_key, bool):
+            raise HttpError(400, "remove_public_key must be true or false")
+        if remove_key:
+            if self.public_key is None:
+                raise HttpError(409, "cannot remove the executor key: no signer key configured")
+            if body.get("confirm") != self.public_key:
+                raise HttpError(
+                    400,
+                    "remove_public_key voids every signed quote AND stops all quoting until the key is "
+                    f'registered again; to confirm, send "confirm": "{self.public_key}"',
+                )
+        elif "confirm" in body:
+            raise HttpError(400, "confirm goes with remove_public_key: true")
+        outcome = await self.kill(reason=reason[:200] if reason else None, remove_key=remove_key)
         return json_response(outcome, status=200 if outcome["ok"] else 502)
 
     # -- introspection -----------------------------------------------------------------------------
@@ -969,6 +1246,21 @@ class TradeExecutor(Service):
                 "latest_deadline_ns": max((o.deadline_ns for o in live), default=None),
             },
             "last_kill": self.last_kill,
+            "cancels": {
+                "on_move": self.cancel_on_move,
+                "move_threshold_bps": str(self.cancel_move_bps),
+                "on_move_on_chain": self.cancel_move_on_chain,
+                "kill_paths": {"relay": self.kill_via_relay, "chain": self.kill_on_chain},
+                "by_trigger": dict(self.cancel_counts),
+                "by_outcome": dict(self.cancel_outcomes),
+                "watched_quotes": len(self.watch),
+                "cancelled_at_relay_only": len(self.relay_cancelled),
+                "in_flight": len(self._cancel_tasks),
+                "reaction_ms": _percentiles_ms(self.cancel_reaction_ns),
+                "last": list(self.last_cancels),
+                "unwritten_rows": len(self._cancel_rows),
+                "write_error": self.cancel_write_error,
+            },
             "ledger": {
                 "path": str(self.ledger.path),
                 "ready": self.ledger_ready,
@@ -983,6 +1275,18 @@ class TradeExecutor(Service):
                 "mirror_error": self.mirror_error,
             },
         }
+
+
+def _percentiles_ms(samples: collections.deque[int]) -> dict[str, float | int | None]:
+    """p50/p99/max of reaction samples (ns) in ms, and how many there are."""
+    if not samples:
+        return {"count": 0, "p50": None, "p99": None, "max": None}
+    ordered = sorted(samples)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6, 3)
+
+    return {"count": len(ordered), "p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1] / 1e6, 3)}
 
 
 def _reply_text(reply: RelayReply | None) -> str | None:

@@ -235,6 +235,28 @@ signed_commands = sa.Table(
 sa.Index(None, signed_commands.c.signed_ts)
 sa.Index(None, signed_commands.c.deadline_ns)
 
+#: One row per quote a cancel was attempted for (``/kill`` or cancel-on-move; revision 0003).
+quote_cancels = sa.Table(
+    "quote_cancels",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("cancel_id", _T, nullable=False),  # one id per cancel run (all quotes of one trigger)
+    sa.Column("trigger", _T, nullable=False),  # kill | move | reference_stale | jump | disarm | restart
+    sa.Column("command_id", _T, nullable=False),
+    sa.Column("quote_hash", _T, nullable=False),
+    sa.Column("nonce", _T, nullable=False),
+    sa.Column("deadline_ns", sa.BigInteger, nullable=False),
+    sa.Column("outcome", _T, nullable=False),  # cancelled | already_settled | expired | voided | failed
+    sa.Column("reason", _T),
+    sa.Column("relay", _T),
+    sa.Column("chain", _T),
+    sa.Column("chain_tx_hash", _T),
+    sa.Column("ts", UtcDateTime(), nullable=False),
+    sa.Column("ts_ns", sa.BigInteger, nullable=False),
+)
+sa.Index(None, quote_cancels.c.ts)
+sa.Index(None, quote_cancels.c.nonce)
+
 BASE_EVENT_COLUMNS: Final = frozenset({"id", "msg_id", "ts", "ts_ns", "payload"})
 
 RowExtras = Callable[[Any], dict[str, Any]]

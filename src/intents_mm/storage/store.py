@@ -333,6 +333,26 @@ class HistoryStore:
         except _STORE_ERRORS as exc:
             raise _translate(exc, f"signed command records ({len(rows)})") from None
 
+    async def record_quote_cancels(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Record cancel outcomes, one row per quote (``quote_cancels``; columns as in the schema, times
+        as ``ts_ns``), in one transaction."""
+        if not rows:
+            return
+        values = [{**row, "ts": ns_to_datetime(row["ts_ns"])} for row in rows]
+        engine = self._require_engine()
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(sa.insert(s.quote_cancels), values)
+        except _STORE_ERRORS as exc:
+            raise _translate(exc, "write of the quote cancels") from None
+
+    async def quote_cancels(self, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """The latest cancel rows, newest first."""
+        t = s.quote_cancels
+        stmt = sa.select(t).order_by(t.c.id.desc()).limit(limit)
+        rows = await self._fetch(stmt, "quote cancel read")
+        return [{k: v for k, v in row._mapping.items() if k != "ts"} for row in rows]
+
     async def live_signed_quotes(self, now_ns: int) -> list[tuple[str, str, str, int]]:
         """``(command_id, quote_hash, nonce_b64, deadline_ns)`` of the signed quotes whose deadline is
         at or after ``now_ns`` (records without a deadline are not live), earliest deadline first."""
