@@ -58,10 +58,13 @@ from intents_mm.bench_venue import (
     VenueDriver,
     VenueProcess,
 )
+from intents_mm.clock import SYSTEM_CLOCK
 from intents_mm.config import SERVICES
 from intents_mm.errors import IntentsMMError
 from intents_mm.eventloop import DEFAULT_EVENT_LOOP
+from intents_mm.messages import REFERENCE_PRICE, ReferencePrice, encode, new_envelope
 from intents_mm.services.runtime import to_jsonable
+from intents_mm.services.trade_executor import TradeExecutor
 from intents_mm.sim.scenario import Scenario, builtin_scenario
 from intents_mm.simulate import Simulation, percentile
 
@@ -69,6 +72,7 @@ DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
 CPU_SAMPLE_S: Final = 0.002
 MIN_NOTIONAL_EUR: Final = Decimal(1)
 MAX_NOTIONAL_EUR: Final = Decimal(4)
+CANCEL_PROBE_ROUNDS: Final = 100
 
 #: Configuration laid over the defaults for a bench run (strings, as in the environment).
 BENCH_CONFIG: Final[Mapping[str, str]] = {
@@ -316,6 +320,7 @@ class Bench(Simulation):
         answered = [(sent_ns, resp_ns, acc) for sent_ns, resp_ns, acc in samples if resp_ns is not None]
         lat_ms = [(resp_ns - sent_ns) / 1e6 for sent_ns, resp_ns, _ in answered]
         rejected = sum(1 for _, _, acc in answered if acc is False)
+        cancel_reaction = await self._cancel_probe()
         states = self._states()
         strat, execu = states["strategy-engine"], states["trade-executor"]
         per_quote = round(cpu_s / len(answered) * 1e6, 1) if answered else None
@@ -371,6 +376,7 @@ class Bench(Simulation):
                 "declined_by_reason": strat["declined_by_reason"],
             },
             "executor_outcomes": execu.get("counts", {}),
+            "cancel_reaction_ms": cancel_reaction,
             "history_writer": {k: states["history-writer"].get(k) for k in ("backlog", "last_error")},
             "config": dict(BENCH_CONFIG),
             "request_min_deadline_ms": REQUEST_MIN_DEADLINE_MS,
@@ -381,6 +387,53 @@ class Bench(Simulation):
             "cpus": os.cpu_count(),
         }
         return to_jsonable(report)  # type: ignore[no-any-return]
+
+    async def _cancel_probe(self, rounds: int = CANCEL_PROBE_ROUNDS) -> dict[str, Any]:
+        """Cancel-on-move reaction: from a reference update to its cancel leaving for the relay.
+
+        ``during_drive``: the cancels the reference's own moves caused while driving. ``probe``: after
+        driving, ``rounds`` reference updates on the bus, each just past the threshold against the live
+        quote a move reaches first (alternately a buy and a sell), each waited for before the next.
+        """
+        assert self.running is not None and self.bus is not None
+        executor = self.running.service("trade-executor")
+        assert isinstance(executor, TradeExecutor)
+        samples = executor.cancel_reaction_ns
+        during = list(samples)
+        t = executor.cancel_move_bps / Decimal(10_000)
+        nudge = Decimal("0.000001")
+        probe: list[int] = []
+        for i in range(rounds):
+            buy, sell = executor.watch.most_exposed()
+            if buy is None and sell is None:
+                break
+            if sell is None or (buy is not None and i % 2 == 0):
+                assert buy is not None
+                mid = buy * (1 - t) * (1 - nudge)
+            else:
+                mid = sell * (1 + t) * (1 + nudge)
+            ref = ReferencePrice(
+                pair="BTC/EUR",
+                mid=mid.quantize(Decimal("0.000001")),
+                quality="ok",
+                sources=[],
+                fresh_sources=0,
+                quorum=0,
+                computed_ts_ns=time.time_ns(),
+            )
+            seen = len(samples)
+            env = new_envelope(REFERENCE_PRICE, ref, clock=SYSTEM_CLOCK)
+            await self.bus.publish(REFERENCE_PRICE, encode(env), msg_id=env.msg_id)
+            for _ in range(200):
+                if len(samples) > seen:
+                    probe.append(samples[-1])
+                    break
+                await asyncio.sleep(0.005)
+        return {
+            "threshold_bps": str(executor.cancel_move_bps),
+            "during_drive": _pct_ms(during),
+            "probe": _pct_ms(probe),
+        }
 
     async def _drive_child(self) -> dict[str, Any]:
         """Ask the venue process to drive; Ctrl-C (:attr:`stop`) abandons the run (the child is stopped)."""
@@ -405,6 +458,16 @@ class Bench(Simulation):
                 await call
             raise IntentsMMError("bench interrupted while driving; the venue process is being stopped")
         return call.result()
+
+
+def _pct_ms(samples_ns: list[int]) -> dict[str, Any]:
+    ms = [x / 1e6 for x in samples_ns]
+    return {
+        "count": len(ms),
+        "p50": _round(percentile(ms, 50)),
+        "p99": _round(percentile(ms, 99)),
+        "max": _round(max(ms) if ms else None),
+    }
 
 
 def _round(value: float | None) -> float | None:
@@ -440,6 +503,16 @@ def render_report(report: Mapping[str, Any]) -> str:
         )
     if split:
         lines.append("CPU split (sampled)  " + "  ".join(f"{k} {v:.0%}" for k, v in split.items()))
+    cancels = report.get("cancel_reaction_ms")
+    if cancels:
+        lines.append(
+            "cancel reaction ms   "
+            + "  ".join(
+                f"{name} n={c['count']} p50 {c['p50']} p99 {c['p99']}"
+                for name, c in (("probe", cancels["probe"]), ("during drive", cancels["during_drive"]))
+            )
+            + f"  (reference update -> cancel leaving, threshold {cancels['threshold_bps']} bps)"
+        )
     declined = report["strategy"]["declined_by_reason"]
     if declined:
         lines.append(f"declined by reason   {json.dumps(declined, sort_keys=True)}")

@@ -73,6 +73,17 @@ class MoveWatch:
         self._sells.clear()
         return gone
 
+    def most_exposed(self) -> tuple[Decimal | None, Decimal | None]:
+        """The priced mids a move reaches first: the highest buy's and the lowest sell's."""
+        while self._buys and self._buys[0][1] not in self._live:
+            heapq.heappop(self._buys)
+        while self._sells and self._sells[0][1] not in self._live:
+            heapq.heappop(self._sells)
+        return (
+            -self._buys[0][0] if self._buys else None,
+            self._sells[0][0] if self._sells else None,
+        )
+
     def moved(self, mid: Decimal) -> list[WatchedQuote]:
         """The quotes ``mid`` has moved against by more than the threshold (removed from the watch)."""
         if mid <= 0:

@@ -23,7 +23,7 @@ deadline had passed: it can no longer settle, nothing sent), ``voided`` (the key
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -102,7 +102,6 @@ class QuoteCanceller:
         sender: TransactionSender | None,
         verifier: VerifierClient | None,
         chain_batch: int = 10,
-        on_relay_send: Callable[[int], None] | None = None,
     ) -> None:
         if chain_batch < 1:
             raise ValueError("chain_batch must be at least 1")
@@ -115,7 +114,6 @@ class QuoteCanceller:
         self.sender = sender
         self.verifier = verifier
         self.chain_batch = chain_batch
-        self._on_relay_send = on_relay_send
 
     def payload(self, target: CancelTarget) -> dict[str, object]:
         """The cancel payload (JSON object) of ``target``: same key and nonce, ``intents: []``."""
@@ -210,9 +208,7 @@ class QuoteCanceller:
             for o in todo:
                 o.relay = "failed: no relay RPC configured"
             return
-        sent_ns = self.clock.now_ns()
-        if self._on_relay_send is not None:
-            self._on_relay_send(sent_ns)
+        sent_ns = self.clock.now_ns()  # the payloads are signed: the cancel leaves now
         for o in todo:
             o.relay_sent_ns = sent_ns
         try:

@@ -894,8 +894,6 @@ class TradeExecutor(Service):
 
     async def _auto_cancel(self, quotes: list[Outstanding], trigger: str, ref_ts_ns: int | None) -> None:
         assert self.canceller is not None
-        if ref_ts_ns is not None:
-            self.cancel_reaction_ns.append(self.clock.now_ns() - ref_ts_ns)
         try:
             outcomes = await self.canceller.cancel(
                 [q.target() for q in quotes],
@@ -909,6 +907,9 @@ class TradeExecutor(Service):
                 self.relay_cancelled.discard(q.nonce_b64)
             self.last_error = f"automatic cancel ({trigger}) failed: {exc.__class__.__name__}: {exc}"
             return
+        sent_ns = next((o.relay_sent_ns for o in outcomes if o.relay_sent_ns is not None), None)
+        if ref_ts_ns is not None and sent_ns is not None:  # reference computed -> cancel leaving
+            self.cancel_reaction_ns.append(sent_ns - ref_ts_ns)
         summary = self._apply_cancels(outcomes, trigger, definitive_chain=self.cancel_move_on_chain)
         log.info("%s: cancel-on-move (%s): %s", self.name, trigger, summary)
 
