@@ -23,6 +23,7 @@ from intents_mm.clock import SYSTEM_CLOCK, Clock
 from intents_mm.config import SERVICES, Config
 from intents_mm.domain.assets import AssetRegistry
 from intents_mm.errors import IntentsMMError
+from intents_mm.services.near_intents_ingest import NearIntentsIngest
 from intents_mm.services.runtime import ControlServer, Service, ServiceContext, freeze_startup_heap
 from intents_mm.services.strategy_engine import StrategyEngine
 from intents_mm.storage.store import HistoryStore
@@ -127,6 +128,12 @@ async def start_services(
     """
     assets = AssetRegistry.default(eure_per_eur=config["EURE_PER_EUR"])
     ctx_overrides = overrides or {}
+    answer_on_ingest = config["EXECUTOR_QUOTE_SOCKET"] == "ingest" and "trade-executor" in names
+    if answer_on_ingest and "near-intents-ingest" not in names:
+        raise IntentsMMError(
+            "EXECUTOR_QUOTE_SOCKET=ingest needs near-intents-ingest in the same process (run-all or "
+            "simulate); one process per service answers on the executor's own connection (executor)"
+        )
     running = Running(services=[], servers=[], bus=bus, store=store)
     try:
         for name in names:
@@ -135,6 +142,9 @@ async def start_services(
             )
             svc = service_class(name)(ctx)
             running.services.append(svc)
+            if answer_on_ingest and isinstance(svc, NearIntentsIngest):
+                # quote_response goes out on the connection that received the request
+                ctx_overrides.setdefault("trade_executor_relay", svc.client)
             if isinstance(svc, StrategyEngine):
                 # in one process the executor's emergency stop disarms the strategy directly (and via the bus)
                 ctx_overrides.setdefault("disarm_strategy", svc.disarm)

@@ -446,6 +446,7 @@ class SimRelay:
         subs = Counter(s.kind for c in self._conns.values() for s in c.subs.values())
         return {
             "connections_open": len(self._conns),
+            "connections_by_partner": dict(Counter(c.partner_id for c in self._conns.values())),
             "subscriptions": {"quote": subs["quote"], "quote_status": subs["quote_status"]},
             "open_quote_requests": len(self._open),
             "live_candidates": len(self._candidates),
