@@ -353,8 +353,8 @@ def test_transfer_and_ft_withdraw_intents() -> None:
         v.execute_intents([signed(v, clock, MM_KEY, MM, [too_much])])
 
 
-def test_direct_ft_withdraw_and_invalidate_nonces() -> None:
-    clock, v = make_verifier()
+def test_direct_ft_withdraw() -> None:
+    _, v = make_verifier()
     v.credit(MM, BTC, 1000)
     assert v.ft_withdraw(MM, "btc.omft.near", "bob.near", 400, None, None) == 400
     assert v.balance_of(MM, BTC) == 600
@@ -363,17 +363,7 @@ def test_direct_ft_withdraw_and_invalidate_nonces() -> None:
     with pytest.raises(VerifierError, match=r"^invalid intent$"):
         v.ft_withdraw(MM, "btc.omft.near", "bob.near", 0, None, None)
     assert v.balance_of(MM, BTC) == 600
-
-    n1, n2 = b"\x21" * 32, b"\x22" * 32
-    v.invalidate_nonces(MM, [n1])
-    assert v.is_nonce_used(MM, n1)
-    with pytest.raises(VerifierError, match=r"^nonce was already used$"):
-        v.invalidate_nonces(MM, [n2, n1])
-    assert not v.is_nonce_used(MM, n2)  # reverted with the failing one
-    # a signed quote carrying an invalidated nonce can never execute
-    quote = signed(v, clock, MM_KEY, MM, [], nonce=n1)
-    with pytest.raises(VerifierError, match=r"^nonce was already used$"):
-        v.execute_intents([quote])
+    assert not hasattr(v, "invalidate_nonces")
 
 
 def test_public_keys_named_and_implicit_accounts() -> None:
@@ -443,11 +433,11 @@ def test_salt_rotation_and_invalidation() -> None:
 
 
 def test_views_by_name() -> None:
-    _, v = make_verifier(fee_pips=100)
+    clock, v = make_verifier(fee_pips=100)
     v.credit(MM, BTC, 123)
     v.credit(MM, EURE, 7)
     nonce = b"\x09" * 32
-    v.invalidate_nonces(MM, [nonce])
+    v.execute_intents([signed(v, clock, MM_KEY, MM, [], nonce=nonce)])  # a cancel commits the nonce
     assert v.view("mt_balance_of", {"account_id": MM, "token_id": BTC}) == "123"
     assert v.view("mt_batch_balance_of", {"account_id": MM, "token_ids": [EURE, "nep141:x.near", BTC]}) == [
         "7",
@@ -501,10 +491,11 @@ def test_change_methods_by_name_check_deposit_and_revert() -> None:
     with pytest.raises(VerifierError, match=r"disabled for account 'solver.near'"):
         v.call(MM, "ft_withdraw", {"token": "btc.omft.near", "receiver_id": "bob.near", "amount": "1"}, 1)
     # a multi-step atomic block reverts every step
-    with pytest.raises(VerifierError), v.atomic():
-        v.call(USER, "invalidate_nonces", {"nonces": [b64encode(b"\x01" * 32)]}, 1)
-        v.call(USER, "invalidate_nonces", {"nonces": [b64encode(b"\x01" * 32)]}, 1)
-    assert not v.is_nonce_used(USER, b"\x01" * 32)
+    other = SigningKey.from_seed(b"\x08" * 32).public_key.to_string()
+    with pytest.raises(VerifierError, match="already exists"), v.atomic():
+        v.call(USER, "add_public_key", {"public_key": other}, 1)
+        v.call(USER, "add_public_key", {"public_key": other}, 1)
+    assert not v.has_public_key(USER, other)
 
 
 # --- properties ------------------------------------------------------------------------------------------
