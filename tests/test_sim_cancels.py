@@ -522,7 +522,8 @@ async def test_ranking_drops_a_cancelled_best_quote_and_the_user_takes_the_next(
 
 async def test_drill_cancel_every_signed_quote_by_both_paths(venue: Venue) -> None:
     """Sign N quotes with one key, offer them to users, cancel them all (half at the relay, half on
-    chain, NEP-413 and raw_ed25519), then every acceptance fails and no balance moves by one unit."""
+    chain, two by both, NEP-413 and raw_ed25519), then every acceptance fails and no balance moves by
+    one unit."""
     n = 8
     solver = await venue.solver("solver-a")
     users = [venue.user(f"user-{i}") for i in range(n)]
@@ -548,6 +549,14 @@ async def test_drill_cancel_every_signed_quote_by_both_paths(venue: Venue) -> No
         assert await venue.is_nonce_used_on_chain(solver.account, q.nonce) is True
     for q in via_relay:
         assert venue.relay.is_nonce_cancelled(solver.account, q.nonce)
+
+    # (a) then (b) with the same signed payloads, as the product's stop does by default: the chain
+    # does not know the relay's memory, so the transaction commits the relay-cancelled nonces too
+    both = via_relay[:2]
+    outcome = await venue.execute_on_chain(solver, relay_batch[:2])
+    assert outcome["status"] == {"SuccessValue": ""}
+    for q in both:
+        assert await venue.is_nonce_used_on_chain(solver.account, q.nonce) is True
 
     # every later acceptance fails, at the relay or on chain, with the contract's text
     for (ukey, user), q in zip(users, quotes, strict=True):
