@@ -141,6 +141,13 @@ class Venue:
         message = build_intent_message(signer, deadline_ns, [token_diff_intent(diff)])
         return sign_nep413(key, message, nonce).to_json_obj()
 
+    def cancel(
+        self, key: SigningKey, signer: str, nonce: bytes, *, deadline_ms: int = 60_000
+    ) -> dict[str, Any]:
+        """The cancel of a signed payload: same key and nonce, ``intents: []``."""
+        message = build_intent_message(signer, self.clock.now_ns() + deadline_ms * MS, [])
+        return sign_nep413(key, message, nonce).to_json_obj()
+
 
 async def make_venue(
     fee_pips: int = 1, *, contract_error_shape: str = "result_error", fault_timeout_s: float = 30.0
@@ -196,7 +203,7 @@ async def test_every_view_over_rpc(venue: Venue) -> None:
     v.verifier.credit(MM, BTC, 123)
     v.verifier.credit(MM, EURE, 45)
     nonce = b"\x07" * 32
-    v.verifier.invalidate_nonces(MM, [nonce])
+    v.verifier.execute_intents([v.cancel(MM_KEY, MM, nonce)])
     pk = MM_KEY.public_key.to_string()
 
     assert await v.view("mt_balance_of", {"account_id": MM, "token_id": BTC}) == "123"
@@ -385,16 +392,35 @@ async def test_ft_withdraw_burn_reports_to_bridge(venue: Venue) -> None:
     assert len(v.burns) == 1
 
 
-async def test_invalidate_nonces_then_is_nonce_used(venue: Venue) -> None:
+async def test_cancel_payloads_over_send_tx_then_is_nonce_used(venue: Venue) -> None:
     v = venue
-    n1, n2 = b64encode(b"\x31" * 32), b64encode(b"\x32" * 32)
-    outcome = await v.call(MM, MM_KEY, "invalidate_nonces", {"nonces": [n1, n2]})
+    v.verifier.credit(MM, BTC, 1000)
+    n1, n2, n3 = b"\x31" * 32, b"\x32" * 32, b"\x33" * 32
+    cancels = [v.cancel(MM_KEY, MM, n1), v.cancel(MM_KEY, MM, n2)]
+    outcome = await v.call(MM, MM_KEY, "execute_intents", {"signed": cancels}, deposit=0)
     assert status_of(outcome) == {"SuccessValue": ""}
-    assert await v.view("is_nonce_used", {"account_id": MM, "nonce": n1}) is True
-    assert await v.view("is_nonce_used", {"account_id": MM, "nonce": n2}) is True
-    again = await v.call(MM, MM_KEY, "invalidate_nonces", {"nonces": [b64encode(b"\x33" * 32), n1]})
-    assert panic_of(again) == "Smart contract panicked: nonce was already used"
-    assert await v.view("is_nonce_used", {"account_id": MM, "nonce": b64encode(b"\x33" * 32)}) is False
+    executed = [
+        json.loads(line.removeprefix("EVENT_JSON:"))
+        for line in outcome["receipts_outcome"][0]["outcome"]["logs"]
+    ]
+    assert [e["event"] for e in executed] == ["intents_executed"]
+    assert [d["nonce"] for d in executed[0]["data"]] == [b64encode(n1), b64encode(n2)]
+    assert await v.view("is_nonce_used", {"account_id": MM, "nonce": b64encode(n1)}) is True
+    assert await v.view("is_nonce_used", {"account_id": MM, "nonce": b64encode(n2)}) is True
+    assert v.verifier.balances(MM) == {BTC: 1000}
+    # one used nonce reverts the whole transaction: n3 stays unused
+    again = {"signed": [v.cancel(MM_KEY, MM, n3), v.cancel(MM_KEY, MM, n1)]}
+    failed = await v.call(MM, MM_KEY, "execute_intents", again, deposit=0)
+    assert panic_of(failed) == "Smart contract panicked: nonce was already used"
+    assert await v.view("is_nonce_used", {"account_id": MM, "nonce": b64encode(n3)}) is False
+    # the removed method fails as any unknown method, over a transaction and a view
+    gone = await v.call(MM, MM_KEY, "invalidate_nonces", {"nonces": [b64encode(n3)]})
+    kind = status_of(gone)["Failure"]["ActionError"]["kind"]
+    assert kind == {"FunctionCallError": {"MethodResolveError": "MethodNotFound"}}
+    view = await v.view_raw("invalidate_nonces", {"nonces": [b64encode(n3)]})
+    assert "MethodNotFound" in view["result"]["error"]
+    assert await v.view("is_nonce_used", {"account_id": MM, "nonce": b64encode(n3)}) is False
+    assert v.verifier.balances(MM) == {BTC: 1000}
 
 
 async def test_rejected_transactions(venue: Venue) -> None:
@@ -535,7 +561,7 @@ async def test_execute_intents_rejections_with_exact_strings(venue: Venue) -> No
     assert await failure([v.payload(MM_KEY, MM, {BTC: -1001, EURE: 1})]) == "insufficient balance or overflow"
 
     used = b"\x44" * 32
-    await v.call(MM, MM_KEY, "invalidate_nonces", {"nonces": [b64encode(used)]})
+    await v.call(MM, MM_KEY, "execute_intents", {"signed": [v.cancel(MM_KEY, MM, used)]}, deposit=0)
     assert await failure([v.payload(MM_KEY, MM, diff, nonce=used)]) == "nonce was already used"
     assert v.verifier.balances(MM) == {BTC: 1000}
 
@@ -629,7 +655,8 @@ async def test_faults_500_rpc_error_timeout_and_latency() -> None:
 async def test_tx_timeout_fault_executes_then_status_finds_it(venue: Venue) -> None:
     v = venue
     n = b64encode(b"\x55" * 32)
-    signed = await v.signed_tx(MM, MM_KEY, "invalidate_nonces", {"nonces": [n]})
+    cancel = {"signed": [v.cancel(MM_KEY, MM, b"\x55" * 32)]}
+    signed = await v.signed_tx(MM, MM_KEY, "execute_intents", cancel, deposit=0)
     v.server.fail_next(1, "tx_timeout", method="send_tx")
     doc = await v.send(signed)
     assert doc["error"]["cause"]["name"] == "TIMEOUT_ERROR"

@@ -12,6 +12,7 @@ from intents_mm.clock import ManualClock
 from intents_mm.errors import ContractError
 from intents_mm.near.encoding import b64encode
 from intents_mm.near.keys import SigningKey
+from intents_mm.near.payload import build_intent_message, sign_nep413
 from intents_mm.near.rpc import NearRpcClient
 from intents_mm.near.sender import TransactionSender
 from intents_mm.near.verifier import VerifierClient
@@ -45,13 +46,21 @@ async def test_production_client_views_and_transactions(shape: str) -> None:
 
         sender = TransactionSender(rpc, MM, MM_KEY, clock=clock)
         nonce = b"\x61" * 32
-        result = await sender.call("intents.near", "invalidate_nonces", {"nonces": [b64encode(nonce)]})
+        # a signed quote is cancelled by executing an empty-intents payload with its nonce
+        cancel = sign_nep413(MM_KEY, build_intent_message(MM, clock.now_ns() + 60 * 10**9, []), nonce)
+        args = {"signed": [cancel.to_json_obj()]}
+        result = await sender.call("intents.near", "execute_intents", args, deposit=0)
         assert chain.tx_record(result.tx_hash) is not None
         assert await views.is_nonce_used(MM, nonce) is True
         assert (await rpc.view_access_key(MM, MM_KEY.public_key)).nonce == 42
+        assert verifier.balances(MM) == {BTC: 5000}
 
         with pytest.raises(ContractError, match="nonce was already used"):
-            await sender.call("intents.near", "invalidate_nonces", {"nonces": [b64encode(nonce)]})
+            await sender.call("intents.near", "execute_intents", args, deposit=0)
+        # today's contract has no invalidate_nonces: the call fails as an unknown method
+        with pytest.raises(ContractError, match="MethodNotFound"):
+            await sender.call("intents.near", "invalidate_nonces", {"nonces": [b64encode(b"\x62" * 32)]})
+        assert await views.is_nonce_used(MM, b"\x62" * 32) is False
         with pytest.raises(ContractError, match="Failed to deserialize"):
             await rpc.call_function("intents.near", "mt_balance_of", {"account_id": MM})
     finally:

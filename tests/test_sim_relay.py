@@ -121,6 +121,19 @@ def sign_diff(
     return sign_nep413(key, message, nonce, "intents.near").to_json_obj()
 
 
+def sign_cancel(key: SigningKey, signer_id: str, nonce: bytes, *, deadline_ns: int) -> dict[str, Any]:
+    """The cancel of a signed payload, by hand: same key and nonce, ``intents: []``."""
+    message = json.dumps(
+        {
+            "signer_id": signer_id,
+            "deadline": format_deadline(deadline_ns // NS_PER_MS * NS_PER_MS),
+            "intents": [],
+        },
+        separators=(",", ":"),
+    )
+    return sign_nep413(key, message, nonce, "intents.near").to_json_obj()
+
+
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -354,9 +367,9 @@ async def test_quote_response_refusals_name_the_reason(venue: Venue) -> None:
     named = sign_diff(key, "mm.near", {BTC: 100_000, EURE: -out}, deadline_ns=venue.deadline(), salt=salt)
     venue.verifier.credit("mm.near", EURE, 100 * EUR)
     used_nonce = encode_versioned_nonce(salt, venue.deadline() // NS_PER_MS * NS_PER_MS, os.urandom(15))
-    venue.verifier.invalidate_nonces(account, [used_nonce])
     poor_key, poor = venue.solver_key("solver-poor", {EURE: 59 * EUR})
     used_nonce_deadline = int.from_bytes(used_nonce[9:17], "little")
+    venue.verifier.execute_intents([sign_cancel(key, account, used_nonce, deadline_ns=used_nonce_deadline)])
     cases: list[tuple[Any, str]] = [
         (lambda d: response(d, named), "doesn't exist for account 'mm.near'"),
         (

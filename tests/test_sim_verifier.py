@@ -14,7 +14,14 @@ from intents_mm.errors import InputError
 from intents_mm.near.encoding import b64encode
 from intents_mm.near.keys import SigningKey
 from intents_mm.near.nonce import encode_versioned_nonce, random_versioned_nonce
-from intents_mm.near.payload import build_intent_message, sign_nep413, token_diff_intent
+from intents_mm.near.payload import (
+    build_intent_message,
+    parse_multipayload,
+    sign_nep413,
+    sign_raw_ed25519,
+    token_diff_intent,
+)
+from intents_mm.near.timefmt import format_deadline
 from intents_mm.sim.verifier import (
     MethodNotFoundError,
     ProhibitedInViewError,
@@ -286,6 +293,146 @@ def test_user_underpaying_the_fee_violates_invariant() -> None:
     assert v.balances(USER) == {EURE: 10**22}
 
 
+# --- cancels: empty-intents payloads (there is no invalidate_nonces) ---------------------------------------
+
+
+def cancel_of(
+    verifier: Verifier, clock: ManualClock, key: SigningKey, signer: str, nonce: bytes, **kw: Any
+) -> dict[str, Any]:
+    """The cancel of a quote: same key, same nonce, ``intents: []``."""
+    return signed(verifier, clock, key, signer, [], nonce=nonce, **kw)
+
+
+def test_cancel_commits_the_nonce_and_moves_nothing_then_the_quote_fails() -> None:
+    clock, v = make_verifier(fee_pips=100)
+    v.credit(MM, BTC, 10**8)
+    v.credit(USER, EURE, 10**24)
+    quotes = swap(v, clock, 950 * 10**18, 10**6)  # [MM quote, user closure]
+    nonce = parse_multipayload(quotes[0]).nonce
+    before = snapshot(v)
+    cancel = cancel_of(v, clock, MM_KEY, MM, nonce, deadline_ms=30_000)
+    outcome = v.execute_intents([cancel])
+    assert v.is_nonce_used(MM, nonce)
+    assert v.view("is_nonce_used", {"account_id": MM, "nonce": b64encode(nonce)}) is True
+    assert snapshot(v) == before and outcome.fees_collected == {} and outcome.withdrawals == []
+    assert outcome.intent_hashes == [parse_multipayload(cancel).hash_b58()] and outcome.signer_ids == [MM]
+    events = [json.loads(line.removeprefix("EVENT_JSON:")) for line in outcome.logs]
+    assert [e["event"] for e in events] == ["intents_executed"]
+    assert events[0]["data"] == [
+        {"intent_hash": outcome.intent_hashes[0], "account_id": MM, "nonce": b64encode(nonce)}
+    ]
+    # the user accepting the cancelled quote now fails, and the whole batch reverts
+    with pytest.raises(VerifierError, match=r"^nonce was already used$"):
+        v.execute_intents(quotes)
+    assert snapshot(v) == before
+    assert not v.is_nonce_used(USER, parse_multipayload(quotes[1]).nonce)
+
+
+def test_cancel_with_intents_field_omitted_and_raw_ed25519() -> None:
+    clock, v = make_verifier()
+    v.credit(MM, BTC, 500)
+    deadline_ns = clock.now_ns() + 60_000 * MS
+    n1 = random_versioned_nonce(v.current_salt(), deadline_ns)
+    omitted = json.dumps({"signer_id": MM, "deadline": format_deadline(deadline_ns)}, separators=(",", ":"))
+    v.execute_intents([sign_nep413(MM_KEY, omitted, n1).to_json_obj()])
+    assert v.is_nonce_used(MM, n1)
+    n2 = random_versioned_nonce(v.current_salt(), deadline_ns)
+    raw = json.dumps(
+        {
+            "signer_id": MM,
+            "verifying_contract": "intents.near",
+            "deadline": format_deadline(deadline_ns),
+            "nonce": b64encode(n2),
+            "intents": [],
+        },
+        separators=(",", ":"),
+    )
+    v.execute_intents([sign_raw_ed25519(MM_KEY, raw).to_json_obj()])
+    assert v.is_nonce_used(MM, n2) and v.balances(MM) == {BTC: 500}
+    # an explicit null is not the serde default: a JSON error, nothing committed
+    n3 = random_versioned_nonce(v.current_salt(), deadline_ns)
+    null = json.dumps({"signer_id": MM, "deadline": format_deadline(deadline_ns), "intents": None})
+    with pytest.raises(VerifierError, match=r"^JSON: invalid type for `intents`"):
+        v.execute_intents([sign_nep413(MM_KEY, null, n3).to_json_obj()])
+    assert not v.is_nonce_used(MM, n3)
+
+
+def test_cancel_goes_through_every_payload_check() -> None:
+    clock, v = make_verifier()
+    nonce_deadline = clock.now_ns() + 60_000 * MS
+    nonce = random_versioned_nonce(v.current_salt(), nonce_deadline)
+    stranger = SigningKey.from_seed(b"\x0b" * 32)
+    good = cancel_of(v, clock, MM_KEY, MM, nonce)  # deadline == the nonce's deadline: allowed
+    cases: list[tuple[dict[str, Any], str]] = [
+        (
+            cancel_of(v, clock, stranger, MM, nonce),
+            f"^public key '{stranger.public_key.to_string()}' doesn't exist",
+        ),
+        (cancel_of(v, clock, MM_KEY, MM, nonce, deadline_ms=60_001), "^deadline is greater than nonce$"),
+        (cancel_of(v, clock, MM_KEY, MM, nonce, deadline_ms=-1), "^deadline has expired$"),
+        (cancel_of(v, clock, MM_KEY, MM, nonce, recipient="evil.near"), "^wrong verifying_contract$"),
+        (
+            {**good, "signature": cancel_of(v, clock, USER_KEY, USER, nonce)["signature"]},
+            "^invalid signature$",
+        ),
+        (
+            cancel_of(
+                v,
+                clock,
+                MM_KEY,
+                MM,
+                encode_versioned_nonce(b"\xde\xad\xbe\xef", nonce_deadline, b"\x01" * 15),
+            ),
+            "^invalid salt$",
+        ),
+    ]
+    for payload, expected in cases:
+        with pytest.raises(VerifierError, match=expected):
+            v.execute_intents([payload])
+    assert not v.is_nonce_used(MM, nonce)
+    v.execute_intents([good])
+    assert v.is_nonce_used(MM, nonce)
+
+
+def test_batch_of_cancels_with_one_used_nonce_reverts_all() -> None:
+    clock, v = make_verifier()
+    deadline_ns = clock.now_ns() + 60_000 * MS
+    nonces = [random_versioned_nonce(v.current_salt(), deadline_ns) for _ in range(4)]
+    v.execute_intents([cancel_of(v, clock, MM_KEY, MM, nonces[3])])  # the quote that settled
+    batch = [cancel_of(v, clock, MM_KEY, MM, n) for n in nonces]
+    with pytest.raises(VerifierError, match=r"^nonce was already used$"):
+        v.execute_intents(batch)
+    assert [v.is_nonce_used(MM, n) for n in nonces] == [False, False, False, True]
+    # the same nonce twice in one batch fails too
+    with pytest.raises(VerifierError, match=r"^nonce was already used$"):
+        v.execute_intents([batch[0], cancel_of(v, clock, MM_KEY, MM, nonces[0], deadline_ms=1000)])
+    assert not v.is_nonce_used(MM, nonces[0])
+    # simulate reports the cancels and commits nothing
+    sim = v.simulate_intents(batch[:3])
+    assert [d["nonce"] for d in sim["intents_executed"]] == [b64encode(n) for n in nonces[:3]]
+    assert "invariant_violated" not in sim and not v.is_nonce_used(MM, nonces[0])
+    outcome = v.execute_intents(batch[:3])
+    assert len(outcome.intent_hashes) == 3 and all(v.is_nonce_used(MM, n) for n in nonces)
+
+
+def test_invalidate_nonces_does_not_exist() -> None:
+    clock, v = make_verifier()
+    nonce = b"\x21" * 32
+    assert "invalidate_nonces" not in v.CHANGE_METHODS + v.VIEW_METHODS
+    for deposit in (0, 1):
+        with pytest.raises(MethodNotFoundError, match="invalidate_nonces"):
+            v.call(MM, "invalidate_nonces", {"nonces": [b64encode(nonce)]}, deposit)
+    with pytest.raises(MethodNotFoundError):
+        v.view("invalidate_nonces", {"nonces": [b64encode(nonce)]})
+    # as an intent it is an unknown variant of today's Intent enum: the payload fails, nothing commits
+    intent: dict[str, object] = {"intent": "invalidate_nonces", "nonces": [b64encode(nonce)]}
+    payload = signed(v, clock, MM_KEY, MM, [intent])
+    with pytest.raises(VerifierError, match=r"^JSON: unknown variant `invalidate_nonces`, expected one of"):
+        v.execute_intents([payload])
+    assert not v.is_nonce_used(MM, nonce)
+    assert not v.is_nonce_used(MM, parse_multipayload(payload).nonce)
+
+
 # --- simulate ------------------------------------------------------------------------------------------
 
 
@@ -353,8 +500,8 @@ def test_transfer_and_ft_withdraw_intents() -> None:
         v.execute_intents([signed(v, clock, MM_KEY, MM, [too_much])])
 
 
-def test_direct_ft_withdraw_and_invalidate_nonces() -> None:
-    clock, v = make_verifier()
+def test_direct_ft_withdraw() -> None:
+    _, v = make_verifier()
     v.credit(MM, BTC, 1000)
     assert v.ft_withdraw(MM, "btc.omft.near", "bob.near", 400, None, None) == 400
     assert v.balance_of(MM, BTC) == 600
@@ -363,17 +510,7 @@ def test_direct_ft_withdraw_and_invalidate_nonces() -> None:
     with pytest.raises(VerifierError, match=r"^invalid intent$"):
         v.ft_withdraw(MM, "btc.omft.near", "bob.near", 0, None, None)
     assert v.balance_of(MM, BTC) == 600
-
-    n1, n2 = b"\x21" * 32, b"\x22" * 32
-    v.invalidate_nonces(MM, [n1])
-    assert v.is_nonce_used(MM, n1)
-    with pytest.raises(VerifierError, match=r"^nonce was already used$"):
-        v.invalidate_nonces(MM, [n2, n1])
-    assert not v.is_nonce_used(MM, n2)  # reverted with the failing one
-    # a signed quote carrying an invalidated nonce can never execute
-    quote = signed(v, clock, MM_KEY, MM, [], nonce=n1)
-    with pytest.raises(VerifierError, match=r"^nonce was already used$"):
-        v.execute_intents([quote])
+    assert not hasattr(v, "invalidate_nonces")
 
 
 def test_public_keys_named_and_implicit_accounts() -> None:
@@ -443,11 +580,11 @@ def test_salt_rotation_and_invalidation() -> None:
 
 
 def test_views_by_name() -> None:
-    _, v = make_verifier(fee_pips=100)
+    clock, v = make_verifier(fee_pips=100)
     v.credit(MM, BTC, 123)
     v.credit(MM, EURE, 7)
     nonce = b"\x09" * 32
-    v.invalidate_nonces(MM, [nonce])
+    v.execute_intents([signed(v, clock, MM_KEY, MM, [], nonce=nonce)])  # a cancel commits the nonce
     assert v.view("mt_balance_of", {"account_id": MM, "token_id": BTC}) == "123"
     assert v.view("mt_batch_balance_of", {"account_id": MM, "token_ids": [EURE, "nep141:x.near", BTC]}) == [
         "7",
@@ -501,10 +638,11 @@ def test_change_methods_by_name_check_deposit_and_revert() -> None:
     with pytest.raises(VerifierError, match=r"disabled for account 'solver.near'"):
         v.call(MM, "ft_withdraw", {"token": "btc.omft.near", "receiver_id": "bob.near", "amount": "1"}, 1)
     # a multi-step atomic block reverts every step
-    with pytest.raises(VerifierError), v.atomic():
-        v.call(USER, "invalidate_nonces", {"nonces": [b64encode(b"\x01" * 32)]}, 1)
-        v.call(USER, "invalidate_nonces", {"nonces": [b64encode(b"\x01" * 32)]}, 1)
-    assert not v.is_nonce_used(USER, b"\x01" * 32)
+    other = SigningKey.from_seed(b"\x08" * 32).public_key.to_string()
+    with pytest.raises(VerifierError, match="already exists"), v.atomic():
+        v.call(USER, "add_public_key", {"public_key": other}, 1)
+        v.call(USER, "add_public_key", {"public_key": other}, 1)
+    assert not v.has_public_key(USER, other)
 
 
 # --- properties ------------------------------------------------------------------------------------------

@@ -15,6 +15,14 @@ request's window; the caller gets the valid quotes best first. ``publish_intent`
 signed intent together with the chosen quotes in one ``execute_intents`` transaction on the simulated
 chain and pushes ``quote_status`` only to the partners whose quotes were used.
 
+Cancels (reference section 4.3, the official SDK's ``invalidateNonces``): a ``publish_intents`` /
+``publish_intent`` with no quote hashes whose every payload has empty (or absent) ``intents`` is
+verified as the Verifier would (nothing committed), and on success every ``(signer_id, nonce)`` is
+remembered as cancelled in memory; nothing goes on chain. The batch is all or nothing (one answer, one
+status). From then on the relay refuses those nonces: a ``quote_response``, a publish whose payloads or
+chosen quotes use one fails with ``nonce was already used``, and the ``quote`` answer drops every
+candidate whose nonce is cancelled here or used on the Verifier, so the user gets the next best quote.
+
 Waiting windows run on the event loop's timer (real time); every timestamp the protocol checks
 (deadlines) comes from the injected clock, and latency samples use ``clock.monotonic_ns()``.
 """
@@ -28,7 +36,7 @@ import heapq
 import logging
 import uuid
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -38,11 +46,11 @@ from aiohttp import WSMsgType, web
 from intents_mm.clock import Clock
 from intents_mm.domain.amounts import parse_i128, parse_u128
 from intents_mm.errors import InputError
-from intents_mm.near.nonce import LegacyNonce, decode_nonce
+from intents_mm.near.nonce import LegacyNonce, VersionedNonce, decode_nonce
 from intents_mm.near.payload import SignedPayload, parse_multipayload
 from intents_mm.near.timefmt import format_deadline
 from intents_mm.sim.near_rpc import SimNear
-from intents_mm.sim.verifier import Verifier, VerifierError
+from intents_mm.sim.verifier import ERR_NONCE_USED, Verifier, VerifierError
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +193,7 @@ class _Candidate:
     partner_id: str
     connection_id: int
     signer_id: str
+    nonce: bytes
     signed_data: dict[str, Any]
     asset_in: str
     asset_out: str
@@ -309,6 +318,24 @@ def _opt_ms(req: dict[str, Any], name: str, default: int) -> int:
     return default if value is None else _int_ms(value, name)
 
 
+def _is_cancel(payload: SignedPayload) -> bool:
+    """A cancel payload: its signed message is a JSON object whose ``intents`` is ``[]`` or absent."""
+    try:
+        obj = payload.message_obj()
+    except InputError:
+        return False
+    intents = obj.get("intents", [])
+    return isinstance(intents, list) and not intents
+
+
+def _signer_nonce(payload: SignedPayload) -> tuple[str, bytes] | None:
+    """``(signer_id, nonce)`` of a payload, or ``None`` when its message names no signer."""
+    try:
+        return payload.signer_id, payload.nonce
+    except InputError:
+        return None
+
+
 class SimRelay:
     """The simulated Solver Relay. See the module docstring for the protocol.
 
@@ -365,6 +392,10 @@ class SimRelay:
         self._fail_message = "relay unavailable"
         self._counts: Counter[str] = Counter()
         self._rejections: Counter[str] = Counter()
+        # nonces cancelled at the relay (publish of empty-intents payloads), never put on chain:
+        # (signer_id, nonce) -> the versioned nonce's deadline (ns), None for a legacy nonce (kept)
+        self._cancelled: dict[tuple[str, bytes], int | None] = {}
+        self._cancel_expiries: list[tuple[int, str, bytes]] = []
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
 
@@ -450,6 +481,7 @@ class SimRelay:
             "subscriptions": {"quote": subs["quote"], "quote_status": subs["quote_status"]},
             "open_quote_requests": len(self._open),
             "live_candidates": len(self._candidates),
+            "cancelled_nonces": len(self._cancelled),
             "window_ms": self.window_ms,
             "guaranteed_queues": {
                 q.name: {"pending": len(q.pending), "next_seq": q.next_seq} for q in self._queues.values()
@@ -469,6 +501,26 @@ class SimRelay:
         self._latency.clear()
         self._latency_index.clear()
         self._latency_by_partner.clear()
+
+    def is_nonce_cancelled(self, signer_id: str, nonce: bytes) -> bool:
+        """True when ``(signer_id, nonce)`` was cancelled at the relay and its nonce has not expired."""
+        self._prune_cancelled()
+        return (signer_id, bytes(nonce)) in self._cancelled
+
+    def _prune_cancelled(self) -> None:
+        """Forget cancelled versioned nonces whose deadline has passed (the Verifier refuses them anyway)."""
+        now = self._clock.now_ns()
+        expiries = self._cancel_expiries
+        while expiries and expiries[0][0] < now:
+            deadline_ns, signer_id, nonce = heapq.heappop(expiries)
+            if self._cancelled.get((signer_id, nonce)) == deadline_ns:
+                del self._cancelled[(signer_id, nonce)]
+
+    def _nonce_usable(self, signer_id: str, nonce: bytes) -> bool:
+        """Neither cancelled at the relay nor used on the Verifier."""
+        return (signer_id, nonce) not in self._cancelled and not self._verifier.is_nonce_used(
+            signer_id, nonce
+        )
 
     def intent_status(self, intent_hash: str) -> dict[str, Any]:
         """``get_status`` result for an intent hash."""
@@ -704,6 +756,9 @@ class SimRelay:
             raise reject(f"verifier check failed: {exc.reason}") from None
         except InputError as exc:
             raise reject(f"invalid signed_data: {exc}") from None
+        key = _signer_nonce(payload)
+        if key is not None and self.is_nonce_cancelled(*key):
+            raise reject(f"{ERR_NONCE_USED}: the nonce was cancelled at the relay")
         return self._check_intent(
             conn, req=req, payload=payload, signed=signed, amount_in=amount_in, amount_out=amount_out
         )
@@ -819,6 +874,7 @@ class SimRelay:
             partner_id=conn.partner_id,
             connection_id=conn.id,
             signer_id=signer_id,
+            nonce=payload.nonce,
             signed_data=signed,
             asset_in=req.asset_in,
             asset_out=req.asset_out,
@@ -984,13 +1040,18 @@ class SimRelay:
                 self._latency_index.pop((quote.quote_id, conn_id), None)
             for partner in set(quote.partner_of.values()):
                 self._latency_by_partner.pop((quote.quote_id, partner), None)
-        if not quote.candidates:
+        # a quote whose nonce was cancelled (at the relay or on chain) or used meanwhile is not offered
+        self._prune_cancelled()
+        live = [c for c in quote.candidates if self._nonce_usable(c.signer_id, c.nonce)]
+        if len(live) < len(quote.candidates):
+            self._counts["quote_candidates_dropped_nonce"] += len(quote.candidates) - len(live)
+        if not live:
             self._counts["quote_requests_unanswered"] += 1
             return None
         if quote.exact_in:
-            ranked = sorted(quote.candidates, key=lambda c: (-c.amount_out, c.arrival))
+            ranked = sorted(live, key=lambda c: (-c.amount_out, c.arrival))
         else:
-            ranked = sorted(quote.candidates, key=lambda c: (c.amount_in, c.arrival))
+            ranked = sorted(live, key=lambda c: (c.amount_in, c.arrival))
         return [
             {
                 "quote_hash": c.quote_hash,
@@ -1033,17 +1094,22 @@ class SimRelay:
         Result ``{"status":"OK","intent_hashes":[...]}`` or ``{"status":"FAILED","reason",
         "intent_hashes"}``. On success the quotes are consumed and each one's partner gets
         ``quote_status {quote_hash, intent_hash, tx_hash}`` (``intent_hash`` of the first user intent).
+
+        A cancel batch (no quote hashes, every payload with empty intents) is checked but not put on
+        chain: see :meth:`_publish_cancels`. Any payload or chosen quote whose nonce was cancelled
+        that way fails the publish with ``nonce was already used``.
         """
         if not isinstance(quote_hashes, list) or not all(isinstance(h, str) for h in quote_hashes):
             raise RelayRequestError("quote_hashes must be a list of strings")
         if not isinstance(signed_datas, list) or not signed_datas:
             raise RelayRequestError("at least one signed_data is required")
-        hashes: list[str] = []
+        payloads: list[SignedPayload] = []
         for signed in signed_datas:
             try:
-                hashes.append(parse_multipayload(signed).hash_b58())
+                payloads.append(parse_multipayload(signed))
             except InputError as exc:
                 raise RelayRequestError(f"invalid signed_data: {exc}") from None
+        hashes = [p.hash_b58() for p in payloads]
         self._counts["publish_requests"] += 1
 
         def failed(reason: str) -> dict[str, Any]:
@@ -1055,6 +1121,8 @@ class SimRelay:
         if any(h in self._statuses and self._statuses[h].status != "NOT_FOUND_OR_NOT_VALID" for h in hashes):
             self._counts["publish_failed"] += 1
             return {"status": "FAILED", "reason": "intent already published", "intent_hashes": hashes}
+        if not quote_hashes and all(_is_cancel(p) for p in payloads):
+            return self._publish_cancels(payloads, signed_datas, hashes, failed)
         if not quote_hashes:
             return failed("no quote_hashes given")
         if len(set(quote_hashes)) != len(quote_hashes):
@@ -1065,6 +1133,11 @@ class SimRelay:
             if cand is None:
                 return failed(f"quote {qh} not found, expired or already used")
             quotes.append(cand)
+        self._prune_cancelled()
+        keys = [_signer_nonce(p) for p in payloads] + [(c.signer_id, c.nonce) for c in quotes]
+        if any(k is not None and k in self._cancelled for k in keys):
+            self._counts["publish_refused_cancelled"] += 1
+            return failed(ERR_NONCE_USED)
         for h in hashes:
             self._set_status(_IntentStatus(h, "PENDING"))
         batch = [*signed_datas, *(c.signed_data for c in quotes)]
@@ -1084,6 +1157,49 @@ class SimRelay:
             self._push_status(
                 c.partner_id, {"quote_hash": c.quote_hash, "intent_hash": hashes[0], "tx_hash": tx_hash}
             )
+        return {"status": "OK", "intent_hashes": hashes}
+
+    def _publish_cancels(
+        self,
+        payloads: list[SignedPayload],
+        signed_datas: list[dict[str, Any]],
+        hashes: list[str],
+        failed: Callable[[str], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Cancel payloads: verify each as the Verifier would (signature, verifying contract, deadline,
+        registered key, versioned-nonce rules, nonce not used on chain), and not cancelled here before
+        nor twice in the batch; then remember every ``(signer_id, nonce)`` as cancelled. Nothing goes
+        on chain. All or nothing, as one ``publish_intents`` answer carries one status: the first
+        failing payload's reason fails the batch and no nonce is remembered."""
+        self._counts["cancel_requests"] += 1
+        self._prune_cancelled()
+        accepted: list[tuple[tuple[str, bytes], int | None]] = []
+        seen: set[tuple[str, bytes]] = set()
+        for payload, signed in zip(payloads, signed_datas, strict=True):
+            try:
+                self._verifier.check_signed(signed)
+                key = (payload.signer_id, payload.nonce)
+                nonce = decode_nonce(payload.nonce)
+            except VerifierError as exc:
+                self._counts["cancel_failed"] += 1
+                return failed(exc.reason)
+            except InputError as exc:
+                self._counts["cancel_failed"] += 1
+                return failed(f"invalid signed_data: {exc}")
+            if key in seen or key in self._cancelled:
+                self._counts["cancel_failed"] += 1
+                return failed(ERR_NONCE_USED)
+            if isinstance(nonce, LegacyNonce) and not self.accept_legacy_nonces:
+                self._counts["cancel_failed"] += 1
+                return failed("legacy nonce not accepted: use a versioned nonce with the current salt")
+            seen.add(key)
+            accepted.append((key, nonce.deadline_ns if isinstance(nonce, VersionedNonce) else None))
+        for key, expiry in accepted:
+            self._cancelled[key] = expiry
+            if expiry is not None:
+                heapq.heappush(self._cancel_expiries, (expiry, key[0], key[1]))
+        self._counts["cancel_ok"] += 1
+        self._counts["nonces_cancelled"] += len(accepted)
         return {"status": "OK", "intent_hashes": hashes}
 
     def _set_status(self, status: _IntentStatus) -> None:

@@ -11,6 +11,14 @@ Behaviour follows the ``near/intents`` ``defuse`` contract (reference sections 3
   checks the batch invariant ``Σ deltas + Σ fees == 0`` per token. Any error reverts everything the
   call did (an undo journal) and raises :class:`VerifierError` whose ``reason`` is the contract's
   panic text.
+* A payload whose ``intents`` is ``[]`` or absent (``#[serde(default)]``; an explicit ``null`` is a
+  JSON error) is valid: it passes the same checks, commits its nonce and moves no balance. That is
+  how a signed quote is cancelled today (same key, same nonce, executed first). A nonce already used
+  fails with ``nonce was already used`` and the whole call reverts, so a batch of cancels with one
+  used nonce marks none of them.
+* There is no ``invalidate_nonces`` (removed from the contract in near/intents #122/#128): as a
+  change method it fails like any unknown method (``MethodNotFoundError``, ``MethodNotFound`` on the
+  chain); as an intent it is an unknown variant (``JSON: unknown variant …``).
 * ``simulate_intents`` runs the same code and always rolls back.
 
 ``call`` and ``view`` dispatch the contract's change and view methods by name with JSON arguments,
@@ -77,7 +85,6 @@ _KNOWN_UNSUPPORTED_INTENTS = (
 _SUPPORTED_INTENTS = (
     "add_public_key",
     "remove_public_key",
-    "invalidate_nonces",
     "transfer",
     "ft_withdraw",
     "token_diff",
@@ -346,12 +353,7 @@ class _RemovePublicKey:
     public_key: str
 
 
-@dataclass(frozen=True)
-class _InvalidateNonces:
-    nonces: tuple[bytes, ...]
-
-
-_Intent = _TokenDiff | _Transfer | _FtWithdraw | _AddPublicKey | _RemovePublicKey | _InvalidateNonces
+_Intent = _TokenDiff | _Transfer | _FtWithdraw | _AddPublicKey | _RemovePublicKey
 
 
 def _parse_amount_map(value: object, name: str, *, signed: bool) -> tuple[tuple[str, int], ...]:
@@ -398,11 +400,6 @@ def _parse_intent(obj: object) -> _Intent:
         return _AddPublicKey(_public_key(_req(item, "public_key")))
     if kind == "remove_public_key":
         return _RemovePublicKey(_public_key(_req(item, "public_key")))
-    if kind == "invalidate_nonces":
-        nonces = _req(item, "nonces")
-        if not isinstance(nonces, list):
-            raise _JsonError("invalid type for `nonces`, expected a list")
-        return _InvalidateNonces(tuple(_nonce_b64(n, "nonces") for n in nonces))
     if kind in _KNOWN_UNSUPPORTED_INTENTS:
         raise VerifierError(f"intent '{kind}' is not simulated")
     expected = ", ".join(f"`{k}`" for k in (*_SUPPORTED_INTENTS, *_KNOWN_UNSUPPORTED_INTENTS))
@@ -434,9 +431,8 @@ def _parse_message(signed: SignedPayload) -> _Message:
             deadline_ns = parse_deadline(deadline)
         except InputError as exc:
             raise _JsonError(str(exc)) from None
+        # ``#[serde(default)]``: an absent list is empty (a cancel); an explicit null is not a list
         raw_intents = message.get("intents", [])
-        if raw_intents is None:
-            raw_intents = []
         if not isinstance(raw_intents, list):
             raise _JsonError("invalid type for `intents`, expected a list")
         intents = tuple(_parse_intent(i) for i in raw_intents)
@@ -862,12 +858,9 @@ class Verifier:
         elif isinstance(intent, _AddPublicKey):
             self._insert_key(signer, intent.public_key)
             batch.logs.append(self._key_event("public_key_added", signer, intent.public_key))
-        elif isinstance(intent, _RemovePublicKey):
+        else:
             self._delete_key(signer, intent.public_key)
             batch.logs.append(self._key_event("public_key_removed", signer, intent.public_key))
-        else:
-            for nonce in intent.nonces:
-                self._commit_nonce(signer, nonce)
 
     @staticmethod
     def _key_event(event: str, account_id: str, public_key: str) -> str:
@@ -989,15 +982,6 @@ class Verifier:
             burn = self._withdraw(withdrawal)
         return withdrawal, burn
 
-    def invalidate_nonces(self, account_id: str, nonces: list[bytes]) -> None:
-        """Mark each nonce used for ``account_id``; ``nonce was already used`` (nothing marked) if one is."""
-        with self.atomic():
-            self._ensure_predecessor_auth(account_id)
-            for nonce in nonces:
-                if len(nonce) != NONCE_LEN:
-                    raise InputError(f"nonce must be {NONCE_LEN} bytes, got {len(nonce)}")
-                self._commit_nonce(account_id, bytes(nonce))
-
     # --- dispatch by method name (what the chain and the RPC use) -----------------------------------
 
     VIEW_METHODS = (
@@ -1019,7 +1003,6 @@ class Verifier:
         "remove_public_key",
         "ft_withdraw",
         "execute_intents",
-        "invalidate_nonces",
         "disable_auth_by_predecessor_id",
     )
 
@@ -1125,11 +1108,5 @@ class Verifier:
                 Withdrawal(predecessor, token, receiver, amount, memo, msg)
             )
             return CallResult(str(amount), [burn], [withdrawal])
-        if method == "invalidate_nonces":
-            nonces = a["nonces"]
-            if not isinstance(nonces, list):
-                raise _JsonError("nonces must be a list")
-            self.invalidate_nonces(predecessor, [_nonce_b64(n, "nonces") for n in nonces])
-            return CallResult(None, [])
         self.disable_auth_by_predecessor_id(predecessor)
         return CallResult(None, [])
