@@ -212,3 +212,50 @@ async def test_cancel_on_move_can_be_switched_off(h: Harness) -> None:
     await _reference(h, None, quality="stale")
     await asyncio.sleep(0.3)
     assert not _used(h, quote) and (await h.get_state())["cancels"]["by_trigger"] == {}
+
+
+async def test_kill_at_the_relay_only_makes_the_relay_refuse_the_quotes(h: Harness) -> None:
+    await h.start_executor(EXECUTOR_KILL_ON_CHAIN="false")
+    settled, live, other = await _live_quotes(h, 3)
+    assert (await _user_takes(h, settled))["status"] == "OK"
+    balances = h.verifier.balances(MM_ACCOUNT)
+    status, body = await h.post("/kill")
+    assert status == 200 and body["counts"] == {"already_settled": 1, "cancelled": 2}, body
+    for r in (live, other):
+        (c,) = [c for c in body["cancels"] if c["nonce"] == r.nonce_b64]
+        assert c["relay"] == "ok" and c["chain"] is None and c["chain_tx_hash"] is None
+        assert not _used(h, r)  # the relay path puts nothing on chain...
+        assert h.relay.is_nonce_cancelled(MM_ACCOUNT, b64decode(r.nonce_b64))
+        failed = await _user_takes(h, r)  # ...but the relay refuses the quote
+        assert failed["status"] == "FAILED" and "nonce was already used" in failed["reason"], failed
+    assert h.verifier.balances(MM_ACCOUNT) == balances
+    assert body["tx_hashes"] == []
+
+
+async def test_cancel_on_move_goes_to_the_relay_and_kill_later_spends_the_nonce_on_chain(h: Harness) -> None:
+    await h.start_executor()  # defaults: cancel-on-move on, relay only
+    (bought,) = await _live_quotes(h, 1)
+    await _reference(h, "59000")
+    await _until(
+        lambda: h.relay.is_nonce_cancelled(MM_ACCOUNT, b64decode(bought.nonce_b64 or "")), "relay cancel"
+    )
+    assert not _used(h, bought)
+    state = await h.get_state()
+    assert state["cancels"]["by_trigger"] == {"move": 1} and state["cancels"]["cancelled_at_relay_only"] == 1
+    assert (await _user_takes(h, bought))["status"] == "FAILED"
+    status, body = await h.post("/kill")
+    assert status == 200 and body["counts"] == {"cancelled": 1}, body
+    assert _used(h, bought) and body["cancels"][0]["chain"] == "cancelled"
+
+
+async def test_a_kill_whose_chain_cancel_fails_after_the_relay_took_it_is_not_ok(h: Harness) -> None:
+    await h.start_executor()
+    (quote,) = await _live_quotes(h, 1)
+    await h.rpc_server.stop()  # no transaction can be sent
+    status, body = await h.post("/kill")
+    assert status == 502 and body["ok"] is False, body
+    assert "cancelled at the relay only" in body["error"] and "run /kill again" in body["error"]
+    (c,) = body["cancels"]
+    assert c["outcome"] == "cancelled" and c["relay"] == "ok" and c["chain"].startswith("failed:")
+    assert h.relay.is_nonce_cancelled(MM_ACCOUNT, b64decode(quote.nonce_b64 or ""))
+    assert (await h.get_state())["outstanding_quotes"]["count"] == 1  # still live for the next /kill

@@ -706,7 +706,7 @@ async def test_kill_failure_is_reported_and_signed_quotes_survive_a_restart(h: H
     assert res.outcome == "accepted" and res.nonce_b64
     await h.stop_executor()  # the list of signed quotes is persisted on stop
 
-    executor = await h.start_executor()
+    executor = await h.start_executor(EXECUTOR_CANCEL_ON_MOVE="false")  # no restart cancel
     assert (await h.get_state())["outstanding_quotes"]["count"] == 1
     await h.rpc_server.stop()  # the NEAR RPC is down: the kill cannot send its transaction
     await h.relay.stop()  # and the relay too: no path can cancel

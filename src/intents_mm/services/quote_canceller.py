@@ -128,9 +128,17 @@ class QuoteCanceller:
         return signed.to_json_obj()
 
     async def cancel(
-        self, targets: Sequence[CancelTarget], *, via_relay: bool, on_chain: bool, precheck: bool
+        self,
+        targets: Sequence[CancelTarget],
+        *,
+        via_relay: bool,
+        on_chain: bool,
+        precheck: bool,
+        relay_done: frozenset[str] | set[str] = frozenset(),
     ) -> list[CancelOutcome]:
-        """Cancel ``targets`` by the chosen paths; one outcome each, in the order given."""
+        """Cancel ``targets`` by the chosen paths; one outcome each, in the order given. Nonces in
+        ``relay_done`` were cancelled at the relay before: they are not sent there again (the relay
+        would refuse the whole batch for them)."""
         outcomes = [CancelOutcome(t) for t in targets]
         now = self.clock.now_ns()
         todo: list[CancelOutcome] = []
@@ -153,7 +161,12 @@ class QuoteCanceller:
             todo = [o for o in todo if o.outcome != "already_settled"]
         payloads = {o.target.nonce_b64: self.payload(o.target) for o in todo}
         if via_relay and todo:
-            await self._via_relay(todo, payloads)
+            for o in todo:
+                if o.target.nonce_b64 in relay_done:
+                    o.relay = "ok"
+            fresh = [o for o in todo if o.relay is None]
+            if fresh:
+                await self._via_relay(fresh, payloads)
         if on_chain and todo:
             await self._on_chain(todo, payloads)
         for o in todo:
@@ -182,7 +195,8 @@ class QuoteCanceller:
         elif relay_ok:
             o.outcome, o.reason = "cancelled", None
         elif o.relay is not None and is_nonce_used_error(o.relay):
-            o.outcome, o.reason = "already_settled", "nonce was already used"
+            # the relay refuses a nonce used on chain (settled) and one it cancelled before
+            o.outcome, o.reason = "already_settled", "nonce was already used (settled, or cancelled earlier)"
         else:
             o.outcome, o.reason = "failed", f"relay {o.relay}"
 
@@ -224,7 +238,31 @@ class QuoteCanceller:
         if len(todo) == 1:
             todo[0].relay = f"refused: {result.reason}"
             return
-        # one refused payload fails the whole call: find out which, one call each
+        # The relay takes a batch all or nothing: one refused payload fails the whole call.
+        if is_nonce_used_error(result.reason) and self.verifier is not None:
+            # the usual cause: a quote settled meanwhile; leave the used nonces out and send again once
+            used = await self.used_nonces([o.target for o in todo])
+            for o in todo:
+                if o.target.nonce_b64 in used:
+                    o.relay = f"refused: {result.reason}"
+            rest = [o for o in todo if o.target.nonce_b64 not in used]
+            if used and rest:
+                try:
+                    again = await relay.publish_intents([payloads[o.target.nonce_b64] for o in rest])
+                except IntentsMMError as exc:
+                    for o in rest:
+                        o.relay = f"failed: {exc}"
+                    return
+                if again.ok:
+                    for o in rest:
+                        o.relay = "ok"
+                    return
+            todo = rest
+            if len(todo) <= 1:
+                for o in todo:
+                    o.relay = f"refused: {result.reason}"
+                return
+        # still refused: find out which payload, one call each
         slots = asyncio.Semaphore(RELAY_SPLIT_CONCURRENCY)
 
         async def one(o: CancelOutcome) -> None:

@@ -997,16 +997,26 @@ class TradeExecutor(Service):
             outcomes, key_removal = await self._kill_cancels(live, remove_key)
             self._apply_cancels(outcomes, "kill", definitive_chain=True)
             failed = [o for o in outcomes if o.outcome == "failed"]
+            # cancelled at the relay, but the configured on-chain cancel failed: not definitive
+            relay_only = [
+                o
+                for o in outcomes
+                if o.outcome == "cancelled"
+                and self.kill_on_chain
+                and not remove_key
+                and o.chain not in ("cancelled", "used")
+            ]
             cancels = [o.to_json() for o in outcomes]
             counts = collections.Counter(o.outcome for o in outcomes)
-            error = (
-                "; ".join(
-                    [f"{len(failed)} of {len(outcomes)} quotes not cancelled: {failed[0].reason}"]
-                    if failed
-                    else []
+            problems = []
+            if failed:
+                problems.append(f"{len(failed)} of {len(outcomes)} quotes not cancelled: {failed[0].reason}")
+            if relay_only:
+                problems.append(
+                    f"{len(relay_only)} of {len(outcomes)} quotes cancelled at the relay only "
+                    f"(on chain {relay_only[0].chain}); run /kill again"
                 )
-                or None
-            )
+            error = "; ".join(problems) or None
             if key_removal is not None and key_removal.get("error"):
                 error = f"remove_public_key failed: {key_removal['error']}" + (f"; {error}" if error else "")
             tx_hashes = sorted({o.chain_tx_hash for o in outcomes if o.chain_tx_hash})
@@ -1068,12 +1078,20 @@ class TradeExecutor(Service):
             return outcomes, key
         if not remove_key:
             outcomes = await self.canceller.cancel(
-                targets, via_relay=self.kill_via_relay, on_chain=self.kill_on_chain, precheck=True
+                targets,
+                via_relay=self.kill_via_relay,
+                on_chain=self.kill_on_chain,
+                precheck=True,
+                relay_done=set(self.relay_cancelled),
             )
             return outcomes, None
         # last resort: relay cancels first (fast), then one transaction that voids every quote
         outcomes = await self.canceller.cancel(
-            targets, via_relay=self.kill_via_relay, on_chain=False, precheck=True
+            targets,
+            via_relay=self.kill_via_relay,
+            on_chain=False,
+            precheck=True,
+            relay_done=set(self.relay_cancelled),
         )
         assert self.public_key is not None
         try:
