@@ -9,7 +9,8 @@ Contract
 * Consumes ``cmd.execute_trade`` (durable ``trade-executor-commands``). Every command gets exactly one
   ``exec.trade_result`` (msg_id ``result:<command_id>``, so a republished result is deduplicated):
 
-  0. already signed (memory or ledger) → ``error`` with the first signature's quote hash when known;
+  0. already signed (memory or ledger) → ``error`` with the first signature's quote hash, and its nonce
+     and deadline while it is live (its reservation and settlement matching stay alive);
   1. disarmed → ``skipped_disarmed``, nothing is signed or sent;
   2. ``now > relay_deadline_ns`` (the relay's answer window has passed) → ``dropped_late``, never signed;
   3. signed at most once: the command id is written to the executor's append-only ledger file
@@ -23,8 +24,9 @@ Contract
      deadline ``now + min_deadline_ms + EXECUTOR_DEADLINE_BUFFER_MS`` (floored to the ms), a fresh
      versioned nonce with the Verifier's cached salt and nonce deadline = intent deadline, NEP-413 (or
      raw_ed25519, ``EXECUTOR_SIGNING_STANDARD``). The ``quote_response`` goes over the executor's own
-     Solver Relay connection (no subscriptions). A relay/Verifier ``invalid salt`` refreshes the salt
-     and retries the command once with a fresh nonce while the relay window is open;
+     Solver Relay connection (no subscriptions), or the ingest's (``EXECUTOR_QUOTE_SOCKET=ingest``).
+     A relay/Verifier ``invalid salt`` refreshes the salt and retries the command once with a fresh
+     nonce while the relay window is open;
   5. outcome ``accepted`` (relay said OK), ``rejected`` (relay error reply) or ``error`` (no reply,
      ledger unavailable, already signed), with the relay reply, quote hash, nonce, deadline and the
      latency from command receipt to relay reply.
@@ -34,11 +36,18 @@ Contract
 * ``POST /kill`` (emergency stop): disarms the executor and the strategy (a ``control.operator_action``
   for ``strategy-engine``/``disarm`` with actor ``trade-executor/kill``, plus the composition root's
   ``overrides["disarm_strategy"]`` callable when present), then cancels every signed quote whose deadline
-  has not passed with ONE ``invalidate_nonces`` transaction (1 yoctoNEAR) from the account. Nonces the
-  Verifier already reports used (settled quotes) are left out; if one is used meanwhile the panic is
-  caught and the call retried once without it. The outcome is returned, kept in ``/state`` and
-  published as a ``control.operator_action`` (action ``kill_result``). The list of signed quotes
-  survives restarts through the store's service state (written every few seconds when it changed).
+  has not passed. The Verifier has no ``invalidate_nonces``: a quote is cancelled by an empty-intents
+  payload signed with the same key and nonce (:mod:`intents_mm.services.quote_canceller`), sent to the
+  relay's ``publish_intents`` and executed on chain in ``execute_intents`` transactions (each path
+  configurable). The answer is per nonce (cancelled, already settled, expired, voided, failed with the
+  reason), kept in ``/state``, published as ``control.operator_action`` ``kill_result`` and stored in
+  ``quote_cancels``. ``{"remove_public_key": true, "confirm": <public key>}`` voids every quote with one
+  ``remove_public_key`` transaction instead (quoting stops until the key is registered again).
+* Cancel-on-move (``EXECUTOR_CANCEL_ON_MOVE``): live quotes the reference mid moved against by more than
+  ``EXECUTOR_CANCEL_ON_MOVE_BPS`` from their priced mid, and every live quote on a stale reference, a
+  jump, a disarm of the executor or the strategy, or a restart, are cancelled in one batch at the relay
+  (on chain too by configuration), in a task of their own. The live list survives restarts (ledger file
+  and the store's ``signed_commands``).
 """
 
 from __future__ import annotations
