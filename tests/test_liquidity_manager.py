@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -198,7 +199,15 @@ async def test_withdraw_frozen_by_default_then_completes_once(sqlite_url: str) -
         assert venue.verifier.balance_of(venue.account, EURE_ID) == 13 * EURE_UNIT
 
 
-async def test_frozen_flag_survives_restarts(sqlite_url: str) -> None:
+FROZEN_AT_START = (
+    'liquidity-manager: withdrawals frozen (every start; unfreeze with POST /freeze-withdrawals {"frozen":false})'
+)
+
+
+async def test_withdrawals_come_up_frozen_after_every_restart(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="intents_mm.services.liquidity_manager")
     async with sim_venue() as venue:
         bus = make_bus(None)
         await bus.start()
@@ -206,19 +215,26 @@ async def test_frozen_flag_survives_restarts(sqlite_url: str) -> None:
             async with run_services([NAME], venue.config(), sqlite_url, bus=bus) as svc:
                 assert (await lm_state(svc))["withdrawals_frozen"] is True
                 status, _ = await svc.post(NAME, "/freeze-withdrawals", {"frozen": False})
-                assert status == 200
+                assert status == 200 and (await lm_state(svc))["withdrawals_frozen"] is False
                 freeze = actions(svc, "freeze_withdrawals")
                 assert freeze[-1].detail == {"frozen": False} and freeze[-1].status == "completed"
                 ops = [p for p in svc.payloads("control.operator_action")]
                 assert any(getattr(op, "action", "") == "freeze-withdrawals" for op in ops)
-            async with run_services([NAME], venue.config(), sqlite_url, bus=bus) as svc:
-                assert (await lm_state(svc))["withdrawals_frozen"] is False  # kept across the restart
-                status, _ = await svc.post(NAME, "/freeze-withdrawals", {"frozen": True})
-                assert status == 200
+                # the change is recorded in the store, but a restart comes up frozen all the same
+                assert await svc.store.get_state("liquidity-manager.withdrawals_frozen") is False
+            caplog.clear()
             async with run_services([NAME], venue.config(), sqlite_url, bus=bus) as svc:
                 assert (await lm_state(svc))["withdrawals_frozen"] is True
+                await eventually(lambda: bool(states(svc)) and states(svc)[-1].withdrawals_frozen is True)
                 status, body = await svc.post(NAME, "/withdraw", withdraw_body())
                 assert status == 409 and "frozen" in body["error"]
+            lines = [r for r in caplog.records if r.getMessage() == FROZEN_AT_START]
+            assert len(lines) == 1 and lines[0].levelno == logging.INFO
+            # and again after a restart that followed an explicit freeze
+            async with run_services([NAME], venue.config(), sqlite_url, bus=bus) as svc:
+                await svc.post(NAME, "/freeze-withdrawals", {"frozen": True})
+            async with run_services([NAME], venue.config(), sqlite_url, bus=bus) as svc:
+                assert (await lm_state(svc))["withdrawals_frozen"] is True
         finally:
             await bus.close()
 

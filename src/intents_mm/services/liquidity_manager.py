@@ -9,8 +9,10 @@
   deposit credited while the service was down is still announced.
 - ``liquidity.state`` (deposit addresses by chain, pending deposits, tracked withdrawals, frozen flag) is
   published whenever it changes and at least every ``STATE_REPUBLISH_NS``.
-- Withdrawals are FROZEN by default; ``POST /freeze-withdrawals`` changes that and the flag is stored
-  (``liquidity-manager.withdrawals_frozen``), so a restart keeps it; no store or no saved value = frozen.
+- Withdrawals are FROZEN at every start, whatever was stored (the start-up log says so in one INFO
+  line); ``POST /freeze-withdrawals`` changes that for the running process only. The flag is still
+  written to the store (``liquidity-manager.withdrawals_frozen``) as a record of the last change, but it
+  is never read back: a restart always comes up frozen.
 - ``POST /withdraw`` (see :meth:`LiquidityManager._withdraw`): checks, then ``intents.near::ft_withdraw``
   ``{"token","receiver_id"=token,"amount","memo":"WITHDRAW_TO:<destination>"}`` with 1 yocto and 100 TGas,
   signed by the executor key; the NEAR tx hash is then followed through bridge ``withdrawal_status`` until
@@ -234,7 +236,12 @@ class LiquidityManager(Service):
         self.verifier = VerifierClient(self.rpc, self.contract_id)
         if self.account is not None and self._key is not None:
             self.sender = TransactionSender(self.rpc, self.account, self._key, clock=self.clock)
+        self.frozen = True  # every start, whatever was stored (runbook: withdrawals stay frozen)
         await self._load()
+        log.info(
+            '%s: withdrawals frozen (every start; unfreeze with POST /freeze-withdrawals {"frozen":false})',
+            self.name,
+        )
         if self.account is not None:
             await self._refresh_addresses()
 
@@ -263,13 +270,11 @@ class LiquidityManager(Service):
         if store is None:
             return
         try:
-            frozen = await store.get_state(FROZEN_KEY)
             records = await store.get_state(RECORDS_KEY)
             pending = await store.get_state(PENDING_KEY)
         except StoreError as exc:
             self._error("store", f"could not load saved state (withdrawals stay frozen): {exc}")
             return
-        self.frozen = frozen is not False  # anything but an explicit False is frozen
         for doc in records.get("records", []) if isinstance(records, dict) else []:
             try:
                 record = WithdrawalRecord.from_json(doc)
