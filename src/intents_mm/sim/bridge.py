@@ -37,6 +37,7 @@ import inspect
 import json
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
@@ -44,6 +45,7 @@ from aiohttp import web
 
 from intents_mm.clock import Clock
 from intents_mm.domain.addresses import encode_segwit_address, to_checksum_address, validate_destination
+from intents_mm.domain.amounts import format_units
 from intents_mm.domain.assets import BTC, EURE, Asset
 from intents_mm.errors import InputError
 from intents_mm.near.encoding import b58encode
@@ -59,6 +61,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+ReplyShape = Literal["docs", "sdk"]
+AmountForm = Literal["number", "string", "exponent"]
 
 CreditCallback = Callable[[str, str, int], Awaitable[None] | None]
 """``credit(account_id, asset_id, amount)``: mint ``amount`` of ``asset_id`` to the account (Verifier)."""
@@ -81,6 +86,18 @@ class SimBridgeToken:
     def token_address(self) -> str:
         """The token on its home chain: the contract in the defuse id, or ``native`` (BTC)."""
         return self.asset.defuse_asset_id.rsplit(":", 1)[-1]
+
+    def estimate_wire(self) -> dict[str, Any]:
+        """The ``token`` of a ``withdrawal_estimate`` reply as the docs' example has it: five fields,
+        ``min_deposit_amount`` a decimal string in whole units (always with a point, ``"1.0"``)."""
+        whole = format_units(self.asset, self.min_deposit_amount)
+        return {
+            "defuse_asset_identifier": self.asset.defuse_asset_id,
+            "near_token_id": self.asset.contract_id,
+            "decimals": self.asset.decimals,
+            "asset_name": self.asset.symbol,
+            "min_deposit_amount": whole if "." in whole else whole + ".0",
+        }
 
     def wire(self) -> dict[str, Any]:
         return {
@@ -138,23 +155,34 @@ class SimDeposit:
     mint_tx_hash: str | None = None
     credited_mono_ns: int | None = None
 
-    def wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"tx_hash": self.tx_hash}
+    def wire(self, *, shape: ReplyShape = "docs", amount_form: AmountForm = "number") -> dict[str, Any]:
+        """The ``recent_deposits`` entry. Docs shape: ``tx_hash`` only on EVM chains ("EVM networks
+        only"), no ``near_token_id``; SDK shape: both always. ``amount_form`` picks how the amount is
+        written: a JSON integer, a digit string, or a JSON number in exponent form (``25e4``)."""
+        out: dict[str, Any] = {}
+        if shape == "sdk" or self.chain.startswith("eth:"):
+            out["tx_hash"] = self.tx_hash
         if self.mint_tx_hash is not None:
             out["mint_tx_hash"] = self.mint_tx_hash
+        amount: Any = self.amount
+        if amount_form == "string":
+            amount = str(self.amount)
+        elif amount_form == "exponent":
+            amount = _exponent_mark(self.amount)
         out.update(
             {
                 "chain": self.chain,
                 "defuse_asset_identifier": self.token.asset.defuse_asset_id,
-                "near_token_id": self.token.asset.contract_id,
                 "decimals": self.token.asset.decimals,
-                "amount": self.amount,  # a JSON number, as the real service sends it
+                "amount": amount,
                 "account_id": self.account_id,
                 "address": self.address,
                 "status": self.status,
                 "created_at": _iso(self.created_ns),
             }
         )
+        if shape == "sdk":
+            out["near_token_id"] = self.token.asset.contract_id
         return out
 
 
@@ -223,6 +251,8 @@ class SimBridge:
         withdrawal_complete_s: float = 3.0,
         withdrawal_visible_s: float = 0.0,
         withdrawal_status_shape: Literal["sdk", "docs"] = "sdk",
+        reply_shape: ReplyShape = "docs",
+        deposit_amount_form: AmountForm = "number",
         tokens: Sequence[SimBridgeToken] = DEFAULT_TOKENS,
         tick_s: float = 0.05,
         seed: int = 0,
@@ -230,6 +260,12 @@ class SimBridge:
         if withdrawal_status_shape not in ("sdk", "docs"):
             raise InputError(
                 f"withdrawal_status_shape must be 'sdk' or 'docs', got {withdrawal_status_shape!r}"
+            )
+        if reply_shape not in ("sdk", "docs"):
+            raise InputError(f"reply_shape must be 'sdk' or 'docs', got {reply_shape!r}")
+        if deposit_amount_form not in ("number", "string", "exponent"):
+            raise InputError(
+                f"deposit_amount_form must be 'number', 'string' or 'exponent', got {deposit_amount_form!r}"
             )
         for name, value in (
             ("deposit_pending_s", deposit_pending_s),
@@ -248,6 +284,8 @@ class SimBridge:
         self._withdrawal_complete_ns = int(withdrawal_complete_s * _NS)
         self._withdrawal_visible_ns = int(withdrawal_visible_s * _NS)
         self._shape: Literal["sdk", "docs"] = withdrawal_status_shape
+        self._reply_shape: ReplyShape = reply_shape
+        self._amount_form: AmountForm = deposit_amount_form
         self._tokens = tuple(tokens)
         self._tick_s = tick_s
         self._rng = random.Random(seed)
@@ -505,6 +543,8 @@ class SimBridge:
             result = await handler(params[0] if params else {})
         except _RpcFault as exc:
             return _error_response(req_id, str(exc))
+        if result is None:
+            return _json_response({"jsonrpc": "2.0", "id": req_id})
         return _json_response({"jsonrpc": "2.0", "id": req_id, "result": result})
 
     def _fault_for(self, method: str) -> tuple[bool, str] | None:
@@ -574,14 +614,15 @@ class SimBridge:
             and (status is None or d.status == status)
         ]
         page = rows[offset : offset + limit]
-        return {"deposits": [d.wire() for d in page], "total": len(rows), "limit": limit, "offset": offset}
+        deposits = [d.wire(shape=self._reply_shape, amount_form=self._amount_form) for d in page]
+        return {"deposits": deposits, "total": len(rows), "limit": limit, "offset": offset}
 
     async def _notify_deposit(self, p: dict[str, Any]) -> Any:
         self._chain_param(p)
         _str_param(p, "deposit_address")
         _str_param(p, "tx_hash")
         self.notifications.append(dict(p))
-        return {}
+        return None if self._reply_shape == "docs" else {}  # the docs' example has no result at all
 
     async def _withdrawal_estimate(self, p: dict[str, Any]) -> Any:
         chain = self._chain_param(p)
@@ -600,7 +641,7 @@ class SimBridge:
             "userAddress": address,
             "withdrawalFee": str(token.withdrawal_fee),
             "withdrawalFeeDecimals": token.asset.decimals,
-            "token": token.wire(),
+            "token": token.estimate_wire() if self._reply_shape == "docs" else token.wire(),
         }
 
     def _visible(self, w: SimWithdrawal) -> bool:
@@ -643,8 +684,27 @@ def _int_param(p: dict[str, Any], name: str, default: int) -> int:
     return value
 
 
+_EXPONENT_MARK = "__sim_exponent__:"
+_EXPONENT_RE = re.compile('"' + _EXPONENT_MARK + '([0-9]+)"')
+
+
+def _exponent_mark(amount: int) -> str:
+    """A placeholder that :func:`_json_response` writes as a JSON number in exponent form."""
+    return f"{_EXPONENT_MARK}{amount}"
+
+
+def _exponent_text(match: re.Match[str]) -> str:
+    digits = match.group(1)
+    stripped = digits.rstrip("0") or "0"
+    zeros = len(digits) - len(stripped)
+    if zeros == 0:  # no trailing zero to fold: write d.ddde+N, still exact
+        return f"{digits[0]}.{digits[1:]}e+{len(digits) - 1}" if len(digits) > 1 else f"{digits}e0"
+    return f"{stripped}e{zeros}"
+
+
 def _json_response(doc: dict[str, Any]) -> web.Response:
-    return web.Response(text=json.dumps(doc, separators=(",", ":")), content_type="application/json")
+    text = _EXPONENT_RE.sub(_exponent_text, json.dumps(doc, separators=(",", ":")))
+    return web.Response(text=text, content_type="application/json")
 
 
 def _error_response(req_id: Any, message: str) -> web.Response:
