@@ -22,8 +22,17 @@ background ticker calls every ``tick_s`` seconds while the server runs (tests ma
   (:meth:`fail_next_withdrawal`, :meth:`fail_withdrawals_of`); or ``REJECTED`` when the amount is below
   ``min_withdrawal_amount`` (or does not exceed the fee) or the destination is not a valid address.
 
+Reply shapes: ``reply_shape="docs"`` (the default) answers as the docs' examples do —
+``recent_deposits`` entries carry ``tx_hash`` only on EVM chains (none for BTC: "EVM networks only") and
+no ``near_token_id``; the ``withdrawal_estimate`` token has the docs' five fields with
+``min_deposit_amount`` a decimal string in whole units (``"0.0001"``, ``"1.0"``); ``notify_deposit``
+answers with neither ``result`` nor ``error``. ``reply_shape="sdk"`` answers with every field the SDK's
+types have. ``deposit_amount_form`` writes deposit amounts as JSON integers (default), digit strings or
+exact JSON numbers in exponent form (``25e4``). ``withdrawal_status_shape`` is separate (see above).
+
 Faults: :meth:`set_error_rate` and :meth:`fail_method` make calls answer a plain-string error or a bare
-HTTP 500. Wire details that the reference leaves open are marked [inferred] in ``docs/bridge.md``.
+HTTP 500; :meth:`add_raw_deposit_entry` slips a malformed entry into ``recent_deposits`` pages.
+Wire details that the reference leaves open are marked [inferred] in ``docs/bridge.md``.
 """
 
 from __future__ import annotations
@@ -301,6 +310,7 @@ class SimBridge:
         self._error_rate_http_500 = False
         self._error_rate_message = "Internal error"
         self._scripted: dict[str, _ScriptedFault] = {}
+        self._raw_deposits: list[tuple[str | None, object]] = []
         self._lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -438,6 +448,12 @@ class SimBridge:
             w.outcome, w.fail_reason = "FAILED", self._fail_next.pop(0)
         entries.append(w)
         return w
+
+    def add_raw_deposit_entry(self, entry: object, *, chain: str | None = None) -> None:
+        """Serve ``entry`` (any JSON value, e.g. a deposit with a fractional amount) verbatim at the end
+        of every ``recent_deposits`` page asked for ``chain`` (every page when ``None``): a malformed
+        entry among good ones, as a client must survive it."""
+        self._raw_deposits.append((chain, entry))
 
     def fail_next_withdrawal(self, reason: str = "destination transfer failed") -> None:
         """The next registered withdrawal (that would otherwise complete) ends ``FAILED``."""
@@ -614,7 +630,8 @@ class SimBridge:
             and (status is None or d.status == status)
         ]
         page = rows[offset : offset + limit]
-        deposits = [d.wire(shape=self._reply_shape, amount_form=self._amount_form) for d in page]
+        deposits: list[Any] = [d.wire(shape=self._reply_shape, amount_form=self._amount_form) for d in page]
+        deposits += [entry for where, entry in self._raw_deposits if where is None or where == chain]
         return {"deposits": deposits, "total": len(rows), "limit": limit, "offset": offset}
 
     async def _notify_deposit(self, p: dict[str, Any]) -> Any:
