@@ -4,9 +4,15 @@
   (``btc:mainnet``, ``eth:100``), on start and on ``POST /refresh``; shown in ``/state``.
 - Deposits: ``recent_deposits`` is polled every ``LIQUIDITY_POLL_MS``. A deposit the bridge lists as
   ``PENDING`` is pending (never spendable); when one turns ``CREDITED``/``COMPLETED`` a ``liquidity.action``
-  ``deposit_credited`` (status ``completed``, ``detail.tx_hash``) is published once. Deposits already
-  credited at the first poll are history and publish nothing; the pending set is kept in the store so a
-  deposit credited while the service was down is still announced.
+  ``deposit_credited`` (status ``completed``, ``detail.tx_hash``) is published once. A deposit is known
+  by its :attr:`~intents_mm.venues.bridge.Deposit.deposit_id`: the tx hash, or a stable ``nohash:`` id
+  when the bridge gives none (BTC: "EVM networks only"); that id is the ``tx_hash`` of pending deposits
+  and of ``detail``. Deposits already credited at the first poll are history and publish nothing; the
+  pending set is kept in the store so a deposit credited while the service was down is still announced.
+  A page entry the client cannot parse is skipped (the rest are followed), logged once per distinct
+  entry and counted in ``/state`` ``skipped_deposit_entries``.
+- Withdrawal terms: the fee from bridge ``withdrawal_estimate``, the minimum from the token's
+  ``supported_tokens`` entry (as the SDK does; the estimate's ``token`` object is informational).
 - ``liquidity.state`` (deposit addresses by chain, pending deposits, tracked withdrawals, frozen flag) is
   published whenever it changes and at least every ``STATE_REPUBLISH_NS``.
 - Withdrawals are FROZEN at every start, whatever was stored (the start-up log says so in one INFO

@@ -7,15 +7,25 @@ and translates them into typed, frozen dataclasses with ``int`` amounts.
 
 Contract:
 
-* Amounts are parsed exactly: JSON is read with ``json.loads`` integer semantics (arbitrary precision,
-  no float ever). An amount that arrives as a JSON float (``1.5``, ``1e21``) or a non-digit string is a
-  malformed reply → :class:`RpcError`. Amounts may be JSON numbers or digit strings; both must fit u128.
+* Amounts are parsed exactly: JSON is read with ``json.loads`` (integers arbitrary precision, other
+  numbers as ``Decimal`` from their raw text, no float ever). An amount in smallest units is a JSON
+  integer, a digit string, or a JSON number whose value is whole in any form (``1.5e8``, ``1e+21``);
+  a fractional value or another string is malformed → :class:`RpcError`. All must fit u128.
+* Token minimums and fees (``supported_tokens``, the estimate's ``token``): digit strings / integers are
+  smallest units; a decimal string (``"0.001"``, the docs' example) or fractional JSON number is in
+  whole units of the asset and converted exactly; more decimals than the asset has → :class:`RpcError`.
+  Withdrawal minimums come from ``supported_tokens`` (:meth:`BridgeClient.supported_token`), as in the
+  SDK; the estimate's ``token`` is informational (:class:`EstimateToken`, every field optional).
+* ``recent_deposits``: a bad entry is skipped and reported in :attr:`DepositPage.skipped`, never
+  failing the page; ``tx_hash`` ("EVM networks only") and ``near_token_id`` are optional, and
+  :attr:`Deposit.deposit_id` gives a stable id either way. ``notify_deposit`` accepts a reply
+  without ``result`` (the docs' example).
 * A plain-string (or JSON-RPC object) ``error`` → :class:`RpcError`; its ``data`` holds the bridge's
   raw message. HTTP 5xx, any other non-200 answer without an error body, connection failures and
   timeouts → :class:`TransportError` (retryable). Malformed 200 replies → :class:`RpcError`.
 * ``withdrawal_status`` accepts both the SDK list shape ``{"withdrawals":[{status,data}]}`` and the
-  docs shape ``{status,data}``, and maps the transient ``"Withdrawals not found"`` error to a
-  :attr:`WithdrawalState.NOT_FOUND` status instead of raising.
+  docs shape ``{status,data}`` (``data.near_token_id`` optional), and maps the transient
+  ``"Withdrawals not found"`` error to a :attr:`WithdrawalState.NOT_FOUND` status instead of raising.
 * Deposit addresses returned for ``btc:mainnet`` and EVM chains are checked with
   :func:`intents_mm.domain.addresses.validate_destination` before they are handed out.
 """
@@ -270,6 +280,9 @@ class _Reply:
         if isinstance(value, str) and "." in value:
             text = value
         elif isinstance(value, Decimal) and _whole_number(value) is None:
+            exponent = value.as_tuple().exponent
+            if not isinstance(exponent, int) or exponent < -80:
+                self._bad(key, f"is {value}, not a decimal amount")
             text = format(value, "f")
         if text is None:
             return self.amount(key)
@@ -299,12 +312,14 @@ def _whole_number(value: Decimal) -> int | None:
     u128 are not expanded (the caller's range check refuses them)."""
     if not value.is_finite():
         return None
+    if value.is_zero():
+        return 0
     sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)
+    if value.adjusted() > 40 or len(digits) > 120:  # far outside u128 (or absurd): never expanded
+        return -1 if sign else U128_MAX + 1
     text = "".join(map(str, digits))
     if exponent >= 0:
-        if value.adjusted() > 40:
-            return U128_MAX + 1 if not sign else -1
         whole: int = int(text) * 10**exponent
     else:
         if text[exponent:].strip("0"):
