@@ -544,3 +544,26 @@ async def test_withdraw_takes_the_minimum_from_supported_tokens(sqlite_url: str)
         status, body = await svc.post(NAME, "/withdraw", withdraw_body(2 * EURE_UNIT))
         assert status == 502 and "bridge withdrawal terms failed" in body["error"]
         assert venue.verifier.balance_of(venue.account, EURE_ID) == 10 * EURE_UNIT  # nothing withdrawn
+
+
+@pytest.mark.parametrize(
+    ("shape", "form"), [("docs", "exponent"), ("sdk", "exponent"), ("docs", "string"), ("sdk", "number")]
+)
+async def test_deposits_in_every_reply_shape_are_credited_exactly(
+    sqlite_url: str, shape: str, form: str
+) -> None:
+    """BTC 1.5 (150000000 sat, ``15e7`` in exponent form) and EURe 3 (``3e18``) through the whole path."""
+    async with (
+        sim_venue(btc=0, eure=0, reply_shape=shape, deposit_amount_form=form) as venue,
+        run_services([NAME], venue.config(), sqlite_url) as svc,
+    ):
+        await eventually(lambda: bool(states(svc)))
+        btc_tx = venue.bridge.simulate_deposit(venue.account, "btc:mainnet", 150_000_000)
+        eure_tx = venue.bridge.simulate_deposit(venue.account, "eth:100", 3 * EURE_UNIT)
+        await eventually(lambda: len(actions(svc, "deposit_credited")) == 2, timeout_s=8)
+        got = {a.asset_id: a for a in actions(svc, "deposit_credited")}
+        assert (got[BTC_ID].amount, got[EURE_ID].amount) == (150_000_000, 3 * EURE_UNIT)
+        assert got[EURE_ID].detail["tx_hash"] == eure_tx  # EVM: the hash is always given
+        btc_id = got[BTC_ID].detail["tx_hash"]
+        assert btc_id == btc_tx if shape == "sdk" else btc_id.startswith("nohash:")
+        assert (await lm_state(svc))["skipped_deposit_entries"]["total"] == 0
