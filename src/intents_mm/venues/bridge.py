@@ -247,6 +247,13 @@ class _Reply:
             self._bad(key, "is missing or not an integer")
         return value
 
+    def decimals(self, key: str = "decimals") -> int:
+        """A token precision: an integer within 0..38 (u128 holds 38 full decimal digits)."""
+        value = self.integer(key)
+        if not 0 <= value <= 38:
+            self._bad(key, f"{value} is outside 0..38")
+        return value
+
     def opt_text(self, key: str) -> str | None:
         """A string field that may be absent, ``null`` or empty (all three are ``None``)."""
         return self.opt_str(key) or None
@@ -534,7 +541,7 @@ class BridgeClient:
             raise InputError(f"withdrawal_estimate wants the unprefixed NEAR token id, got {token!r}")
         params = {"chain": chain, "token": token, "address": address}
         reply = _Reply("withdrawal_estimate", await self.call("withdrawal_estimate", params), "result")
-        fee_decimals = reply.integer("withdrawalFeeDecimals")
+        fee_decimals = reply.decimals("withdrawalFeeDecimals")
         raw_token = reply.raw("token")
         return WithdrawalEstimate(
             token_address=reply.text("tokenAddress"),
@@ -629,18 +636,11 @@ def _require(**values: str) -> None:
             raise InputError(f"bridge call needs a non-empty {name}")
 
 
-def _decimals(r: _Reply, key: str = "decimals") -> int:
-    decimals = r.integer(key)
-    if not 0 <= decimals <= 38:
-        r._bad(key, f"{decimals} is outside 0..38")
-    return decimals
-
-
 def _token(method: str, obj: object, where: str) -> BridgeToken:
     r = _Reply(method, obj, where)
     near_token_id = r.text("near_token_id")
     intents_token_id = r.opt_str("intents_token_id") or f"nep141:{near_token_id}"
-    decimals = _decimals(r)
+    decimals = r.decimals()
     return BridgeToken(
         defuse_asset_identifier=r.text("defuse_asset_identifier"),
         near_token_id=near_token_id,
@@ -658,7 +658,7 @@ def _token(method: str, obj: object, where: str) -> BridgeToken:
 def _estimate_token(obj: object, where: str, fee_decimals: int) -> EstimateToken:
     """Every field optional; whole-unit decimals use the token's ``decimals`` (else the fee's)."""
     r = _Reply("withdrawal_estimate", obj, where)
-    decimals = _decimals(r) if r.has("decimals") else None
+    decimals = r.decimals() if r.has("decimals") else None
     scale = fee_decimals if decimals is None else decimals
     return EstimateToken(
         near_token_id=r.opt_str("near_token_id"),
