@@ -563,3 +563,16 @@ def test_scenario_input_checks() -> None:
     assert tx == "ff" * 32
     with pytest.raises(InputError, match="already exists"):
         bridge.simulate_deposit(ACCOUNT, "btc:mainnet", 10_000, tx_hash="ff" * 32)
+
+
+async def test_raw_deposit_entries_are_served_verbatim_and_skipped_by_the_client(env: Env) -> None:
+    env.bridge.simulate_deposit(ACCOUNT, "eth:100", 10**18)
+    env.bridge.add_raw_deposit_entry({"tx_hash": "0xbad", "amount": 1.5}, chain="eth:100")
+    _, btc_page = await env.raw("recent_deposits", {"account_id": ACCOUNT, "chain": "btc:mainnet"})
+    assert btc_page["result"]["deposits"] == []
+    _, eth_page = await env.raw("recent_deposits", {"account_id": ACCOUNT, "chain": "eth:100"})
+    assert eth_page["result"]["deposits"][-1] == {"tx_hash": "0xbad", "amount": 1.5}
+    page = await env.client.recent_deposits(ACCOUNT)
+    assert [d.amount for d in page.deposits] == [10**18]
+    (reason,) = page.skipped
+    assert reason.startswith("bridge recent_deposits: malformed reply: deposits[1].") and "0xbad" in reason

@@ -451,8 +451,8 @@ class SimBridge:
 
     def add_raw_deposit_entry(self, entry: object, *, chain: str | None = None) -> None:
         """Serve ``entry`` (any JSON value, e.g. a deposit with a fractional amount) verbatim at the end
-        of every ``recent_deposits`` page asked for ``chain`` (every page when ``None``): a malformed
-        entry among good ones, as a client must survive it."""
+        of every ``recent_deposits`` page for ``chain`` and of unfiltered pages (``None``: every page): a
+        malformed entry among good ones, as a client must survive it."""
         self._raw_deposits.append((chain, entry))
 
     def fail_next_withdrawal(self, reason: str = "destination transfer failed") -> None:
@@ -631,7 +631,7 @@ class SimBridge:
         ]
         page = rows[offset : offset + limit]
         deposits: list[Any] = [d.wire(shape=self._reply_shape, amount_form=self._amount_form) for d in page]
-        deposits += [entry for where, entry in self._raw_deposits if where is None or where == chain]
+        deposits += [e for where, e in self._raw_deposits if where is None or chain is None or where == chain]
         return {"deposits": deposits, "total": len(rows), "limit": limit, "offset": offset}
 
     async def _notify_deposit(self, p: dict[str, Any]) -> Any:
