@@ -61,8 +61,11 @@ class Venue:
 
 
 @contextlib.asynccontextmanager
-async def sim_venue(*, btc: int = 2_000_000, eure: int = 100 * EURE_UNIT) -> AsyncIterator[Venue]:
-    """The simulated venue with an implicit trading account funded with ``btc`` and ``eure`` units."""
+async def sim_venue(
+    *, btc: int = 2_000_000, eure: int = 100 * EURE_UNIT, **bridge_options: Any
+) -> AsyncIterator[Venue]:
+    """The simulated venue with an implicit trading account funded with ``btc`` and ``eure`` units;
+    ``bridge_options`` go to :class:`SimBridge` (e.g. ``reply_shape``, ``deposit_amount_form``)."""
     clock = SYSTEM_CLOCK
     verifier = Verifier(clock, fee_pips=1)
     bridge = SimBridge(
@@ -72,6 +75,7 @@ async def sim_venue(*, btc: int = 2_000_000, eure: int = 100 * EURE_UNIT) -> Asy
         deposit_credit_s=0.4,
         withdrawal_complete_s=0.4,
         tick_s=0.05,
+        **bridge_options,
     )
     chain = SimNear(
         clock,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from aiohttp import web
 from intents_mm.errors import InputError, RpcError, TransportError
 from intents_mm.venues.bridge import (
     BridgeClient,
+    Deposit,
     DepositStatus,
     WithdrawalState,
 )
@@ -29,6 +31,14 @@ EURE_NEAR = "gnosis-0x420ca0f9b9b604ce0fd9c18ef134c705e5fa3430.omft.near"
 
 def fixture(name: str) -> str:
     return (FIXTURES / name).read_text()
+
+
+def docs_fixture(name: str) -> str:
+    """A reply copied from the docs (``fixtures/bridge/docs/<name>.jsonc``), ``//`` source lines dropped."""
+    lines = (FIXTURES / "docs" / f"{name}.jsonc").read_text().splitlines()
+    body = "\n".join(line for line in lines if not line.lstrip().startswith("//"))
+    json.loads(body)  # the fixture itself must be valid JSON once the comments are gone
+    return body
 
 
 @dataclass
@@ -129,11 +139,53 @@ async def test_recent_deposits_parse_big_numbers_exactly(canned: tuple[Canned, B
     assert btc.amount == 250_000 and btc.status is DepositStatus.PENDING and btc.mint_tx_hash is None
 
 
-async def test_a_float_amount_is_an_rpc_error(canned: tuple[Canned, BridgeClient]) -> None:
+async def test_an_integral_exponent_amount_is_exact(canned: tuple[Canned, BridgeClient]) -> None:
     state, client = canned
-    state.set("recent_deposits", fixture("recent_deposits_float_amount.json"))
-    with pytest.raises(RpcError, match=r"amount is a float"):
-        await client.recent_deposits("mm.near")
+    state.set("recent_deposits", fixture("recent_deposits_float_amount.json"))  # "amount":1.0e21
+    page = await client.recent_deposits("mm.near")
+    (dep,) = page.deposits
+    assert dep.amount == 10**21 and isinstance(dep.amount, int) and page.skipped == ()
+
+
+async def test_one_bad_deposit_entry_is_skipped_not_the_page(canned: tuple[Canned, BridgeClient]) -> None:
+    state, client = canned
+    state.set("recent_deposits", fixture("recent_deposits_mixed.json"))
+    page = await client.recent_deposits("mm.near")
+    pending_btc, eure, done_btc = page.deposits
+    # 1.5e8 and 1e+21 are JSON numbers in exponent form: parsed exactly from the raw text
+    assert pending_btc.amount == 150_000_000 and pending_btc.tx_hash is None
+    assert pending_btc.near_token_id == BTC_NEAR and pending_btc.status is DepositStatus.PENDING
+    assert eure.amount == 10**21 and eure.near_token_id is None  # the docs' entries carry no near_token_id
+    assert done_btc.tx_hash is None and done_btc.amount == 100_000_000  # null tx_hash: none
+    assert pending_btc.deposit_id.startswith("nohash:") and pending_btc.deposit_id != done_btc.deposit_id
+    assert eure.deposit_id == eure.tx_hash
+    assert page.total == 7
+    assert len(page.skipped) == 4
+    fractional, status, not_object, exponent_string = page.skipped
+    assert "deposits[2].amount is 1.5, not a whole number" in fractional and "0xbad1" in fractional
+    assert "deposits[3].status 'SETTLED'" in status
+    assert "deposits[4] is not an object" in not_object
+    assert "deposits[6].amount is missing or not an integer amount" in exponent_string
+    assert all("\n" not in line for line in page.skipped)
+
+
+async def test_a_hash_less_deposit_id_is_stable_across_statuses() -> None:
+    base = Deposit(
+        tx_hash=None,
+        chain="btc:mainnet",
+        defuse_asset_identifier="btc:mainnet:native",
+        near_token_id=None,
+        decimals=8,
+        amount=250_000,
+        account_id="mm.near",
+        address="bc1qxy2kgdygjrsqtzq2n0yrf2493p83kkfjhx0wlh",
+        status=DepositStatus.PENDING,
+        created_at="2026-04-01T10:00:00.000Z",
+    )
+    credited = dataclasses.replace(base, status=DepositStatus.CREDITED, mint_tx_hash="4nY2Pm")
+    assert base.deposit_id == credited.deposit_id and len(base.deposit_id) == len("nohash:") + 32
+    assert dataclasses.replace(base, amount=250_001).deposit_id != base.deposit_id
+    assert dataclasses.replace(base, tx_hash="").deposit_id == base.deposit_id  # "" is no hash either
 
 
 async def test_recent_deposits_argument_checks(canned: tuple[Canned, BridgeClient]) -> None:
@@ -168,6 +220,7 @@ async def test_withdrawal_estimate(canned: tuple[Canned, BridgeClient]) -> None:
     assert est.withdrawal_fee == 1500 and est.withdrawal_fee_decimals == 8
     assert est.token_address == "native"
     assert est.token.near_token_id == BTC_NEAR
+    assert (est.token.min_deposit_amount, est.token.min_withdrawal_amount) == (10_000, 700)
     with pytest.raises(InputError, match="unprefixed"):
         await client.withdrawal_estimate(
             "btc:mainnet", "nep141:btc.omft.near", "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"
@@ -337,3 +390,119 @@ def test_bad_url_or_timeout_is_rejected() -> None:
         asyncio.run(build("ftp://x/rpc", 1.0))
     with pytest.raises(InputError):
         asyncio.run(build("http://127.0.0.1:1/rpc", 0))
+
+
+# --- the docs' own examples (fixtures/bridge/docs) ---------------------------------------------------
+
+
+async def test_docs_supported_tokens_example(canned: tuple[Canned, BridgeClient]) -> None:
+    state, client = canned
+    state.set("supported_tokens", docs_fixture("supported_tokens"))
+    (pepe,) = await client.supported_tokens(["eth:8453"])
+    assert (pepe.asset_name, pepe.decimals) == ("PEPE", 18)
+    assert (pepe.min_deposit_amount, pepe.min_withdrawal_amount, pepe.withdrawal_fee) == (
+        100_000,
+        10_000,
+        1_000,
+    )
+    assert pepe.intents_token_id == "nep141:..." and pepe.standard == "nep141"  # derived, as the SDK does
+
+
+async def test_docs_withdrawal_estimate_examples(canned: tuple[Canned, BridgeClient]) -> None:
+    state, client = canned
+    for name, form in (("withdrawal_estimate", "string"), ("withdrawal_estimate_legacy", "JSON number")):
+        state.set("withdrawal_estimate", docs_fixture(name))
+        est = await client.withdrawal_estimate("eth:1", "eth.omft.near", "0x456def")
+        assert est.withdrawal_fee == 12_500_000_000_000_000 and est.withdrawal_fee_decimals == 18, form
+        # "0.001" ETH in whole units -> exactly 10**15 wei; the token lists no withdrawal minimum or fee
+        assert est.token.min_deposit_amount == 10**15, form
+        assert (est.token.min_withdrawal_amount, est.token.withdrawal_fee) == (None, None), form
+        assert (est.token.near_token_id, est.token.asset_name, est.token.decimals) == (
+            "eth.omft.near",
+            "ETH",
+            18,
+        )
+
+
+async def test_docs_recent_deposits_examples(canned: tuple[Canned, BridgeClient]) -> None:
+    state, client = canned
+    state.set("recent_deposits", docs_fixture("recent_deposits"))
+    page = await client.recent_deposits("user.near", chain="eth:42161")
+    (dep,) = page.deposits
+    assert (dep.tx_hash, dep.amount, dep.status) == ("0x...", 10_000_000_000, DepositStatus.COMPLETED)
+    assert dep.near_token_id is None and dep.defuse_asset_identifier == "eth:42161:0x123"
+    assert (page.total, page.limit, page.offset, page.skipped) == (1, 20, 0, ())  # defaults when absent
+    state.set("recent_deposits", docs_fixture("recent_deposits_legacy"))
+    (legacy,) = (await client.recent_deposits("user.near")).deposits
+    assert legacy.tx_hash is None and legacy.amount == 10_000_000_000  # "" tx_hash, JSON-number amount
+    assert legacy.deposit_id.startswith("nohash:")
+
+
+async def test_docs_withdrawal_status_example(canned: tuple[Canned, BridgeClient]) -> None:
+    state, client = canned
+    state.set("withdrawal_status", docs_fixture("withdrawal_status"))
+    tx = "8yFNEk7GmRcM3NMJihwCKXt8ZANLpL2koVFWWH1MEEj"
+    got = await client.withdrawal_status(tx)
+    assert got.status is WithdrawalState.COMPLETED and got.data is not None
+    assert got.data.amount == 10_000_000_000 and got.data.near_token_id is None
+    assert got.data.transfer_tx_hash == "0x..."
+    # the only entry, without near_token_id, is the one asked for by token
+    assert (
+        await client.withdrawal_status(tx, near_token_id="eth.omft.near")
+    ).status is WithdrawalState.COMPLETED
+
+
+async def test_docs_notify_deposit_example_without_result(canned: tuple[Canned, BridgeClient]) -> None:
+    state, client = canned
+    state.set("notify_deposit", docs_fixture("notify_deposit"))
+    await client.notify_deposit("eth:42161", "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed", "0x" + "ab" * 32)
+    # other methods still need a result
+    state.set("supported_tokens", docs_fixture("notify_deposit"))
+    with pytest.raises(RpcError, match="neither result nor error"):
+        await client.supported_tokens()
+
+
+async def test_decimal_string_minimums_convert_exactly_or_are_refused(
+    canned: tuple[Canned, BridgeClient],
+) -> None:
+    state, client = canned
+    state.set("supported_tokens", fixture("supported_tokens_decimal_strings.json"))
+    btc = await client.supported_token("nep141:btc.omft.near", "btc:mainnet")
+    assert state.requests[-1][1]["params"] == [{"chains": ["btc:mainnet"]}]
+    assert (btc.min_deposit_amount, btc.min_withdrawal_amount, btc.withdrawal_fee) == (10_000, 700, 1_500)
+    # EURe's "0.000000000000000000001" has 21 decimals, 18 allowed: refused, in one line
+    with pytest.raises(RpcError) as info:
+        await client.supported_token(
+            "nep141:gnosis-0x420ca0f9b9b604ce0fd9c18ef134c705e5fa3430.omft.near", "eth:100"
+        )
+    assert "min_withdrawal_amount 0.000000000000000000001 has more than 18 decimals" in str(info.value)
+    assert "\n" not in str(info.value)
+    with pytest.raises(RpcError, match="has more than 18 decimals"):
+        await client.supported_tokens()  # the whole list is strict
+    with pytest.raises(RpcError, match=r"nep141:sol\.omft\.near is not listed on btc:mainnet"):
+        await client.supported_token("nep141:sol.omft.near", "btc:mainnet")
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ('"1.5.0"', "not a decimal amount"),
+        ('"-0.1"', "not a decimal amount"),
+        ('"0.1e3"', "not a decimal amount"),
+        ("1e400", "out of the u128 range"),
+        ('"340282366920938463463374607431768211456"', "out of the u128 range"),  # 2**128
+        ('"0.000000001"', "0.000000001 has more than 8 decimals"),
+        ("-5", "out of the u128 range"),
+    ],
+)
+async def test_bad_token_amounts_are_refused(
+    canned: tuple[Canned, BridgeClient], value: str, match: str
+) -> None:
+    state, client = canned
+    token = (
+        '{"defuse_asset_identifier":"btc:mainnet:native","near_token_id":"btc.omft.near","asset_name":"BTC",'
+        f'"decimals":8,"min_deposit_amount":{value},"min_withdrawal_amount":"700","withdrawal_fee":"1500"}}'
+    )
+    state.set("supported_tokens", f'{{"jsonrpc":"2.0","id":"dontcare","result":{{"tokens":[{token}]}}}}')
+    with pytest.raises(RpcError, match=match):
+        await client.supported_tokens()

@@ -160,6 +160,7 @@ async def test_raw_deposit_addresses_are_deterministic_and_valid(env: Env) -> No
 
 
 async def test_raw_recent_deposits_amount_is_a_json_number(env: Env) -> None:
+    """The docs' shape (the default): no near_token_id; the amount a JSON number."""
     big = 3 * 2**64 + 5
     env.bridge.simulate_deposit(ACCOUNT, "eth:100", big)
     async with env.session.post(
@@ -177,10 +178,51 @@ async def test_raw_recent_deposits_amount_is_a_json_number(env: Env) -> None:
     (dep,) = result["deposits"]
     assert (result["total"], result["limit"], result["offset"]) == (1, 20, 0)
     assert dep["amount"] == big and dep["status"] == "PENDING" and dep["account_id"] == ACCOUNT
-    assert dep["chain"] == "eth:100" and dep["near_token_id"] == EURE.contract_id and dep["decimals"] == 18
+    assert dep["chain"] == "eth:100" and dep["decimals"] == 18 and "near_token_id" not in dep
+    assert dep["defuse_asset_identifier"] == EURE.defuse_asset_id
     assert dep["address"] == derive_deposit_address(ACCOUNT, "eth:100")
-    assert dep["tx_hash"].startswith("0x") and len(dep["tx_hash"]) == 66
+    assert dep["tx_hash"].startswith("0x") and len(dep["tx_hash"]) == 66  # EVM: the hash is given
     assert "mint_tx_hash" not in dep
+
+
+async def test_raw_btc_deposits_have_no_tx_hash_in_the_docs_shape(env: Env) -> None:
+    env.bridge.simulate_deposit(ACCOUNT, "btc:mainnet", 250_000)
+    _, doc = await env.raw("recent_deposits", {"account_id": ACCOUNT})
+    (dep,) = doc["result"]["deposits"]
+    assert "tx_hash" not in dep and "near_token_id" not in dep  # "EVM networks only"
+    assert dep["defuse_asset_identifier"] == "btc:mainnet:native" and dep["amount"] == 250_000
+    got = (await env.client.recent_deposits(ACCOUNT)).deposits[0]
+    assert got.tx_hash is None and got.near_token_id is None and got.amount == 250_000
+    assert got.deposit_id.startswith("nohash:")
+    await env.move(10)  # the id does not change with the status
+    later = (await env.client.recent_deposits(ACCOUNT)).deposits[0]
+    assert later.status is DepositStatus.CREDITED and later.deposit_id == got.deposit_id
+
+
+@pytest.mark.parametrize(
+    ("form", "wire"),
+    [("exponent", "25e4"), ("string", '"250000"'), ("number", "250000")],
+)
+async def test_raw_deposit_amount_forms_parse_exactly(form: str, wire: str) -> None:
+    async for e in _env(deposit_amount_form=form, reply_shape="sdk"):
+        e.bridge.simulate_deposit(ACCOUNT, "btc:mainnet", 250_000)
+        e.bridge.simulate_deposit(ACCOUNT, "eth:100", 10**21)
+        async with e.session.post(
+            e.url,
+            json={
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "recent_deposits",
+                "params": [{"account_id": ACCOUNT}],
+            },
+        ) as resp:
+            text = await resp.text()
+        assert f'"amount":{wire},' in text
+        if form == "exponent":
+            assert '"amount":1e21,' in text
+        eure, btc = (await e.client.recent_deposits(ACCOUNT)).deposits
+        assert (btc.amount, eure.amount) == (250_000, 10**21)
+        assert btc.tx_hash is not None and btc.near_token_id == BTC.contract_id  # the SDK shape has both
 
 
 async def test_raw_withdrawal_status_sdk_shape(env: Env) -> None:
@@ -220,7 +262,18 @@ async def test_raw_withdrawal_estimate_and_notify(env: Env) -> None:
     assert result["tokenAddress"] == "0x420ca0f9b9b604ce0fd9c18ef134c705e5fa3430"
     assert result["userAddress"] == EURE_DEST
     assert result["withdrawalFee"] == str(10**17) and result["withdrawalFeeDecimals"] == 18
-    assert set(result["token"]) == TOKEN_KEYS
+    # the docs' example: five fields, min_deposit_amount a decimal string in whole units
+    assert result["token"] == {
+        "defuse_asset_identifier": EURE.defuse_asset_id,
+        "near_token_id": EURE.contract_id,
+        "decimals": 18,
+        "asset_name": "EURe",
+        "min_deposit_amount": "1.0",
+    }
+    _, btc = await env.raw(
+        "withdrawal_estimate", {"chain": "btc:mainnet", "token": BTC.contract_id, "address": BTC_DEST}
+    )
+    assert btc["result"]["token"]["min_deposit_amount"] == "0.0001"
     _, bad = await env.raw(
         "withdrawal_estimate", {"chain": "eth:100", "token": EURE.contract_id, "address": "0x12"}
     )
@@ -228,8 +281,26 @@ async def test_raw_withdrawal_estimate_and_notify(env: Env) -> None:
 
     params = {"chain": "btc:mainnet", "deposit_address": BTC_DEST, "tx_hash": "ab" * 32}
     _, note = await env.raw("notify_deposit", params)
-    assert note == {"jsonrpc": "2.0", "id": "dontcare", "result": {}}
+    assert note == {"jsonrpc": "2.0", "id": "dontcare"}  # the docs' example: no result at all
     assert env.bridge.notifications == [params]
+
+
+async def test_raw_sdk_shape_estimate_token_and_notify() -> None:
+    async for e in _env(reply_shape="sdk"):
+        _, doc = await e.raw(
+            "withdrawal_estimate", {"chain": "eth:100", "token": EURE.contract_id, "address": EURE_DEST}
+        )
+        assert set(doc["result"]["token"]) == TOKEN_KEYS
+        est = await e.client.withdrawal_estimate("eth:100", EURE.contract_id, EURE_DEST)
+        assert (est.token.min_deposit_amount, est.token.min_withdrawal_amount) == (10**18, 10**18)
+        _, note = await e.raw(
+            "notify_deposit", {"chain": "btc:mainnet", "deposit_address": BTC_DEST, "tx_hash": "ab" * 32}
+        )
+        assert note == {"jsonrpc": "2.0", "id": "dontcare", "result": {}}
+    with pytest.raises(InputError, match="reply_shape"):
+        SimBridge(ManualClock(), Credits(), reply_shape="xml")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="deposit_amount_form"):
+        SimBridge(ManualClock(), Credits(), deposit_amount_form="float")  # type: ignore[arg-type]
 
 
 async def test_raw_protocol_errors_are_plain_strings(env: Env) -> None:
@@ -303,7 +374,8 @@ async def test_deposit_filters_and_paging(env: Env) -> None:
     env.bridge.simulate_deposit(ACCOUNT, "eth:100", 10**18)
     page = await env.client.recent_deposits(ACCOUNT, chain="btc:mainnet", limit=2, offset=1)
     assert page.total == 5 and (page.limit, page.offset) == (2, 1)
-    assert [d.tx_hash for d in page.deposits] == [txs[3], txs[2]]  # newest first
+    assert len(txs) == 5 and [d.amount for d in page.deposits] == [20_003, 20_002]  # newest first
+    assert len({d.deposit_id for d in page.deposits}) == 2  # no tx_hash on BTC, distinct ids all the same
     assert (await env.client.recent_deposits(ACCOUNT)).total == 6
 
 
@@ -433,7 +505,12 @@ async def test_recent_withdrawals_and_estimate_through_the_client(env: Env) -> N
         "w1"
     ]
     est = await env.client.withdrawal_estimate("eth:100", EURE.contract_id, EURE_DEST)
-    assert est.withdrawal_fee == 10**17 and est.token.intents_token_id == EURE.token_id
+    assert est.withdrawal_fee == 10**17 and est.token.near_token_id == EURE.contract_id
+    assert est.token.min_deposit_amount == 10**18  # "1.0" EURe on the wire, in whole units
+    listed = await env.client.supported_token(EURE.token_id, "eth:100")
+    assert (listed.min_withdrawal_amount, listed.withdrawal_fee) == (10**18, 10**17)
+    with pytest.raises(RpcError, match="not listed on btc:mainnet"):
+        await env.client.supported_token(EURE.token_id, "btc:mainnet")
     await env.client.notify_deposit("eth:100", derive_deposit_address(ACCOUNT, "eth:100"), "0x" + "ab" * 32)
     assert len(env.bridge.notifications) == 1
 
@@ -486,3 +563,16 @@ def test_scenario_input_checks() -> None:
     assert tx == "ff" * 32
     with pytest.raises(InputError, match="already exists"):
         bridge.simulate_deposit(ACCOUNT, "btc:mainnet", 10_000, tx_hash="ff" * 32)
+
+
+async def test_raw_deposit_entries_are_served_verbatim_and_skipped_by_the_client(env: Env) -> None:
+    env.bridge.simulate_deposit(ACCOUNT, "eth:100", 10**18)
+    env.bridge.add_raw_deposit_entry({"tx_hash": "0xbad", "amount": 1.5}, chain="eth:100")
+    _, btc_page = await env.raw("recent_deposits", {"account_id": ACCOUNT, "chain": "btc:mainnet"})
+    assert btc_page["result"]["deposits"] == []
+    _, eth_page = await env.raw("recent_deposits", {"account_id": ACCOUNT, "chain": "eth:100"})
+    assert eth_page["result"]["deposits"][-1] == {"tx_hash": "0xbad", "amount": 1.5}
+    page = await env.client.recent_deposits(ACCOUNT)
+    assert [d.amount for d in page.deposits] == [10**18]
+    (reason,) = page.skipped
+    assert reason.startswith("bridge recent_deposits: malformed reply: deposits[1].") and "0xbad" in reason

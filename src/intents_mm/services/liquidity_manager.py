@@ -4,13 +4,21 @@
   (``btc:mainnet``, ``eth:100``), on start and on ``POST /refresh``; shown in ``/state``.
 - Deposits: ``recent_deposits`` is polled every ``LIQUIDITY_POLL_MS``. A deposit the bridge lists as
   ``PENDING`` is pending (never spendable); when one turns ``CREDITED``/``COMPLETED`` a ``liquidity.action``
-  ``deposit_credited`` (status ``completed``, ``detail.tx_hash``) is published once. Deposits already
-  credited at the first poll are history and publish nothing; the pending set is kept in the store so a
-  deposit credited while the service was down is still announced.
+  ``deposit_credited`` (status ``completed``, ``detail.tx_hash``) is published once. A deposit is known
+  by its :attr:`~intents_mm.venues.bridge.Deposit.deposit_id`: the tx hash, or a stable ``nohash:`` id
+  when the bridge gives none (BTC: "EVM networks only"); that id is the ``tx_hash`` of pending deposits
+  and of ``detail``. Deposits already credited at the first poll are history and publish nothing; the
+  pending set is kept in the store so a deposit credited while the service was down is still announced.
+  A page entry the client cannot parse is skipped (the rest are followed), logged once per distinct
+  entry and counted in ``/state`` ``skipped_deposit_entries``.
+- Withdrawal terms: the fee from bridge ``withdrawal_estimate``, the minimum from the token's
+  ``supported_tokens`` entry (as the SDK does; the estimate's ``token`` object is informational).
 - ``liquidity.state`` (deposit addresses by chain, pending deposits, tracked withdrawals, frozen flag) is
   published whenever it changes and at least every ``STATE_REPUBLISH_NS``.
-- Withdrawals are FROZEN by default; ``POST /freeze-withdrawals`` changes that and the flag is stored
-  (``liquidity-manager.withdrawals_frozen``), so a restart keeps it; no store or no saved value = frozen.
+- Withdrawals are FROZEN at every start, whatever was stored (the start-up log says so in one INFO
+  line); ``POST /freeze-withdrawals`` changes that for the running process only. The flag is still
+  written to the store (``liquidity-manager.withdrawals_frozen``) as a record of the last change, but it
+  is never read back: a restart always comes up frozen.
 - ``POST /withdraw`` (see :meth:`LiquidityManager._withdraw`): checks, then ``intents.near::ft_withdraw``
   ``{"token","receiver_id"=token,"amount","memo":"WITHDRAW_TO:<destination>"}`` with 1 yocto and 100 TGas,
   signed by the executor key; the NEAR tx hash is then followed through bridge ``withdrawal_status`` until
@@ -37,7 +45,7 @@ from aiohttp import web
 from intents_mm.domain.addresses import validate_destination, withdraw_memo
 from intents_mm.domain.amounts import format_units, parse_u128
 from intents_mm.domain.assets import Asset
-from intents_mm.errors import ContractError, InputError, IntentsMMError, StoreError
+from intents_mm.errors import ContractError, InputError, IntentsMMError, RpcError, StoreError
 from intents_mm.messages import (
     LIQUIDITY_ACTION,
     LIQUIDITY_STATE,
@@ -62,7 +70,14 @@ from intents_mm.services.runtime import (
     json_response,
     read_json_object,
 )
-from intents_mm.venues.bridge import BridgeClient, DepositAddress, DepositStatus, WithdrawalState
+from intents_mm.venues.bridge import (
+    BridgeClient,
+    BridgeToken,
+    DepositAddress,
+    DepositStatus,
+    WithdrawalEstimate,
+    WithdrawalState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +93,10 @@ BRIDGE_TIMEOUT_S = 5.0
 KEEP_FINAL_RECORDS = 500
 STATE_FINAL_WITHDRAWALS = 20
 BRIDGE_FAILURES_UNHEALTHY = 3
+SKIPPED_REASONS_KEPT = 200  # distinct skipped-entry reasons remembered (each is logged once)
+STATE_SKIPPED = 10  # newest distinct reasons shown in /state
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+_ENTRY_INDEX = re.compile(r"deposits\[[0-9]+\]")
 
 # Record statuses besides the bridge's (``WithdrawalState``): before and around submission.
 REQUESTED = "REQUESTED"  # checks passed, request id stored, transaction not sent yet
@@ -211,6 +229,10 @@ class LiquidityManager(Service):
         self._was_pending: set[tuple[str, str]] = set()  # pending before a restart (from the store)
         self.credited_deposits: list[dict[str, Any]] = []
         self.failed_deposits: list[dict[str, Any]] = []
+        self.skipped_deposits_total = 0  # recent_deposits entries skipped (counted at every poll)
+        self.skipped_deposits_last_poll: dict[str, int] = {}
+        self.skipped_deposits_recent: list[str] = []  # the newest distinct reasons
+        self._skipped_seen: dict[str, None] = {}  # reasons already logged (bounded, oldest dropped)
         self.records: dict[str, WithdrawalRecord] = {}
         self.last_errors: dict[str, dict[str, Any]] = {}
         self.bridge_failures = 0
@@ -234,7 +256,12 @@ class LiquidityManager(Service):
         self.verifier = VerifierClient(self.rpc, self.contract_id)
         if self.account is not None and self._key is not None:
             self.sender = TransactionSender(self.rpc, self.account, self._key, clock=self.clock)
+        self.frozen = True  # every start, whatever was stored (runbook: withdrawals stay frozen)
         await self._load()
+        log.info(
+            '%s: withdrawals frozen (every start; unfreeze with POST /freeze-withdrawals {"frozen":false})',
+            self.name,
+        )
         if self.account is not None:
             await self._refresh_addresses()
 
@@ -263,13 +290,11 @@ class LiquidityManager(Service):
         if store is None:
             return
         try:
-            frozen = await store.get_state(FROZEN_KEY)
             records = await store.get_state(RECORDS_KEY)
             pending = await store.get_state(PENDING_KEY)
         except StoreError as exc:
             self._error("store", f"could not load saved state (withdrawals stay frozen): {exc}")
             return
-        self.frozen = frozen is not False  # anything but an explicit False is frozen
         for doc in records.get("records", []) if isinstance(records, dict) else []:
             try:
                 record = WithdrawalRecord.from_json(doc)
@@ -350,6 +375,7 @@ class LiquidityManager(Service):
         assert self.bridge is not None and self.account is not None
         errors: list[str] = []
         contracts = {a.contract_id: a for a in self.assets}
+        defuse_ids = {a.defuse_asset_id.lower(): a for a in self.assets if a.defuse_asset_id}
         changed = False
         polled: set[str] = set()
         for chain in self.chains:
@@ -361,13 +387,17 @@ class LiquidityManager(Service):
                 continue
             self._ok(f"recent_deposits:{chain}")
             polled.add(chain)
+            self._count_skipped(chain, page.skipped)
             baseline = chain not in self._baselined
             self._baselined.add(chain)
             for dep in page.deposits:
-                asset = contracts.get(dep.near_token_id)
+                asset = contracts.get(dep.near_token_id or "") or defuse_ids.get(
+                    dep.defuse_asset_identifier.lower()
+                )
                 if asset is None or dep.account_id != self.account:
                     continue
-                key = (dep.chain, dep.tx_hash)
+                dep_id = dep.deposit_id  # the tx hash, or a stable synthetic id (BTC: none given)
+                key = (dep.chain, dep_id)
                 before = self._deposit_status.get(key)
                 if before is None and key in self._was_pending:
                     before = DepositStatus.PENDING.value
@@ -375,7 +405,7 @@ class LiquidityManager(Service):
                 if dep.status is DepositStatus.PENDING:
                     if key not in self.pending:
                         self.pending[key] = PendingDeposit(
-                            tx_hash=dep.tx_hash,
+                            tx_hash=dep_id,
                             chain=dep.chain,
                             asset_id=asset.token_id,
                             amount=dep.amount,
@@ -389,24 +419,38 @@ class LiquidityManager(Service):
                 if not fresh:
                     continue
                 if dep.status in (DepositStatus.CREDITED, DepositStatus.COMPLETED):
-                    await self._on_credited(asset, dep.chain, dep.tx_hash, dep.amount, dep.mint_tx_hash)
+                    await self._on_credited(asset, dep.chain, dep_id, dep.amount, dep.mint_tx_hash)
                 else:
                     self.failed_deposits = [
                         *self.failed_deposits[-19:],
                         {
-                            "tx_hash": dep.tx_hash,
+                            "tx_hash": dep_id,
                             "chain": dep.chain,
                             "asset_id": asset.token_id,
                             "amount": str(dep.amount),
                             "status": dep.status.value,
                         },
                     ]
-                    self._error(f"deposit:{dep.tx_hash}", f"deposit {dep.tx_hash} on {dep.chain} FAILED")
+                    self._error(f"deposit:{dep_id}", f"deposit {dep_id} on {dep.chain} FAILED")
         still_unseen = {k for k in self._was_pending if k[0] not in polled}
         if changed or still_unseen != self._was_pending:
             self._was_pending = still_unseen
             await self._save_pending()
         return errors
+
+    def _count_skipped(self, chain: str, skipped: tuple[str, ...]) -> None:
+        """Count the ``recent_deposits`` entries the client could not parse; log each new one once."""
+        self.skipped_deposits_last_poll[chain] = len(skipped)
+        self.skipped_deposits_total += len(skipped)
+        for reason in skipped:
+            seen = _ENTRY_INDEX.sub("deposits[]", reason)  # the same entry moves down the page
+            if seen in self._skipped_seen:
+                continue
+            if len(self._skipped_seen) >= SKIPPED_REASONS_KEPT:
+                self._skipped_seen.pop(next(iter(self._skipped_seen)))
+            self._skipped_seen[seen] = None
+            log.warning("%s: recent_deposits %s: entry skipped: %s", self.name, chain, reason)
+            self.skipped_deposits_recent = [*self.skipped_deposits_recent[-(STATE_SKIPPED - 1) :], reason]
 
     async def _on_credited(
         self, asset: Asset, chain: str, tx_hash: str, amount: int, mint: str | None
@@ -616,12 +660,25 @@ class LiquidityManager(Service):
             return json_response({"error": "; ".join(errors), "errors": errors, "state": state}, status=502)
         return json_response(state)
 
+    async def _bridge_terms(self, req: _Request) -> tuple[WithdrawalEstimate, BridgeToken]:
+        """The bridge's fee (``withdrawal_estimate``) and the token's listed minimums
+        (``supported_tokens``, as the SDK takes them); raises the bridge client's errors."""
+        assert self.bridge is not None
+        est = await self.bridge.withdrawal_estimate(req.asset.chain, req.asset.contract_id, req.destination)
+        listed = await self.bridge.supported_token(req.asset.token_id, req.asset.chain)
+        if listed.decimals != req.asset.decimals:
+            raise RpcError(
+                f"bridge supported_tokens lists {req.asset.symbol} with {listed.decimals} decimals, "
+                f"not {req.asset.decimals}: not withdrawing on terms in another unit"
+            )
+        return est, listed
+
     async def _estimate(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         req = self._parse_request(body, ("asset_id", "amount", "destination_address"))
         assert self.bridge is not None
-        est = await self.bridge.withdrawal_estimate(req.asset.chain, req.asset.contract_id, req.destination)
-        fee, minimum = est.withdrawal_fee, est.token.min_withdrawal_amount
+        est, listed = await self._bridge_terms(req)
+        fee, minimum = est.withdrawal_fee, listed.min_withdrawal_amount
         receive = max(0, req.amount - fee)
         problems = []
         if req.amount < minimum:
@@ -745,14 +802,12 @@ class LiquidityManager(Service):
                     "withdrawals need NEAR_INTENTS_SIGNER_PRIVATE_KEY (the executor key)",
                 )
             try:
-                est = await self.bridge.withdrawal_estimate(
-                    req.asset.chain, req.asset.contract_id, req.destination
-                )
+                est, listed = await self._bridge_terms(req)
             except IntentsMMError as exc:
                 raise await self._refuse(
-                    req, request_id, 502, f"bridge withdrawal_estimate failed: {exc}"
+                    req, request_id, 502, f"bridge withdrawal terms failed: {exc}"
                 ) from None
-            fee, minimum = est.withdrawal_fee, est.token.min_withdrawal_amount
+            fee, minimum = est.withdrawal_fee, listed.min_withdrawal_amount
             if req.amount < minimum:
                 raise await self._refuse(
                     req,
@@ -923,6 +978,11 @@ class LiquidityManager(Service):
             ],
             "recent_credited_deposits": self.credited_deposits,
             "recent_failed_deposits": self.failed_deposits,
+            "skipped_deposit_entries": {
+                "total": self.skipped_deposits_total,
+                "last_poll": self.skipped_deposits_last_poll,
+                "recent": self.skipped_deposits_recent,
+            },
             "withdrawals": [
                 self._view(r, age_ms=(now - r.created_ns) // MS)
                 for r in sorted(self.records.values(), key=lambda r: r.created_ns)[-50:]

@@ -22,8 +22,17 @@ background ticker calls every ``tick_s`` seconds while the server runs (tests ma
   (:meth:`fail_next_withdrawal`, :meth:`fail_withdrawals_of`); or ``REJECTED`` when the amount is below
   ``min_withdrawal_amount`` (or does not exceed the fee) or the destination is not a valid address.
 
+Reply shapes: ``reply_shape="docs"`` (the default) answers as the docs' examples do —
+``recent_deposits`` entries carry ``tx_hash`` only on EVM chains (none for BTC: "EVM networks only") and
+no ``near_token_id``; the ``withdrawal_estimate`` token has the docs' five fields with
+``min_deposit_amount`` a decimal string in whole units (``"0.0001"``, ``"1.0"``); ``notify_deposit``
+answers with neither ``result`` nor ``error``. ``reply_shape="sdk"`` answers with every field the SDK's
+types have. ``deposit_amount_form`` writes deposit amounts as JSON integers (default), digit strings or
+exact JSON numbers in exponent form (``25e4``). ``withdrawal_status_shape`` is separate (see above).
+
 Faults: :meth:`set_error_rate` and :meth:`fail_method` make calls answer a plain-string error or a bare
-HTTP 500. Wire details that the reference leaves open are marked [inferred] in ``docs/bridge.md``.
+HTTP 500; :meth:`add_raw_deposit_entry` slips a malformed entry into ``recent_deposits`` pages.
+Wire details that the reference leaves open are marked [inferred] in ``docs/bridge.md``.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import inspect
 import json
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
@@ -44,6 +54,7 @@ from aiohttp import web
 
 from intents_mm.clock import Clock
 from intents_mm.domain.addresses import encode_segwit_address, to_checksum_address, validate_destination
+from intents_mm.domain.amounts import format_units
 from intents_mm.domain.assets import BTC, EURE, Asset
 from intents_mm.errors import InputError
 from intents_mm.near.encoding import b58encode
@@ -59,6 +70,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+ReplyShape = Literal["docs", "sdk"]
+AmountForm = Literal["number", "string", "exponent"]
 
 CreditCallback = Callable[[str, str, int], Awaitable[None] | None]
 """``credit(account_id, asset_id, amount)``: mint ``amount`` of ``asset_id`` to the account (Verifier)."""
@@ -81,6 +95,18 @@ class SimBridgeToken:
     def token_address(self) -> str:
         """The token on its home chain: the contract in the defuse id, or ``native`` (BTC)."""
         return self.asset.defuse_asset_id.rsplit(":", 1)[-1]
+
+    def estimate_wire(self) -> dict[str, Any]:
+        """The ``token`` of a ``withdrawal_estimate`` reply as the docs' example has it: five fields,
+        ``min_deposit_amount`` a decimal string in whole units (always with a point, ``"1.0"``)."""
+        whole = format_units(self.asset, self.min_deposit_amount)
+        return {
+            "defuse_asset_identifier": self.asset.defuse_asset_id,
+            "near_token_id": self.asset.contract_id,
+            "decimals": self.asset.decimals,
+            "asset_name": self.asset.symbol,
+            "min_deposit_amount": whole if "." in whole else whole + ".0",
+        }
 
     def wire(self) -> dict[str, Any]:
         return {
@@ -138,23 +164,34 @@ class SimDeposit:
     mint_tx_hash: str | None = None
     credited_mono_ns: int | None = None
 
-    def wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"tx_hash": self.tx_hash}
+    def wire(self, *, shape: ReplyShape = "docs", amount_form: AmountForm = "number") -> dict[str, Any]:
+        """The ``recent_deposits`` entry. Docs shape: ``tx_hash`` only on EVM chains ("EVM networks
+        only"), no ``near_token_id``; SDK shape: both always. ``amount_form`` picks how the amount is
+        written: a JSON integer, a digit string, or a JSON number in exponent form (``25e4``)."""
+        out: dict[str, Any] = {}
+        if shape == "sdk" or self.chain.startswith("eth:"):
+            out["tx_hash"] = self.tx_hash
         if self.mint_tx_hash is not None:
             out["mint_tx_hash"] = self.mint_tx_hash
+        amount: Any = self.amount
+        if amount_form == "string":
+            amount = str(self.amount)
+        elif amount_form == "exponent":
+            amount = _exponent_mark(self.amount)
         out.update(
             {
                 "chain": self.chain,
                 "defuse_asset_identifier": self.token.asset.defuse_asset_id,
-                "near_token_id": self.token.asset.contract_id,
                 "decimals": self.token.asset.decimals,
-                "amount": self.amount,  # a JSON number, as the real service sends it
+                "amount": amount,
                 "account_id": self.account_id,
                 "address": self.address,
                 "status": self.status,
                 "created_at": _iso(self.created_ns),
             }
         )
+        if shape == "sdk":
+            out["near_token_id"] = self.token.asset.contract_id
         return out
 
 
@@ -223,6 +260,8 @@ class SimBridge:
         withdrawal_complete_s: float = 3.0,
         withdrawal_visible_s: float = 0.0,
         withdrawal_status_shape: Literal["sdk", "docs"] = "sdk",
+        reply_shape: ReplyShape = "docs",
+        deposit_amount_form: AmountForm = "number",
         tokens: Sequence[SimBridgeToken] = DEFAULT_TOKENS,
         tick_s: float = 0.05,
         seed: int = 0,
@@ -230,6 +269,12 @@ class SimBridge:
         if withdrawal_status_shape not in ("sdk", "docs"):
             raise InputError(
                 f"withdrawal_status_shape must be 'sdk' or 'docs', got {withdrawal_status_shape!r}"
+            )
+        if reply_shape not in ("sdk", "docs"):
+            raise InputError(f"reply_shape must be 'sdk' or 'docs', got {reply_shape!r}")
+        if deposit_amount_form not in ("number", "string", "exponent"):
+            raise InputError(
+                f"deposit_amount_form must be 'number', 'string' or 'exponent', got {deposit_amount_form!r}"
             )
         for name, value in (
             ("deposit_pending_s", deposit_pending_s),
@@ -248,6 +293,8 @@ class SimBridge:
         self._withdrawal_complete_ns = int(withdrawal_complete_s * _NS)
         self._withdrawal_visible_ns = int(withdrawal_visible_s * _NS)
         self._shape: Literal["sdk", "docs"] = withdrawal_status_shape
+        self._reply_shape: ReplyShape = reply_shape
+        self._amount_form: AmountForm = deposit_amount_form
         self._tokens = tuple(tokens)
         self._tick_s = tick_s
         self._rng = random.Random(seed)
@@ -263,6 +310,7 @@ class SimBridge:
         self._error_rate_http_500 = False
         self._error_rate_message = "Internal error"
         self._scripted: dict[str, _ScriptedFault] = {}
+        self._raw_deposits: list[tuple[str | None, object]] = []
         self._lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -401,6 +449,12 @@ class SimBridge:
         entries.append(w)
         return w
 
+    def add_raw_deposit_entry(self, entry: object, *, chain: str | None = None) -> None:
+        """Serve ``entry`` (any JSON value, e.g. a deposit with a fractional amount) verbatim at the end
+        of every ``recent_deposits`` page for ``chain`` and of unfiltered pages (``None``: every page): a
+        malformed entry among good ones, as a client must survive it."""
+        self._raw_deposits.append((chain, entry))
+
     def fail_next_withdrawal(self, reason: str = "destination transfer failed") -> None:
         """The next registered withdrawal (that would otherwise complete) ends ``FAILED``."""
         self._fail_next.append(reason)
@@ -505,6 +559,8 @@ class SimBridge:
             result = await handler(params[0] if params else {})
         except _RpcFault as exc:
             return _error_response(req_id, str(exc))
+        if result is None:
+            return _json_response({"jsonrpc": "2.0", "id": req_id})
         return _json_response({"jsonrpc": "2.0", "id": req_id, "result": result})
 
     def _fault_for(self, method: str) -> tuple[bool, str] | None:
@@ -574,14 +630,16 @@ class SimBridge:
             and (status is None or d.status == status)
         ]
         page = rows[offset : offset + limit]
-        return {"deposits": [d.wire() for d in page], "total": len(rows), "limit": limit, "offset": offset}
+        deposits: list[Any] = [d.wire(shape=self._reply_shape, amount_form=self._amount_form) for d in page]
+        deposits += [e for where, e in self._raw_deposits if where is None or chain is None or where == chain]
+        return {"deposits": deposits, "total": len(rows), "limit": limit, "offset": offset}
 
     async def _notify_deposit(self, p: dict[str, Any]) -> Any:
         self._chain_param(p)
         _str_param(p, "deposit_address")
         _str_param(p, "tx_hash")
         self.notifications.append(dict(p))
-        return {}
+        return None if self._reply_shape == "docs" else {}  # the docs' example has no result at all
 
     async def _withdrawal_estimate(self, p: dict[str, Any]) -> Any:
         chain = self._chain_param(p)
@@ -600,7 +658,7 @@ class SimBridge:
             "userAddress": address,
             "withdrawalFee": str(token.withdrawal_fee),
             "withdrawalFeeDecimals": token.asset.decimals,
-            "token": token.wire(),
+            "token": token.estimate_wire() if self._reply_shape == "docs" else token.wire(),
         }
 
     def _visible(self, w: SimWithdrawal) -> bool:
@@ -643,8 +701,27 @@ def _int_param(p: dict[str, Any], name: str, default: int) -> int:
     return value
 
 
+_EXPONENT_MARK = "__sim_exponent__:"
+_EXPONENT_RE = re.compile('"' + _EXPONENT_MARK + '([0-9]+)"')
+
+
+def _exponent_mark(amount: int) -> str:
+    """A placeholder that :func:`_json_response` writes as a JSON number in exponent form."""
+    return f"{_EXPONENT_MARK}{amount}"
+
+
+def _exponent_text(match: re.Match[str]) -> str:
+    digits = match.group(1)
+    stripped = digits.rstrip("0") or "0"
+    zeros = len(digits) - len(stripped)
+    if zeros == 0:  # no trailing zero to fold: write d.ddde+N, still exact
+        return f"{digits[0]}.{digits[1:]}e+{len(digits) - 1}" if len(digits) > 1 else f"{digits}e0"
+    return f"{stripped}e{zeros}"
+
+
 def _json_response(doc: dict[str, Any]) -> web.Response:
-    return web.Response(text=json.dumps(doc, separators=(",", ":")), content_type="application/json")
+    text = _EXPONENT_RE.sub(_exponent_text, json.dumps(doc, separators=(",", ":")))
+    return web.Response(text=text, content_type="application/json")
 
 
 def _error_response(req_id: Any, message: str) -> web.Response:

@@ -7,15 +7,25 @@ and translates them into typed, frozen dataclasses with ``int`` amounts.
 
 Contract:
 
-* Amounts are parsed exactly: JSON is read with ``json.loads`` integer semantics (arbitrary precision,
-  no float ever). An amount that arrives as a JSON float (``1.5``, ``1e21``) or a non-digit string is a
-  malformed reply → :class:`RpcError`. Amounts may be JSON numbers or digit strings; both must fit u128.
+* Amounts are parsed exactly: JSON is read with ``json.loads`` (integers arbitrary precision, other
+  numbers as ``Decimal`` from their raw text, no float ever). An amount in smallest units is a JSON
+  integer, a digit string, or a JSON number whose value is whole in any form (``1.5e8``, ``1e+21``);
+  a fractional value or another string is malformed → :class:`RpcError`. All must fit u128.
+* Token minimums and fees (``supported_tokens``, the estimate's ``token``): digit strings / integers are
+  smallest units; a decimal string (``"0.001"``, the docs' example) or fractional JSON number is in
+  whole units of the asset and converted exactly; more decimals than the asset has → :class:`RpcError`.
+  Withdrawal minimums come from ``supported_tokens`` (:meth:`BridgeClient.supported_token`), as in the
+  SDK; the estimate's ``token`` is informational (:class:`EstimateToken`, every field optional).
+* ``recent_deposits``: a bad entry is skipped and reported in :attr:`DepositPage.skipped`, never
+  failing the page; ``tx_hash`` ("EVM networks only") and ``near_token_id`` are optional, and
+  :attr:`Deposit.deposit_id` gives a stable id either way. ``notify_deposit`` accepts a reply
+  without ``result`` (the docs' example).
 * A plain-string (or JSON-RPC object) ``error`` → :class:`RpcError`; its ``data`` holds the bridge's
   raw message. HTTP 5xx, any other non-200 answer without an error body, connection failures and
   timeouts → :class:`TransportError` (retryable). Malformed 200 replies → :class:`RpcError`.
 * ``withdrawal_status`` accepts both the SDK list shape ``{"withdrawals":[{status,data}]}`` and the
-  docs shape ``{status,data}``, and maps the transient ``"Withdrawals not found"`` error to a
-  :attr:`WithdrawalState.NOT_FOUND` status instead of raising.
+  docs shape ``{status,data}`` (``data.near_token_id`` optional), and maps the transient
+  ``"Withdrawals not found"`` error to a :attr:`WithdrawalState.NOT_FOUND` status instead of raising.
 * Deposit addresses returned for ``btc:mainnet`` and EVM chains are checked with
   :func:`intents_mm.domain.addresses.validate_destination` before they are handed out.
 """
@@ -23,7 +33,10 @@ Contract:
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
+import logging
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, NoReturn
@@ -35,6 +48,8 @@ from intents_mm.domain.addresses import validate_destination
 from intents_mm.domain.assets import U128_MAX
 from intents_mm.errors import InputError, RpcError, TransportError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "BridgeClient",
     "BridgeToken",
@@ -42,6 +57,7 @@ __all__ = [
     "DepositAddress",
     "DepositPage",
     "DepositStatus",
+    "EstimateToken",
     "WithdrawalData",
     "WithdrawalEstimate",
     "WithdrawalState",
@@ -102,10 +118,10 @@ class DepositAddress:
 
 @dataclass(frozen=True, slots=True)
 class Deposit:
-    tx_hash: str
+    tx_hash: str | None  # the docs: "EVM networks only"; absent, null or "" elsewhere (BTC) -> None
     chain: str
     defuse_asset_identifier: str
-    near_token_id: str
+    near_token_id: str | None  # the SDK's field; the docs' example has only defuse_asset_identifier
     decimals: int
     amount: int
     account_id: str
@@ -115,6 +131,23 @@ class Deposit:
     created_at: str | None = None
     from_address: str | None = None  # wire field "from"
 
+    @property
+    def deposit_id(self) -> str:
+        """A stable id: the transaction hash, or (none given) ``nohash:`` + 32 hex of a SHA-256 over
+        chain, asset, deposit address, amount and ``created_at`` (fields that do not change with the
+        status). Two hash-less deposits of the same amount to the same address without ``created_at``
+        share an id."""
+        if self.tx_hash:
+            return self.tx_hash
+        parts = (
+            self.chain,
+            self.defuse_asset_identifier,
+            self.address,
+            str(self.amount),
+            self.created_at or "",
+        )
+        return "nohash:" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
 
 @dataclass(frozen=True, slots=True)
 class DepositPage:
@@ -122,6 +155,25 @@ class DepositPage:
     total: int
     limit: int
     offset: int
+    skipped: tuple[str, ...] = ()  # one line per entry that could not be parsed (left out of deposits)
+
+
+@dataclass(frozen=True, slots=True)
+class EstimateToken:
+    """The ``token`` object of a ``withdrawal_estimate`` reply: informational only.
+
+    The docs' example carries only some of the ``supported_tokens`` fields (and ``min_deposit_amount``
+    as a decimal in whole units, ``"0.001"``); the SDK types it differently again. Minimums are taken
+    from ``supported_tokens`` (:meth:`BridgeClient.supported_token`), as the SDK does.
+    """
+
+    near_token_id: str | None = None
+    defuse_asset_identifier: str | None = None
+    asset_name: str | None = None
+    decimals: int | None = None
+    min_deposit_amount: int | None = None
+    min_withdrawal_amount: int | None = None
+    withdrawal_fee: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +182,7 @@ class WithdrawalEstimate:
     user_address: str
     withdrawal_fee: int
     withdrawal_fee_decimals: int
-    token: BridgeToken
+    token: EstimateToken
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +191,7 @@ class WithdrawalData:
     transfer_tx_hash: str | None  # the destination-chain transaction (set once COMPLETED)
     chain: str
     defuse_asset_identifier: str
-    near_token_id: str
+    near_token_id: str | None  # the SDK's field; the docs' example leaves it out
     decimals: int
     amount: int  # burned, including the fee
     account_id: str
@@ -195,11 +247,26 @@ class _Reply:
             self._bad(key, "is missing or not an integer")
         return value
 
+    def decimals(self, key: str = "decimals") -> int:
+        """A token precision: an integer within 0..38 (u128 holds 38 full decimal digits)."""
+        value = self.integer(key)
+        if not 0 <= value <= 38:
+            self._bad(key, f"{value} is outside 0..38")
+        return value
+
+    def opt_text(self, key: str) -> str | None:
+        """A string field that may be absent, ``null`` or empty (all three are ``None``)."""
+        return self.opt_str(key) or None
+
     def amount(self, key: str) -> int:
-        """A u128 amount given as a JSON integer or a string of digits; floats are refused."""
+        """A u128 amount in smallest units: a JSON integer, a JSON number in any form whose value is a
+        whole number (``1.5e8``, ``1e+21``: exact, from the raw text), or a string of digits."""
         value = self._o.get(key)
         if isinstance(value, Decimal):
-            self._bad(key, f"is a float ({value}); amounts must be integers")
+            whole = _whole_number(value)
+            if whole is None:
+                self._bad(key, f"is {value}, not a whole number of smallest units")
+            value = whole
         if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 39:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
@@ -210,6 +277,62 @@ class _Reply:
 
     def opt_amount(self, key: str) -> int | None:
         return None if self._o.get(key) is None else self.amount(key)
+
+    def token_amount(self, key: str, decimals: int) -> int:
+        """A token's minimum or fee: smallest units as :meth:`amount` takes them, or a decimal in the
+        asset's whole units (``"0.001"`` as in the docs' example, or the older docs' JSON ``0.001``),
+        converted exactly; more fractional digits than ``decimals`` allows are refused."""
+        value = self._o.get(key)
+        text: str | None = None
+        if isinstance(value, str) and "." in value:
+            text = value
+        elif isinstance(value, Decimal) and _whole_number(value) is None:
+            exponent = value.as_tuple().exponent
+            if not isinstance(exponent, int) or exponent < -80:
+                self._bad(key, f"is {value}, not a decimal amount")
+            text = format(value, "f")
+        if text is None:
+            return self.amount(key)
+        match = _DECIMAL.fullmatch(text)
+        if match is None:
+            self._bad(key, f"is {text[:40]!r}, not a decimal amount")
+        whole, frac = match.group(1), match.group(2)
+        if len(frac.rstrip("0")) > decimals:
+            self._bad(key, f"{text} has more than {decimals} decimals")
+        frac = frac[:decimals] if len(frac) > decimals else frac
+        units: int = int(whole) * 10**decimals + int(frac.ljust(decimals, "0") or "0")
+        if units > U128_MAX:
+            self._bad(key, "is out of the u128 range")
+        return units
+
+    def opt_token_amount(self, key: str, decimals: int) -> int | None:
+        return None if self._o.get(key) is None else self.token_amount(key, decimals)
+
+
+_DECIMAL = re.compile(r"([0-9]{1,39})\.([0-9]{1,80})")
+
+
+def _whole_number(value: Decimal) -> int | None:
+    """The exact int a finite, non-negative Decimal stands for, or None if it has a fractional part.
+
+    Works on the digits and exponent, never on a context (no rounding); exponents that could not fit
+    u128 are not expanded (the caller's range check refuses them)."""
+    if not value.is_finite():
+        return None
+    if value.is_zero():
+        return 0
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    if value.adjusted() > 40 or len(digits) > 120:  # far outside u128 (or absurd): never expanded
+        return -1 if sign else U128_MAX + 1
+    text = "".join(map(str, digits))
+    if exponent >= 0:
+        whole: int = int(text) * 10**exponent
+    else:
+        if text[exponent:].strip("0"):
+            return None
+        whole = int(text[:exponent] or "0")
+    return -whole if sign else whole
 
 
 def _malformed(method: str, why: str) -> NoReturn:
@@ -250,8 +373,10 @@ class BridgeClient:
 
     # --- transport ---------------------------------------------------------------------------------
 
-    async def call(self, method: str, params: dict[str, Any]) -> Any:
-        """One raw JSON-RPC call; returns ``result`` (ints exact, floats as ``Decimal``) or raises."""
+    async def call(self, method: str, params: dict[str, Any], *, result_optional: bool = False) -> Any:
+        """One raw JSON-RPC call; returns ``result`` (ints exact, other numbers as ``Decimal`` made from
+        their raw text, never a float) or raises. With ``result_optional`` a reply with neither
+        ``result`` nor ``error`` (the docs' ``notify_deposit`` example) returns ``None``."""
         url = self._url.update_query(method=method)
         body = json.dumps({"jsonrpc": "2.0", "id": "dontcare", "method": method, "params": [params]})
         try:
@@ -287,6 +412,8 @@ class BridgeClient:
         if status != 200:
             raise TransportError(f"bridge {method}: HTTP {status}")
         if "result" not in doc:
+            if result_optional:
+                return None
             _malformed(method, "neither result nor error")
         result = doc["result"]
         if isinstance(result, dict) and isinstance(result.get("error"), str) and result["error"]:
@@ -305,6 +432,26 @@ class BridgeClient:
         if not isinstance(tokens, list):
             _malformed("supported_tokens", "result.tokens is not an array")
         return tuple(_token("supported_tokens", t, f"tokens[{i}]") for i, t in enumerate(tokens))
+
+    async def supported_token(self, intents_token_id: str, chain: str) -> BridgeToken:
+        """The ``supported_tokens`` entry of ``intents_token_id`` on ``chain``: where the minimums and the
+        listed fee come from (the SDK's ``validateWithdrawal`` reads ``min_withdrawal_amount`` here).
+
+        Only that entry is parsed, so a malformed entry for another token does not matter; not listed
+        → :class:`RpcError`."""
+        _require(intents_token_id=intents_token_id, chain=chain)
+        reply = _Reply("supported_tokens", await self.call("supported_tokens", {"chains": [chain]}), "result")
+        tokens = reply.raw("tokens")
+        if not isinstance(tokens, list):
+            _malformed("supported_tokens", "result.tokens is not an array")
+        for i, item in enumerate(tokens):
+            if not isinstance(item, dict):
+                continue
+            near = item.get("near_token_id")
+            listed = item.get("intents_token_id") or (f"nep141:{near}" if isinstance(near, str) else None)
+            if listed == intents_token_id:
+                return _token("supported_tokens", item, f"tokens[{i}]")
+        raise RpcError(f"bridge supported_tokens: {intents_token_id} is not listed on {chain}")
 
     async def deposit_address(self, account_id: str, chain: str) -> DepositAddress:
         """The address on ``chain`` whose deposits are credited to ``account_id`` on intents.near."""
@@ -346,11 +493,27 @@ class BridgeClient:
         items = reply.raw("deposits")
         if not isinstance(items, list):
             _malformed("recent_deposits", "result.deposits is not an array")
-        deposits = tuple(_deposit(d, f"deposits[{i}]") for i, d in enumerate(items))
-        total = reply.integer("total") if reply.has("total") else len(deposits)
+        deposits: list[Deposit] = []
+        skipped: list[str] = []
+        for i, item in enumerate(items):
+            try:
+                deposits.append(_deposit(item, f"deposits[{i}]"))
+            except RpcError as exc:  # one bad entry must not hide the others (BTC deposits, say)
+                tx = item.get("tx_hash") if isinstance(item, dict) else None
+                ident = f" (tx_hash {tx[:80]})" if isinstance(tx, str) and tx else ""
+                skipped.append(_one_line(f"{exc}{ident}"))
+        if skipped:
+            log.debug("bridge recent_deposits: %d entries skipped: %s", len(skipped), "; ".join(skipped))
+        total = reply.integer("total") if reply.has("total") else len(items)
         got_limit = reply.integer("limit") if reply.has("limit") else limit
         got_offset = reply.integer("offset") if reply.has("offset") else offset
-        return DepositPage(deposits=deposits, total=total, limit=got_limit, offset=got_offset)
+        return DepositPage(
+            deposits=tuple(deposits),
+            total=total,
+            limit=got_limit,
+            offset=got_offset,
+            skipped=tuple(skipped),
+        )
 
     async def notify_deposit(
         self,
@@ -367,8 +530,8 @@ class BridgeClient:
             params["near_sender_account"] = near_sender_account
         if memo is not None:
             params["memo"] = memo
-        result = await self.call("notify_deposit", params)
-        if not isinstance(result, dict):
+        result = await self.call("notify_deposit", params, result_optional=True)
+        if result is not None and not isinstance(result, dict):
             _malformed("notify_deposit", "result is not an object")
 
     async def withdrawal_estimate(self, chain: str, token: str, address: str) -> WithdrawalEstimate:
@@ -378,12 +541,16 @@ class BridgeClient:
             raise InputError(f"withdrawal_estimate wants the unprefixed NEAR token id, got {token!r}")
         params = {"chain": chain, "token": token, "address": address}
         reply = _Reply("withdrawal_estimate", await self.call("withdrawal_estimate", params), "result")
+        fee_decimals = reply.decimals("withdrawalFeeDecimals")
+        raw_token = reply.raw("token")
         return WithdrawalEstimate(
             token_address=reply.text("tokenAddress"),
             user_address=reply.text("userAddress"),
             withdrawal_fee=reply.amount("withdrawalFee"),
-            withdrawal_fee_decimals=reply.integer("withdrawalFeeDecimals"),
-            token=_token("withdrawal_estimate", reply.raw("token"), "result.token"),
+            withdrawal_fee_decimals=fee_decimals,
+            token=EstimateToken()
+            if raw_token is None
+            else _estimate_token(raw_token, "result.token", fee_decimals),
         )
 
     async def withdrawal_statuses(self, withdrawal_hash: str) -> tuple[WithdrawalStatus, ...]:
@@ -421,13 +588,20 @@ class BridgeClient:
         """
         entries = await self.withdrawal_statuses(withdrawal_hash)
         if near_token_id is not None:
+            # an entry without near_token_id (the docs' shape) is taken when it is the only one
             entries = tuple(
-                e for e in entries if e.data is not None and e.data.near_token_id == near_token_id
+                e
+                for e in entries
+                if e.data is not None
+                and (
+                    e.data.near_token_id == near_token_id
+                    or (e.data.near_token_id is None and len(entries) == 1)
+                )
             )
         if not entries:
             return WithdrawalStatus(withdrawal_hash=withdrawal_hash, status=WithdrawalState.NOT_FOUND)
         if len(entries) > 1 and near_token_id is None:
-            tokens = ", ".join(e.data.near_token_id for e in entries if e.data is not None)
+            tokens = ", ".join(str(e.data.near_token_id) for e in entries if e.data is not None)
             raise RpcError(
                 f"bridge withdrawal_status: {withdrawal_hash} holds {len(entries)} withdrawals ({tokens}); "
                 "pass near_token_id"
@@ -466,17 +640,34 @@ def _token(method: str, obj: object, where: str) -> BridgeToken:
     r = _Reply(method, obj, where)
     near_token_id = r.text("near_token_id")
     intents_token_id = r.opt_str("intents_token_id") or f"nep141:{near_token_id}"
+    decimals = r.decimals()
     return BridgeToken(
         defuse_asset_identifier=r.text("defuse_asset_identifier"),
         near_token_id=near_token_id,
         intents_token_id=intents_token_id,
         standard=r.opt_str("standard") or intents_token_id.split(":", 1)[0],
         asset_name=r.text("asset_name"),
-        decimals=r.integer("decimals"),
-        min_deposit_amount=r.amount("min_deposit_amount"),
-        min_withdrawal_amount=r.amount("min_withdrawal_amount"),
-        withdrawal_fee=r.amount("withdrawal_fee"),
+        decimals=decimals,
+        min_deposit_amount=r.token_amount("min_deposit_amount", decimals),
+        min_withdrawal_amount=r.token_amount("min_withdrawal_amount", decimals),
+        withdrawal_fee=r.token_amount("withdrawal_fee", decimals),
         multi_token_id=r.opt_str("multi_token_id"),
+    )
+
+
+def _estimate_token(obj: object, where: str, fee_decimals: int) -> EstimateToken:
+    """Every field optional; whole-unit decimals use the token's ``decimals`` (else the fee's)."""
+    r = _Reply("withdrawal_estimate", obj, where)
+    decimals = r.decimals() if r.has("decimals") else None
+    scale = fee_decimals if decimals is None else decimals
+    return EstimateToken(
+        near_token_id=r.opt_str("near_token_id"),
+        defuse_asset_identifier=r.opt_str("defuse_asset_identifier"),
+        asset_name=r.opt_str("asset_name"),
+        decimals=decimals,
+        min_deposit_amount=r.opt_token_amount("min_deposit_amount", scale),
+        min_withdrawal_amount=r.opt_token_amount("min_withdrawal_amount", scale),
+        withdrawal_fee=r.opt_token_amount("withdrawal_fee", scale),
     )
 
 
@@ -486,10 +677,10 @@ def _deposit(obj: object, where: str) -> Deposit:
     if status not in DepositStatus.__members__:
         _malformed("recent_deposits", f"{where}.status {status!r} is not a known deposit status")
     return Deposit(
-        tx_hash=r.text("tx_hash"),
+        tx_hash=r.opt_text("tx_hash"),
         chain=r.text("chain"),
         defuse_asset_identifier=r.text("defuse_asset_identifier"),
-        near_token_id=r.text("near_token_id"),
+        near_token_id=r.opt_text("near_token_id"),
         decimals=r.integer("decimals"),
         amount=r.amount("amount"),
         account_id=r.text("account_id"),
@@ -516,7 +707,7 @@ def _withdrawal(method: str, withdrawal_hash: str, obj: object, where: str) -> W
         transfer_tx_hash=d.opt_str("transfer_tx_hash") or None,
         chain=d.text("chain"),
         defuse_asset_identifier=d.text("defuse_asset_identifier"),
-        near_token_id=d.text("near_token_id"),
+        near_token_id=d.opt_text("near_token_id"),
         decimals=d.integer("decimals"),
         amount=d.amount("amount"),
         account_id=d.text("account_id"),
