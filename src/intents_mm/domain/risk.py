@@ -208,6 +208,12 @@ def first_failure(checks: list[Check]) -> str | None:
     return None
 
 
+def _text(value: Decimal) -> str:
+    """``-92.500000000000000000`` -> ``-92.5``: exact, without trailing zeros or an exponent."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 @dataclass
 class LossGuard:
     """Loss limits on the flow-adjusted mark-to-market PnL and portfolio value (EURe).
@@ -280,16 +286,19 @@ class LossGuard:
     def _check(self) -> str | None:
         daily, drawdown, drop = self.daily_pnl(), self.drawdown(), self.portfolio_drop()
         if daily is not None and daily < 0 and daily <= -self.daily_limit_eure:
-            return f"daily_loss_limit: {daily} EURe mark-to-market today (limit -{self.daily_limit_eure})"
+            return (
+                f"daily_loss_limit: {_text(daily)} EURe mark-to-market today "
+                f"(limit -{_text(self.daily_limit_eure)})"
+            )
         if drawdown is not None and drawdown > 0 and drawdown >= self.drawdown_limit_eure:
             return (
-                f"drawdown_limit: {drawdown} EURe mark-to-market below peak "
-                f"(limit {self.drawdown_limit_eure})"
+                f"drawdown_limit: {_text(drawdown)} EURe mark-to-market below peak "
+                f"(limit {_text(self.drawdown_limit_eure)})"
             )
         if self.portfolio_drop_limit_eure > 0 and drop is not None and drop >= self.portfolio_drop_limit_eure:
             return (
-                f"portfolio_drop_limit: portfolio value {drop} EURe below peak "
-                f"(limit {self.portfolio_drop_limit_eure})"
+                f"portfolio_drop_limit: portfolio value {_text(drop)} EURe below peak "
+                f"(limit {_text(self.portfolio_drop_limit_eure)})"
             )
         return None
 
