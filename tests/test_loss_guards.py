@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
+
 from intents_mm import messages as m
+from intents_mm.config import load_config
 from intents_mm.domain.assets import BTC, EURE, AssetRegistry
 from intents_mm.domain.pnl import compute_pnl
 from intents_mm.domain.risk import NS_PER_DAY, LossGuard
+from intents_mm.errors import ConfigError
 from intents_mm.services.history_writer import (
     Baseline,
     FillTotals,
@@ -278,3 +282,20 @@ def test_no_figure_moves_on_deposit_or_withdrawal() -> None:
             )
             is None
         )
+
+
+def test_portfolio_drop_variable_empty_is_off_and_bad_values_are_named() -> None:
+    assert load_config({}, dotenv=None)["STRATEGY_MAX_PORTFOLIO_DROP_EURE"] == Decimal(0)
+    assert (
+        load_config({"STRATEGY_MAX_PORTFOLIO_DROP_EURE": ""}, dotenv=None)["STRATEGY_MAX_PORTFOLIO_DROP_EURE"]
+        == 0
+    )
+    assert load_config({"STRATEGY_MAX_PORTFOLIO_DROP_EURE": " 40.5 "}, dotenv=None)[
+        "STRATEGY_MAX_PORTFOLIO_DROP_EURE"
+    ] == Decimal("40.5")
+    with pytest.raises(ConfigError) as bad:
+        load_config({"STRATEGY_MAX_PORTFOLIO_DROP_EURE": "-1"}, dotenv=None)
+    assert bad.value.problems == ["STRATEGY_MAX_PORTFOLIO_DROP_EURE must be >= 0, got -1"]
+    with pytest.raises(ConfigError) as bad:
+        load_config({"STRATEGY_MAX_PORTFOLIO_DROP_EURE": "lots"}, dotenv=None)
+    assert bad.value.problems == ["STRATEGY_MAX_PORTFOLIO_DROP_EURE must be a decimal number, got 'lots'"]
