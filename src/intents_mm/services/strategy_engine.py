@@ -14,7 +14,7 @@ history-writer counts at the snapshot that shows them), the optional portfolio-d
 flow-adjusted ``portfolio_value_eure`` (see :class:`~intents_mm.domain.risk.LossGuard`); a tripped
 limit pauses quoting until ``POST /arm``, which measures afresh from the current figures.
 
-Limit sources: each limit comes from its ``STRATEGY_*`` variable (``environment``, ``.env`` or
+Limit sources: each limit comes from its ``STRATEGY_*`` variable (``environment``, ``.env file`` or
 ``default``) unless an operator set it with ``PUT /limits`` (``stored PUT /limits``: the stored
 value wins over the environment after a restart). Every start logs one INFO line listing each
 limit with its source; ``/state`` shows them (``limit_sources``). A stored record written before
