@@ -619,3 +619,123 @@ async def test_without_a_store_metrics_still_work_and_healthz_says_why() -> None
         await hw.stop()
         await hw.cancel_tasks()
         await bus.close()
+
+
+async def test_deposit_and_withdrawal_drill_no_pnl_jump_in_any_stored_snapshot(store: HistoryStore) -> None:
+    """A 200 EURe deposit (credited before the bridge says so) and a 100 EURe withdrawal (burn seen one
+    snapshot after ``submitted``, bridge ``completed`` minutes later): every published and stored
+    ``portfolio.metrics`` has the same flow-adjusted figures; the counted flows survive a restart."""
+    clock = ManualClock(T0)
+    env = await make_env(store, clock)
+    published: list[m.PortfolioMetrics] = []
+    try:
+        await settle_first_trade(env)  # mark-to-market 1.3, trade 0.3 at 61000 (see above)
+        eure = 940_300_000_000_000_000_000
+
+        async def book(eure_t: int, at_ns: int) -> None:
+            await env.snapshot(1_100_000, eure_t, at_ns)
+            await until(lambda: env.hw._current is not None and env.hw._current[1].read_ts_ns == at_ns)
+            env.clock.advance(S)  # one stored row per publication (the msg_id is the computed time)
+            published.append(await env.hw.publish_metrics())
+
+        async def action(status: m.LiquidityActionStatus, at_ns: int, **kw: Any) -> None:
+            await env.pub(
+                m.LIQUIDITY_ACTION,
+                m.LiquidityAction(asset_id=E, status=status, **kw),
+                at_ns,
+            )
+
+        await book(eure, T0 + 12 * S)
+        pending = m.PendingDeposit(
+            tx_hash="0xdep", chain="eth:100", asset_id=E, amount=200 * EURE_1, status="PENDING"
+        )
+        await env.pub(
+            m.LIQUIDITY_STATE,
+            m.LiquidityState(
+                deposit_addresses={}, pending_deposits=[pending], withdrawals=[], withdrawals_frozen=True
+            ),
+            T0 + 13 * S,
+        )
+        await book(eure + 200 * EURE_1, T0 + 14 * S)  # credited on the Verifier first
+        await action(
+            "completed",
+            T0 + 15 * S,
+            action_id="dep",
+            kind="deposit_credited",
+            amount=200 * EURE_1,
+            detail={"tx_hash": "0xdep"},
+        )
+        await book(eure + 200 * EURE_1, T0 + 16 * S)
+        await action("requested", T0 + 17 * S, action_id="w1", kind="withdraw", amount=100 * EURE_1)
+        await action(
+            "submitted", T0 + 18 * S, action_id="w1", kind="withdraw", amount=100 * EURE_1, near_tx_hash="TXW"
+        )
+        await book(eure + 200 * EURE_1, T0 + 19 * S)  # read at a block before the burn
+        await book(eure + 100 * EURE_1, T0 + 20 * S)  # the burn
+        await action(
+            "completed",
+            T0 + 300 * S,
+            action_id="w1",
+            kind="withdraw",
+            amount=100 * EURE_1,
+            near_tx_hash="TXW",
+        )
+        await book(eure + 100 * EURE_1, T0 + 301 * S)
+
+        assert [pm.mark_to_market_pnl_eure for pm in published] == [
+            Decimal("1.3"),
+            Decimal("201.3"),
+            Decimal("201.3"),
+            Decimal("201.3"),
+            Decimal("101.3"),
+            Decimal("101.3"),
+        ]
+        for pm in published:
+            assert pm.flow_adjusted_mark_to_market_pnl_eure == Decimal("1.3")
+            assert pm.flow_adjusted_trade_pnl_eure == Decimal("0.3")
+            assert pm.flow_adjusted_price_move_pnl_eure == Decimal("1.0")
+            assert pm.flow_adjusted_portfolio_value_eure == Decimal("1611.3")  # 0.011*61000 + 940.3
+        assert [pm.net_deposits for pm in published] == [
+            {},
+            {E: 200 * EURE_1},
+            {E: 200 * EURE_1},
+            {E: 200 * EURE_1},
+            {E: 100 * EURE_1},
+            {E: 100 * EURE_1},
+        ]
+        # every stored snapshot, as persisted
+        assert env.hw.persister is not None
+        await until(lambda: env.hw.persister.backlog == 0)  # type: ignore[union-attr]
+        for _ in range(200):
+            rows = await env.store.recent("portfolio_metrics_snapshots", limit=50)
+            stored_pm = [
+                r.envelope.payload for r in rows if isinstance(r.envelope.payload, m.PortfolioMetrics)
+            ]
+            if all(pm in stored_pm for pm in published):
+                break
+            await asyncio.sleep(0.02)
+        assert all(pm in stored_pm for pm in published)  # (and the service's own periodic ones)
+        assert {pm.flow_adjusted_mark_to_market_pnl_eure for pm in stored_pm} == {Decimal("1.3")}
+        _status, body = await env.get("/state")
+        assert body["funding"]["counted_flows"] == 2 and body["funding"]["pending_flows"] == 0
+        assert body["metrics"]["flow_adjusted_portfolio_value_eure"] == "1611.300000000000000000"
+        await env.hw.step()  # writes the counted flows to the store
+    finally:
+        await stop_services(env.running, close_bus=False)
+        await env.bus.close()
+    saved = await store.get_state("history-writer.funding")
+    assert set(saved["landed"]) == {"deposit:0xdep", "withdraw:w1"}
+
+    again = await make_env(store, ManualClock(T0 + 400 * S))
+    try:
+        await until(lambda: again.hw.seeded)
+        await again.price("61000", T0 + 399 * S)
+        await again.snapshot(1_100_000, 1_040_300_000_000_000_000_000, T0 + 400 * S)
+        await until(lambda: again.hw._current is not None and again.hw._current[1].read_ts_ns == T0 + 400 * S)
+        await until(lambda: again.hw.prices.latest_mid().mid == Decimal(61000))  # type: ignore[union-attr]
+        pm = await again.hw.compute_metrics()
+        assert pm.net_deposits == {E: 100 * EURE_1}
+        assert pm.flow_adjusted_mark_to_market_pnl_eure == Decimal("1.3")
+    finally:
+        await stop_services(again.running, close_bus=False)
+        await again.bus.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -214,31 +215,103 @@ async def test_guards_decline_with_reason(engine: tuple[Running, Collector, str]
 
 
 async def test_loss_limit_pauses_until_arm(engine: tuple[Running, Collector, str]) -> None:
+    """The guard reads the flow-adjusted mark-to-market PnL, not trade PnL: the issue's informed-flow
+    case (+7.5 EURe trade PnL, -92.5 EURe mark-to-market) pauses quoting at the 25 EURe daily limit."""
     running, col, url = engine
     await publish(running.bus, "market.reference_price", reference())
     await publish(running.bus, "inventory.snapshot", inventory())
-    metrics = PortfolioMetrics(
+    # a zero-edge trade after a price move: trade PnL -30 (it would trip a trade-PnL guard), mtm 0
+    fair = PortfolioMetrics(
         computed_ts_ns=SYSTEM_CLOCK.now_ns(),
         price_stale=False,
         baseline_inventory={},
         current_inventory={},
         trade_pnl_eure=Decimal(-30),
+        flow_adjusted_trade_pnl_eure=Decimal(-30),
+        mark_to_market_pnl_eure=Decimal(0),
+        flow_adjusted_mark_to_market_pnl_eure=Decimal(0),
+        flow_adjusted_portfolio_value_eure=Decimal(1600),
     )
-    await publish(running.bus, "portfolio.metrics", metrics)
+    await publish(running.bus, "portfolio.metrics", fair)
     await asyncio.sleep(0.05)
     await publish(running.bus, "demand.swap_request", request())
-    assert (await col.wait_decisions(1))[-1].reason == "loss_limit"
+    assert (await col.wait_decisions(1))[-1].reason == "ok"
+    informed = PortfolioMetrics(
+        computed_ts_ns=SYSTEM_CLOCK.now_ns(),
+        price_stale=False,
+        baseline_inventory={},
+        current_inventory={},
+        trade_pnl_eure=Decimal("7.5"),
+        flow_adjusted_trade_pnl_eure=Decimal("7.5"),
+        mark_to_market_pnl_eure=Decimal("-92.5"),
+        flow_adjusted_mark_to_market_pnl_eure=Decimal("-92.5"),
+        flow_adjusted_portfolio_value_eure=Decimal("1507.5"),
+    )
+    await publish(running.bus, "portfolio.metrics", informed)
+    await asyncio.sleep(0.05)
+    await publish(running.bus, "demand.swap_request", request())
+    assert (await col.wait_decisions(2))[-1].reason == "loss_limit"
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{url}/state") as resp:
-            assert (await resp.json())["paused_reason"].startswith("daily_loss_limit")
+            state = await resp.json()
+            assert state["paused_reason"] == ("daily_loss_limit: -92.5 EURe mark-to-market today (limit -25)")
+            guard = state["loss_guard"]
+            assert guard["figure"] == "flow_adjusted_mark_to_market_pnl_eure"
+            assert guard["last_mtm_pnl_eure"] == "-92.5" and guard["daily_pnl_eure"] == "-92.5"
+            assert guard["drawdown_eure"] == "92.5" and guard["portfolio_drop_eure"] == "92.5"
+            assert guard["portfolio_drop_limit_eure"] == "0"  # off by default: never trips
         async with http.post(f"{url}/arm") as resp:
             assert (await resp.json())["cleared_pause"].startswith("daily_loss_limit")
+        async with http.get(f"{url}/state") as resp:
+            guard = (await resp.json())["loss_guard"]
+            # measured afresh from the current figures
+            assert Decimal(guard["daily_pnl_eure"]) == 0 and guard["peak_mtm_pnl_eure"] == "-92.5"
     await publish(running.bus, "demand.swap_request", request())
-    assert (await col.wait_decisions(2))[-1].outcome == "quote"
+    assert (await col.wait_decisions(3))[-1].outcome == "quote"
+
+
+async def test_portfolio_drop_limit_over_put_limits(engine: tuple[Running, Collector, str]) -> None:
+    """The optional inventory-risk limit: the flow-adjusted portfolio value falling 40 EURe from its
+    peak trips at a 40 EURe limit set with PUT /limits, while mark-to-market stays flat."""
+    running, col, url = engine
+    await publish(running.bus, "market.reference_price", reference())
+    await publish(running.bus, "inventory.snapshot", inventory())
+    async with aiohttp.ClientSession() as http:
+        for body, status in [
+            ('{"max_portfolio_drop_eure": "-1"}', 400),
+            ('{"max_portfolio_drop_eure": "40"}', 200),
+        ]:
+            async with http.put(
+                f"{url}/limits", data=body, headers={"content-type": "application/json"}
+            ) as resp:
+                assert resp.status == status, body
+    for value, reason in [
+        ("1600", "ok"),
+        ("1640", "ok"),
+        ("1600.000000000000000001", "ok"),
+        ("1600", "loss_limit"),
+    ]:
+        metrics = PortfolioMetrics(
+            computed_ts_ns=SYSTEM_CLOCK.now_ns(),
+            price_stale=False,
+            baseline_inventory={},
+            current_inventory={},
+            flow_adjusted_mark_to_market_pnl_eure=Decimal(0),
+            flow_adjusted_portfolio_value_eure=Decimal(value),
+        )
+        await publish(running.bus, "portfolio.metrics", metrics)
+        await asyncio.sleep(0.05)
+        n = len(col.decisions)
+        await publish(running.bus, "demand.swap_request", request())
+        assert (await col.wait_decisions(n + 1))[-1].reason == reason, value
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/state") as resp:
+        state = await resp.json()
+    assert state["paused_reason"] == "portfolio_drop_limit: portfolio value 40 EURe below peak (limit 40)"
+    assert state["limit_sources"]["max_portfolio_drop_eure"] == "stored PUT /limits"
 
 
 async def test_put_limits_validated_persisted_and_audited(
-    engine: tuple[Running, Collector, str], sqlite_url: str
+    engine: tuple[Running, Collector, str], sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     running, _, url = engine
     audits: list[OperatorAction] = []
@@ -280,19 +353,59 @@ async def test_put_limits_validated_persisted_and_audited(
     assert audits[-1].params == {"max_notional_eure": "7.5"}
     saved = await running.store.get_state("strategy-engine.limits")
     assert saved["max_notional_eure"] == "7.5"
-    # a restarted engine keeps them
+    assert saved["_set"] == ["max_notional_eure"]  # which limits the operator set
+    # a restarted engine keeps them; the others follow the environment; the start-up log and /state
+    # say where each limit came from
     await stop_services(running, close_bus=False)
-    config = load_config({}, dotenv=None)
+    config = load_config({"STRATEGY_MAX_BTC": "0.2", "STRATEGY_MAX_NOTIONAL_EURE": "9"}, dotenv=None)
+    caplog.set_level(logging.INFO, logger="intents_mm.services.strategy_engine")
     again = await start_services(
         ["strategy-engine"], config, bus=running.bus, store=running.store, ports={"strategy-engine": 0}
     )
     try:
         async with aiohttp.ClientSession() as http, http.get(f"{again.url('strategy-engine')}/state") as resp:
             state = await resp.json()
-        assert state["limits"]["max_notional_eure"] == "7.5"
+        assert state["limits"]["max_notional_eure"] == "7.5"  # the stored PUT wins over the environment
+        assert state["limits"]["max_btc"] == "0.2"
+        assert state["limit_sources"]["max_notional_eure"] == "stored PUT /limits"
+        assert state["limit_sources"]["max_btc"] == "environment"
+        assert state["limit_sources"]["daily_loss_limit_eure"] == "default"
+        assert set(state["limit_sources"]) == set(state["limits"])
         assert state["armed"] is False  # never armed after a restart
+        lines = [r.getMessage() for r in caplog.records if "limits at start" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].startswith("strategy-engine limits at start: ")
+        assert "max_notional_eure=7.5 (stored PUT /limits)" in lines[0]
+        assert "max_btc=0.2 (environment)" in lines[0]
+        assert "daily_loss_limit_eure=25 (default)" in lines[0]
+        assert "max_portfolio_drop_eure=0 (default)" in lines[0]
+        assert all(r.levelno == logging.INFO for r in caplog.records if "limits at start" in r.getMessage())
     finally:
         await stop_services(again, close_bus=False)
+
+
+async def test_limits_stored_before_sources_were_recorded(sqlite_url: str) -> None:
+    """A stored record without ``_set`` (written by an older version): every stored limit applies."""
+    await migrate(sqlite_url)
+    store = HistoryStore(sqlite_url)
+    await store.connect()
+    await store.put_state("strategy-engine.limits", {"max_notional_eure": "6", "max_btc": "0.3"})
+    bus = make_bus(None)
+    await bus.start()
+    running = await start_services(
+        ["strategy-engine"], load_config({}, dotenv=None), bus=bus, store=store, ports={"strategy-engine": 0}
+    )
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{running.url('strategy-engine')}/state") as resp,
+        ):
+            state = await resp.json()
+        assert (state["limits"]["max_notional_eure"], state["limits"]["max_btc"]) == ("6", "0.3")
+        assert state["limit_sources"]["max_btc"] == "stored PUT /limits"
+        assert state["limit_sources"]["min_btc"] == "default"
+    finally:
+        await stop_services(running)
+        await store.close()
 
 
 async def test_emergency_stop_over_the_bus_disarms(engine: tuple[Running, Collector, str]) -> None:

@@ -82,6 +82,11 @@ def _dec(lo: Decimal, hi: Decimal | None = None) -> Parser:
     return parse
 
 
+def _dec_or_off(value: str) -> Decimal:
+    """A non-negative decimal; empty means 0 (off)."""
+    return _dec(Decimal(0))(value) if value.strip() else Decimal(0)
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -331,13 +336,22 @@ VARIABLES: tuple[Var, ...] = (
     Var("STRATEGY_MIN_EURE", _dec(D(0)), "0", "keep at least this EURe"),
     Var("STRATEGY_MAX_EURE", _dec(D(0)), "100000", "hold at most this EURe"),
     Var(
-        "STRATEGY_DAILY_LOSS_LIMIT_EURE", _dec(D(0)), "25", "pause quoting after this trade loss in a UTC day"
+        "STRATEGY_DAILY_LOSS_LIMIT_EURE",
+        _dec(D(0)),
+        "25",
+        "pause quoting after this mark-to-market loss (flow-adjusted) in a UTC day",
     ),
     Var(
         "STRATEGY_MAX_DRAWDOWN_EURE",
         _dec(D(0)),
         "50",
-        "pause quoting after this drawdown from peak trade PnL",
+        "pause quoting after this drawdown from peak mark-to-market PnL (flow-adjusted)",
+    ),
+    Var(
+        "STRATEGY_MAX_PORTFOLIO_DROP_EURE",
+        _dec_or_off,
+        "0",
+        "pause quoting after the portfolio value (flow-adjusted) falls this far from its peak; 0/empty = off",
     ),
     Var(
         "STRATEGY_INVENTORY_STALE_MS",

@@ -413,6 +413,9 @@ class PortfolioMetrics(Payload, kw_only=True, frozen=True):
     avg_edge_bps: Decimal | None = None
     reason: str | None = None  # why figures are null or flagged (no baseline yet, stale price, ...)
     current_price_ts_ns: NonNegInt | None = None  # when the current price was computed
+    # (B_t - net BTC flows)*P_t + (E_t - net EURe flows): the portfolio value a deposit or withdrawal
+    # does not move (None without a baseline, since flows are counted from the baseline on)
+    flow_adjusted_portfolio_value_eure: Decimal | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -426,6 +429,7 @@ class PortfolioMetrics(Payload, kw_only=True, frozen=True):
             "flow_adjusted_trade_pnl_eure",
             "flow_adjusted_mark_to_market_pnl_eure",
             "flow_adjusted_price_move_pnl_eure",
+            "flow_adjusted_portfolio_value_eure",
             "volume_eure",
             "avg_edge_bps",
         ):

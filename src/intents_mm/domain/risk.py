@@ -7,8 +7,10 @@
   its deadline. Reservations are released on expiry or a failed submission and marked filled on
   settlement (a filled reservation keeps counting until an inventory snapshot read after the fill
   shows the settlement), so many quotes can be live at once without ever promising more than we hold.
-- :class:`LossGuard`: a daily (UTC day) loss limit and a drawdown-from-peak limit on trade PnL; when
-  either is hit quoting pauses until an operator re-arms.
+- :class:`LossGuard`: a daily (UTC day) loss limit and a drawdown-from-peak limit on the flow-adjusted
+  mark-to-market PnL (both books at the latest price, net of deposits and withdrawals), plus an optional
+  limit on the fall of the flow-adjusted portfolio value from its peak (inventory risk; 0 = off). When
+  one is hit quoting pauses until an operator re-arms.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Limits:
     price_band_bps: Decimal = Decimal(300)
     daily_loss_limit_eure: Decimal = Decimal(25)
     max_drawdown_eure: Decimal = Decimal(50)
+    max_portfolio_drop_eure: Decimal = Decimal(0)  # 0 = off
 
 
 @dataclass(frozen=True)
@@ -205,45 +208,105 @@ def first_failure(checks: list[Check]) -> str | None:
     return None
 
 
+def _text(value: Decimal) -> str:
+    """``-92.500000000000000000`` -> ``-92.5``: exact, without trailing zeros or an exponent."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 @dataclass
 class LossGuard:
-    """Daily (UTC) loss and drawdown-from-peak on trade PnL. Once tripped, only ``reset()`` clears it."""
+    """Loss limits on the flow-adjusted mark-to-market PnL and portfolio value (EURe).
+
+    ``observe`` is fed each ``portfolio.metrics``: ``mtm_eure`` = flow-adjusted
+    ``mark_to_market_pnl_eure`` (0 at the PnL baseline; a deposit or withdrawal never moves it) and
+    ``value_eure`` = flow-adjusted ``portfolio_value_eure`` (moves with the BTC price: inventory risk).
+
+    - daily: ``mtm - mtm at the first observation of the UTC day`` reaching ``-daily_limit_eure``;
+      on the first day since start the day starts at 0 (the baseline), so losses before a restart
+      still count (conservative);
+    - drawdown: ``peak mtm - mtm`` reaching ``drawdown_limit_eure`` (the peak starts at
+      ``max(0, first mtm)``);
+    - portfolio drop (only when ``portfolio_drop_limit_eure > 0``): ``peak value - value`` reaching
+      the limit (the peak starts at the first value seen).
+
+    A limit of 0 for daily or drawdown trips on any loss at all. Once tripped, only ``reset()``
+    clears it; ``reset`` measures afresh from the given figures.
+    """
 
     daily_limit_eure: Decimal
     drawdown_limit_eure: Decimal
+    portfolio_drop_limit_eure: Decimal = Decimal(0)
     day: int = -1
     day_start_pnl: Decimal = Decimal(0)
     peak_pnl: Decimal | None = None
+    peak_value: Decimal | None = None
+    last_pnl: Decimal | None = None
+    last_value: Decimal | None = None
     tripped: str | None = None
 
-    def observe(self, trade_pnl_eure: Decimal, now_ns: int) -> str | None:
-        """Feed the latest trade PnL; returns the reason when quoting must pause."""
-        day = now_ns // NS_PER_DAY
-        if self.day == -1:
-            # First observation since start: trade PnL is 0 at its baseline, and without history we
-            # cannot tell what it was at midnight, so measure from 0 (conservative: earlier losses count).
-            self.day = day
-            self.day_start_pnl = Decimal(0)
-            self.peak_pnl = max(Decimal(0), trade_pnl_eure)
-        elif day != self.day:
-            self.day = day
-            self.day_start_pnl = trade_pnl_eure
-        if self.peak_pnl is None or trade_pnl_eure > self.peak_pnl:
-            self.peak_pnl = trade_pnl_eure
+    def observe(self, mtm_eure: Decimal | None, now_ns: int, value_eure: Decimal | None = None) -> str | None:
+        """Feed the latest figures (either may be None: not known yet); returns the reason when
+        quoting must pause."""
+        if mtm_eure is not None:
+            self.last_pnl = mtm_eure
+            day = now_ns // NS_PER_DAY
+            if self.day == -1:
+                # First observation since start: mark-to-market PnL is 0 at its baseline, and without
+                # history we cannot tell what it was at midnight, so measure from 0 (earlier losses count).
+                self.day = day
+                self.day_start_pnl = Decimal(0)
+                self.peak_pnl = max(Decimal(0), mtm_eure)
+            elif day != self.day:
+                self.day = day
+                self.day_start_pnl = mtm_eure
+            if self.peak_pnl is None or mtm_eure > self.peak_pnl:
+                self.peak_pnl = mtm_eure
+        if value_eure is not None:
+            self.last_value = value_eure
+            if self.peak_value is None or value_eure > self.peak_value:
+                self.peak_value = value_eure
         if self.tripped is None:
-            daily = trade_pnl_eure - self.day_start_pnl
-            drawdown = self.peak_pnl - trade_pnl_eure
-            if daily <= -self.daily_limit_eure:
-                self.tripped = f"daily_loss_limit: {daily} EURe today (limit -{self.daily_limit_eure})"
-            elif drawdown >= self.drawdown_limit_eure:
-                self.tripped = (
-                    f"drawdown_limit: {drawdown} EURe below peak (limit {self.drawdown_limit_eure})"
-                )
+            self.tripped = self._check()
         return self.tripped
 
-    def reset(self, trade_pnl_eure: Decimal | None = None) -> None:
-        """Operator re-arm: clear the trip and measure afresh from the current PnL."""
+    def daily_pnl(self) -> Decimal | None:
+        return None if self.last_pnl is None else self.last_pnl - self.day_start_pnl
+
+    def drawdown(self) -> Decimal | None:
+        if self.last_pnl is None or self.peak_pnl is None:
+            return None
+        return self.peak_pnl - self.last_pnl
+
+    def portfolio_drop(self) -> Decimal | None:
+        if self.last_value is None or self.peak_value is None:
+            return None
+        return self.peak_value - self.last_value
+
+    def _check(self) -> str | None:
+        daily, drawdown, drop = self.daily_pnl(), self.drawdown(), self.portfolio_drop()
+        if daily is not None and daily < 0 and daily <= -self.daily_limit_eure:
+            return (
+                f"daily_loss_limit: {_text(daily)} EURe mark-to-market today "
+                f"(limit -{_text(self.daily_limit_eure)})"
+            )
+        if drawdown is not None and drawdown > 0 and drawdown >= self.drawdown_limit_eure:
+            return (
+                f"drawdown_limit: {_text(drawdown)} EURe mark-to-market below peak "
+                f"(limit {_text(self.drawdown_limit_eure)})"
+            )
+        if self.portfolio_drop_limit_eure > 0 and drop is not None and drop >= self.portfolio_drop_limit_eure:
+            return (
+                f"portfolio_drop_limit: portfolio value {_text(drop)} EURe below peak "
+                f"(limit {_text(self.portfolio_drop_limit_eure)})"
+            )
+        return None
+
+    def reset(self, mtm_eure: Decimal | None = None, value_eure: Decimal | None = None) -> None:
+        """Operator re-arm: clear the trip and measure afresh from the current figures."""
         self.tripped = None
-        if trade_pnl_eure is not None:
-            self.peak_pnl = trade_pnl_eure
-            self.day_start_pnl = trade_pnl_eure
+        if mtm_eure is not None:
+            self.peak_pnl = mtm_eure
+            self.day_start_pnl = mtm_eure
+        if value_eure is not None:
+            self.peak_value = value_eure

@@ -18,9 +18,29 @@ Three jobs, one service:
 - **Portfolio metrics**, exactly as the runbook defines them (see :func:`portfolio_metrics`): baseline
   = the last credited snapshot before the first ``cmd.execute_trade`` with the reference price at
   that time; current = the latest snapshot and the latest reference price; the three PnL figures via
-  :func:`intents_mm.domain.pnl.compute_pnl`, also net of deposits and withdrawals; fills, volume and
-  average edge from the settlements. Published as ``portfolio.metrics`` every ``HISTORY_METRICS_MS``
-  and served on ``GET /portfolio-metrics`` (every number a string).
+  :func:`intents_mm.domain.pnl.compute_pnl`, also net of deposits and withdrawals (the flow-adjusted
+  figures, and ``flow_adjusted_portfolio_value_eure``); fills, volume and average edge from the
+  settlements. Published as ``portfolio.metrics`` every ``HISTORY_METRICS_MS`` and served on
+  ``GET /portfolio-metrics`` (every number a string). strategy-engine's loss guards read the
+  flow-adjusted mark-to-market PnL and portfolio value.
+- **Funding is counted at the snapshot that shows it** (see :class:`FundingLedger`), so no PnL figure
+  moves, even for one snapshot, on a deposit or a withdrawal. Each non-stale ``inventory.snapshot``
+  that becomes the current one is reconciled against the previous one with inventory-sync's own
+  :class:`~intents_mm.services.inventory_sync.Reconciler`, fed the same messages: settlements
+  (``exec.trade_result`` accepted: candidate; its ``demand.quote_status``: confirmed), withdrawals
+  (``liquidity.action`` ``withdraw``/``track_withdrawal`` ``requested``: candidate; ``withdraw``
+  ``submitted``, i.e. the ``ft_withdraw`` burn sent: confirmed; ``failed``/``refused`` with no burn
+  sent: forgotten) and deposits (a ``liquidity.state`` pending deposit: candidate;
+  ``deposit_credited`` ``completed``: confirmed). A withdrawal or deposit that explains the balance
+  change of a snapshot (an exact match, else a confirmed one overdue or fitting inside the change)
+  is counted as a flow from that snapshot on (its ``read_ts_ns``), never earlier and never later;
+  the bridge's ``completed`` for a withdrawal changes nothing. A confirmed flow never seen in the
+  balances within the reconciler's grace is not counted (the balance did not move). The flows
+  counted are kept in the store (``history-writer.funding``) so a restart neither loses nor
+  repeats them; flows still pending are read back from ``liquidity_actions`` and reconciled against
+  the last stored snapshot (with the settlements read back on start). A later step of a withdrawal
+  (``pending``/``completed``) confirms its burn like ``submitted``. A store written before this rule
+  (no saved state) counts each confirmed flow from before the last stored snapshot as already in it.
 """
 
 from __future__ import annotations
@@ -34,6 +54,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal, localcontext
 from typing import Any, Final, Literal
 
+import msgspec
 from aiohttp import web
 
 from intents_mm import messages as m
@@ -41,6 +62,7 @@ from intents_mm.bus.port import Delivery, Subscription
 from intents_mm.domain.assets import Pair
 from intents_mm.domain.pnl import compute_pnl, markout_bps
 from intents_mm.errors import BusError, InputError, IntentsMMError, StoreError
+from intents_mm.services.inventory_sync import MIN_GRACE_NS, Reconciler
 from intents_mm.services.runtime import Check, Route, Service, ServiceContext, json_response
 from intents_mm.storage.persistence import HistoryPersister
 from intents_mm.storage.store import MARKOUT_HORIZONS_S, HistoryStore
@@ -58,6 +80,7 @@ FOLLOW_SUBJECTS: Final = (
     m.INVENTORY_SNAPSHOT,
     m.REFERENCE_PRICE,
     m.LIQUIDITY_ACTION,
+    m.LIQUIDITY_STATE,
 )
 FOLLOW_DURABLE: Final = "history-writer-follow"
 #: A quote status with no accepted result of ours after this long (from its receipt) is not ours.
@@ -78,8 +101,8 @@ STORE_COUNTS_S: Final = 15.0
 STEP_S: Final = 1.0
 PUBLISH_TIMEOUT_S: Final = 10.0
 
-FLOW_IN_KINDS: Final = frozenset({"deposit_credited"})
-FLOW_OUT_KINDS: Final = frozenset({"withdraw", "track_withdrawal"})
+#: Where the counted funding flows are kept (store key-value state).
+FUNDING_STATE_KEY: Final = "history-writer.funding"
 
 
 # ============================================================================ pure building blocks
@@ -157,11 +180,108 @@ class Baseline:
 
 @dataclass(frozen=True, slots=True)
 class Flow:
-    """An external deposit (positive) or withdrawal (negative) of one asset."""
+    """An external deposit (positive) or withdrawal (negative) of one asset, counted from the
+    inventory snapshot read at ``ts_ns`` (the first one whose balances show it)."""
 
     ts_ns: int
     asset_id: str
     amount: int
+
+
+def flow_key(action: m.LiquidityAction) -> str | None:
+    """The reconciler's key of a funding action (``deposit:<tx>``, ``withdraw:<action id>``), or None."""
+    if action.kind == "deposit_credited":
+        return f"deposit:{action.detail.get('tx_hash') or action.action_id}"
+    if action.kind in ("withdraw", "track_withdrawal"):
+        return f"withdraw:{action.action_id}"
+    return None
+
+
+def balance_moved(action: m.LiquidityAction) -> bool:
+    """True when the action says the Verifier balance has moved (or been sent to move): a credited
+    deposit, a withdrawal's burn submitted, a tracked withdrawal (its burn exists already)."""
+    if action.kind == "deposit_credited":
+        return action.status == "completed"
+    if action.kind == "withdraw":
+        return action.status in ("submitted", "pending", "completed")
+    if action.kind == "track_withdrawal":
+        return action.status not in ("failed", "refused")
+    return False
+
+
+class FundingLedger:
+    """Deposits and withdrawals counted at the inventory snapshot that shows them (see the module
+    docstring). ``observe_*`` feed the reconciler; :meth:`on_snapshot` reconciles one snapshot and
+    returns the flows it showed; :attr:`landed` holds every flow counted, by reconciler key."""
+
+    def __init__(self, assets: list[str], grace_ns: int) -> None:
+        self.reconciler = Reconciler(assets, grace_ns)
+        self.landed: dict[str, Flow] = {}
+        self.last_credited: dict[str, int] | None = None
+        self.snapshots = 0
+        self.unexplained = 0
+
+    def on_action(self, action: m.LiquidityAction, ts_ns: int) -> None:
+        key = flow_key(action)
+        if key is None or key in self.landed:
+            return
+        if action.kind == "withdraw" and action.status in ("pending", "completed"):
+            # a later step of a withdrawal says its burn was sent (its ``submitted`` may be missing)
+            action = msgspec.structs.replace(action, status="submitted")
+        self.reconciler.on_liquidity_action(action, ts_ns)
+
+    def on_snapshot(self, snap: m.InventorySnapshot, ts_ns: int) -> list[Flow]:
+        """Reconcile ``snap`` (the new current, non-stale snapshot) against the previous one."""
+        before, self.last_credited = self.last_credited, dict(snap.credited)
+        if before is None:
+            return []
+        self.snapshots += 1
+        pending = dict(self.reconciler.expectations)
+        rec = self.reconciler.reconcile(before, snap.credited, ts_ns)
+        if rec.unexplained:
+            self.unexplained += 1
+        explained = set(rec.explained_by)
+        flows: list[Flow] = []
+        for key, exp in pending.items():
+            if key in self.reconciler.expectations or exp.label not in explained:
+                continue  # still pending, expired, or consumed as overdue without being seen
+            if not key.startswith(("deposit:", "withdraw:")) or key in self.landed:
+                continue
+            for asset, delta in exp.deltas.items():
+                flow = Flow(snap.read_ts_ns, asset, delta)
+                self.landed[key] = flow
+                flows.append(flow)
+        return flows
+
+    def net_flows(self, since_ts_ns: int) -> dict[str, int]:
+        """Deposits minus withdrawals per asset counted at snapshots read after ``since_ts_ns``."""
+        out: dict[str, int] = {}
+        for flow in self.landed.values():
+            if flow.ts_ns > since_ts_ns:
+                out[flow.asset_id] = out.get(flow.asset_id, 0) + flow.amount
+        return out
+
+    def pending(self) -> int:
+        return sum(1 for k in self.reconciler.expectations if k.startswith(("deposit:", "withdraw:")))
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "landed": {
+                k: {"ts_ns": f.ts_ns, "asset_id": f.asset_id, "amount": str(f.amount)}
+                for k, f in self.landed.items()
+            }
+        }
+
+    def load_state(self, state: Any) -> bool:
+        """Restore the counted flows; False when ``state`` is not a saved ledger (nothing restored)."""
+        if not isinstance(state, dict) or not isinstance(state.get("landed"), dict):
+            return False
+        for key, raw in state["landed"].items():
+            try:
+                self.landed[str(key)] = Flow(int(raw["ts_ns"]), str(raw["asset_id"]), int(raw["amount"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("history-writer: ignoring a stored funding flow %s: %s", key, exc)
+        return True
 
 
 @dataclass(slots=True)
@@ -244,8 +364,9 @@ def portfolio_metrics(
     Prices are EUR per BTC; valuation uses EURe per BTC = EUR mid × ``pair.quote_per_fiat``. A missing
     or stale price (latest quality ``stale``, no mid, or a mid older than ``stale_after_ns``) sets
     ``price_stale`` and is named in ``reason``; the last known mid still values the book. Figures that
-    cannot be computed are None and ``reason`` says why. The flow-adjusted figures subtract
-    ``net_flows`` (deposits minus withdrawals since the baseline) from the current book first.
+    cannot be computed are None and ``reason`` says why. The flow-adjusted figures (and
+    ``flow_adjusted_portfolio_value_eure``) subtract ``net_flows`` (deposits minus withdrawals counted
+    since the baseline) from the current book first.
     """
     notes: list[str] = []
     price_stale = False
@@ -272,7 +393,7 @@ def portfolio_metrics(
         notes.append(no_baseline_reason or "no PnL baseline")
 
     rate = pair.quote_per_fiat
-    value = trade = mtm = move = fa_trade = fa_mtm = fa_move = baseline_value = None
+    value = trade = mtm = move = fa_trade = fa_mtm = fa_move = fa_value = baseline_value = None
     if mid_point is not None and mid_point.mid is not None and current is not None:
         price_t = mid_point.mid * rate
         base_t, quote_t = _amounts(current.credited, pair)
@@ -313,10 +434,11 @@ def portfolio_metrics(
                 quote_t=quote_t - net_flows.get(pair.quote.token_id, 0),
                 price_t=price_t,
             )
-            fa_trade, fa_mtm, fa_move = (
+            fa_trade, fa_mtm, fa_move, fa_value = (
                 adjusted.trade_pnl_eure,
                 adjusted.mark_to_market_pnl_eure,
                 adjusted.price_move_pnl_eure,
+                adjusted.portfolio_value_eure,
             )
     if baseline is not None:
         price_0 = baseline.price * rate
@@ -352,6 +474,7 @@ def portfolio_metrics(
         avg_edge_bps=fills.avg_edge_bps(),
         reason="; ".join(notes) or None,
         current_price_ts_ns=mid_point.computed_ts_ns if mid_point else None,
+        flow_adjusted_portfolio_value_eure=fa_value,
     )
 
 
@@ -401,6 +524,7 @@ def metrics_view(pm: m.PortfolioMetrics, pair: Pair, *, now_ns: int) -> dict[str
         "flow_adjusted_trade_pnl_eure": num(pm.flow_adjusted_trade_pnl_eure),
         "flow_adjusted_mark_to_market_pnl_eure": num(pm.flow_adjusted_mark_to_market_pnl_eure),
         "flow_adjusted_price_move_pnl_eure": num(pm.flow_adjusted_price_move_pnl_eure),
+        "flow_adjusted_portfolio_value_eure": num(pm.flow_adjusted_portfolio_value_eure),
         "net_deposits": {k: str(v) for k, v in pm.net_deposits.items()},
         "fills": num(pm.fills),
         "volume_eure": num(pm.volume_eure),
@@ -457,7 +581,9 @@ class HistoryWriter(Service):
         self._first_cmd_ts: int | None = None
         self._baseline: Baseline | None = None
         self._baseline_error: str | None = None
-        self._flows: dict[tuple[str, str], Flow] = {}
+        grace_ns = max(MIN_GRACE_NS, 3 * int(self.config["INVENTORY_POLL_MS"]) * MS_NS)
+        self.funding = FundingLedger([a.token_id for a in self.pair.assets()], grace_ns)
+        self._funding_saved = 0  # len(self.funding.landed) last written to the store
         self._results: dict[str, tuple[m.TradeResult, int]] = {}  # quote_hash -> (result, expiry ns)
         self._statuses: dict[str, m.QuoteStatus] = {}  # waiting for their result
         self._looked_up: set[str] = set()  # statuses whose result the store did not have (yet)
@@ -535,28 +661,33 @@ class HistoryWriter(Service):
                 self._first_cmd_ts = env.ts_ns
                 self._baseline = None
         elif isinstance(p, m.LiquidityAction):
-            self._on_liquidity(env.ts_ns, p)
+            self.funding.on_action(p, env.ts_ns)
+        elif isinstance(p, m.LiquidityState):
+            self.funding.reconciler.on_liquidity_state(p, env.ts_ns)
         elif isinstance(p, m.TradeResult):
+            self.funding.reconciler.on_trade_result(p, env.ts_ns)
             self._on_result(p)
         elif isinstance(p, m.QuoteStatus):
+            self.funding.reconciler.on_quote_status(p, env.ts_ns)
             self._on_status(p)
 
     def _on_snapshot(self, ts_ns: int, snap: m.InventorySnapshot) -> None:
         if self._current is None or ts_ns >= self._current[0]:
+            if not snap.stale:
+                # flows it shows are counted in the same step as its balances become current
+                for flow in self.funding.on_snapshot(snap, ts_ns):
+                    log.info(
+                        "history-writer: funding %+d %s counted at the snapshot read at %d",
+                        flow.amount,
+                        flow.asset_id,
+                        flow.ts_ns,
+                    )
             self._current = (ts_ns, snap)
         if not snap.stale:
             keys = [t for t, _ in self._credited]
             self._credited.insert(bisect.bisect_right(keys, ts_ns), (ts_ns, snap))
             if len(self._credited) > SNAPSHOT_KEEP:
                 del self._credited[0]  # older ones are found in the store when needed
-
-    def _on_liquidity(self, ts_ns: int, action: m.LiquidityAction) -> None:
-        if action.asset_id is None or action.amount is None:
-            return
-        if action.kind in FLOW_IN_KINDS and action.status not in ("failed", "refused"):
-            self._flows[("in", action.action_id)] = Flow(ts_ns, action.asset_id, action.amount)
-        elif action.kind in FLOW_OUT_KINDS and action.status == "completed":
-            self._flows[("out", action.action_id)] = Flow(ts_ns, action.asset_id, -action.amount)
 
     def _on_result(self, result: m.TradeResult) -> None:
         if result.outcome != "accepted" or not result.quote_hash:
@@ -765,12 +896,16 @@ class HistoryWriter(Service):
         return self._baseline, None
 
     def net_flows(self, since_ts_ns: int) -> dict[str, int]:
-        """Deposits minus withdrawals per asset with envelope time after ``since_ts_ns``."""
-        out: dict[str, int] = {}
-        for flow in self._flows.values():
-            if flow.ts_ns > since_ts_ns:
-                out[flow.asset_id] = out.get(flow.asset_id, 0) + flow.amount
-        return out
+        """Deposits minus withdrawals per asset counted at snapshots read after ``since_ts_ns``."""
+        return self.funding.net_flows(since_ts_ns)
+
+    async def save_funding(self) -> None:
+        """Write the counted flows to the store when new ones were counted since the last write."""
+        if self.store is None or not self.seeded or len(self.funding.landed) == self._funding_saved:
+            return
+        count = len(self.funding.landed)
+        await self.store.put_state(FUNDING_STATE_KEY, self.funding.to_state())
+        self._funding_saved = count
 
     async def compute_metrics(self) -> m.PortfolioMetrics:
         """The portfolio metrics now (store lookups only for the baseline, once)."""
@@ -813,6 +948,7 @@ class HistoryWriter(Service):
                 if self._to_write:
                     await self.write_settlements()
                 await self.update_markouts()
+                await self.save_funding()
             except StoreError as exc:
                 self._note_error(str(exc))
             now = self.clock.monotonic_ns()
@@ -834,12 +970,13 @@ class HistoryWriter(Service):
             latest = await store.latest_inventory()
             if latest is not None and self._current is None:
                 self._current = (latest.read_ts_ns, latest)
+                self.funding.last_credited = dict(latest.credited)
             price = await store.latest_reference_price()
             if price is not None and self.prices.latest() is None:
                 self.prices.add(
                     PricePoint(price.computed_ts_ns, price.mid, price.quality, price.computed_ts_ns)
                 )
-            await self._seed_flows(store)
+            await self._seed_flows(store, latest)
             await self._seed_settlements(store)
             await self._seed_follow_up(store)
         except StoreError as exc:
@@ -848,13 +985,34 @@ class HistoryWriter(Service):
         self.seeded = True
         return True
 
-    async def _seed_flows(self, store: HistoryStore) -> None:
+    async def _seed_flows(self, store: HistoryStore, latest: m.InventorySnapshot | None) -> None:
+        """The counted flows from the store; the others are read back from ``liquidity_actions`` to
+        be reconciled against the next snapshots (see the module docstring)."""
+        saved = self.funding.load_state(await store.get_state(FUNDING_STATE_KEY))
+        self._funding_saved = len(self.funding.landed) if saved else -1
         since = 0
         while True:
             rows = await store.recent("liquidity_actions", limit=PAGE, since_id=since)
             for row in rows:
-                if isinstance(row.envelope.payload, m.LiquidityAction):
-                    self._on_liquidity(row.envelope.ts_ns, row.envelope.payload)
+                action, ts = row.envelope.payload, row.envelope.ts_ns
+                if not isinstance(action, m.LiquidityAction):
+                    continue
+                key = flow_key(action)
+                if (
+                    not saved
+                    and key is not None
+                    and latest is not None
+                    and ts <= latest.read_ts_ns
+                    and balance_moved(action)
+                    and action.asset_id is not None
+                    and action.amount is not None
+                    and key not in self.funding.landed
+                ):
+                    # written before flows were counted at their snapshot: taken as in the last one
+                    sign = 1 if action.kind == "deposit_credited" else -1
+                    self.funding.landed[key] = Flow(ts, action.asset_id, sign * action.amount)
+                    continue
+                self.funding.on_action(action, ts)
             if len(rows) < PAGE:
                 return
             since = rows[-1].id
@@ -877,9 +1035,11 @@ class HistoryWriter(Service):
     async def _seed_follow_up(self, store: HistoryStore) -> None:
         for row in await store.recent("trade_execution_results", limit=SEED_ROWS):
             if isinstance(row.envelope.payload, m.TradeResult):
+                self.funding.reconciler.on_trade_result(row.envelope.payload, row.envelope.ts_ns)
                 self._on_result(row.envelope.payload)
         for row in await store.recent("quote_status_events", limit=SEED_ROWS):
             if isinstance(row.envelope.payload, m.QuoteStatus):
+                self.funding.reconciler.on_quote_status(row.envelope.payload, row.envelope.ts_ns)
                 self._on_status(row.envelope.payload)
         if self._to_write:
             self._writes.set()
@@ -998,6 +1158,13 @@ class HistoryWriter(Service):
                 "baseline_ts_ns": self._baseline.snapshot_ts_ns if self._baseline else None,
                 "metrics_published": self.metrics_published,
                 "metrics_interval_ms": int(self.metrics_interval_s * 1000),
+            },
+            "funding": {
+                "counted_flows": len(self.funding.landed),
+                "pending_flows": self.funding.pending(),
+                "snapshots_reconciled": self.funding.snapshots,
+                "snapshots_unexplained": self.funding.unexplained,
+                "net_flows": {k: str(v) for k, v in self.funding.net_flows(-1).items()},
             },
             "metrics": metrics_view(pm, self.pair, now_ns=self.clock.now_ns()) if pm else None,
         }

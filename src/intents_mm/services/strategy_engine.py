@@ -7,6 +7,18 @@ the relay window already passed, a stale or below-quorum reference, stale invent
 protocol fee, a recent price jump, consecutive venue errors from the executor, a tripped loss limit,
 and partner filtering. Limits are changed with ``PUT /limits`` (validated, applied at once, persisted in
 the store so a restart keeps them, audited as ``control.operator_action``).
+
+Loss limits read ``portfolio.metrics``: the daily (UTC) and drawdown limits watch the flow-adjusted
+``mark_to_market_pnl_eure`` (both books at the latest price, net of deposits and withdrawals, which
+history-writer counts at the snapshot that shows them), the optional portfolio-drop limit the
+flow-adjusted ``portfolio_value_eure`` (see :class:`~intents_mm.domain.risk.LossGuard`); a tripped
+limit pauses quoting until ``POST /arm``, which measures afresh from the current figures.
+
+Limit sources: each limit comes from its ``STRATEGY_*`` variable (``environment``, ``.env file`` or
+``default``) unless an operator set it with ``PUT /limits`` (``stored PUT /limits``: the stored
+value wins over the environment after a restart). Every start logs one INFO line listing each
+limit with its source; ``/state`` shows them (``limit_sources``). A stored record written before
+sources were recorded (no ``_set`` list) applies every stored limit, each shown as stored.
 """
 
 from __future__ import annotations
@@ -71,7 +83,25 @@ LIMIT_FIELDS: dict[str, str] = {
     "price_band_bps": "decimal",
     "daily_loss_limit_eure": "decimal",
     "max_drawdown_eure": "decimal",
+    "max_portfolio_drop_eure": "decimal",
 }
+#: the configuration variable behind each limit (its default and source when no PUT /limits set it)
+LIMIT_VARS: dict[str, str] = {
+    "max_notional_eure": "STRATEGY_MAX_NOTIONAL_EURE",
+    "max_outstanding_eure": "STRATEGY_MAX_OUTSTANDING_EURE",
+    "min_btc": "STRATEGY_MIN_BTC",
+    "max_btc": "STRATEGY_MAX_BTC",
+    "min_eure": "STRATEGY_MIN_EURE",
+    "max_eure": "STRATEGY_MAX_EURE",
+    "max_min_deadline_ms": "STRATEGY_MAX_MIN_DEADLINE_MS",
+    "min_edge_bps": "STRATEGY_MIN_EDGE_BPS",
+    "price_band_bps": "STRATEGY_PRICE_BAND_BPS",
+    "daily_loss_limit_eure": "STRATEGY_DAILY_LOSS_LIMIT_EURE",
+    "max_drawdown_eure": "STRATEGY_MAX_DRAWDOWN_EURE",
+    "max_portfolio_drop_eure": "STRATEGY_MAX_PORTFOLIO_DROP_EURE",
+}
+STORED_SOURCE = "stored PUT /limits"
+_CONFIG_SOURCES = {"env": "environment", ".env": ".env file", "default": "default"}
 
 
 @dataclass
@@ -111,6 +141,10 @@ class StrategyEngine(Service):
             "price_band_bps": c["STRATEGY_PRICE_BAND_BPS"],
             "daily_loss_limit_eure": c["STRATEGY_DAILY_LOSS_LIMIT_EURE"],
             "max_drawdown_eure": c["STRATEGY_MAX_DRAWDOWN_EURE"],
+            "max_portfolio_drop_eure": c["STRATEGY_MAX_PORTFOLIO_DROP_EURE"],
+        }
+        self.limit_sources: dict[str, str] = {
+            k: _CONFIG_SOURCES.get(c.sources.get(var, "default"), "default") for k, var in LIMIT_VARS.items()
         }
         self.limits = self._domain_limits(self.human_limits)
         self.buffer_ms: int = c["EXECUTOR_DEADLINE_BUFFER_MS"]
@@ -130,8 +164,14 @@ class StrategyEngine(Service):
         self.seen_quotes: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.venue_error_streak = 0
         self.venue_error_until_ns = 0
-        self.loss_guard = LossGuard(self.limits.daily_loss_limit_eure, self.limits.max_drawdown_eure)
-        self.last_trade_pnl: Decimal | None = None
+        self.loss_guard = LossGuard(
+            self.limits.daily_loss_limit_eure,
+            self.limits.max_drawdown_eure,
+            self.limits.max_portfolio_drop_eure,
+        )
+        self.last_mtm_pnl: Decimal | None = None  # flow-adjusted mark-to-market PnL, EURe
+        self.last_portfolio_value: Decimal | None = None  # flow-adjusted portfolio value, EURe
+        self.last_metrics_ns: int | None = None
         self.counters = Counters()
         self.declines: collections.Counter[str] = collections.Counter()
         self.last_decisions: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
@@ -154,6 +194,7 @@ class StrategyEngine(Service):
             price_band_bps=human["price_band_bps"],
             daily_loss_limit_eure=human["daily_loss_limit_eure"],
             max_drawdown_eure=human["max_drawdown_eure"],
+            max_portfolio_drop_eure=human["max_portfolio_drop_eure"],
         )
 
     def validate_limits(self, changes: dict[str, Any]) -> dict[str, Decimal]:
@@ -188,6 +229,7 @@ class StrategyEngine(Service):
         self.limits = self._domain_limits(merged)
         self.loss_guard.daily_limit_eure = self.limits.daily_loss_limit_eure
         self.loss_guard.drawdown_limit_eure = self.limits.max_drawdown_eure
+        self.loss_guard.portfolio_drop_limit_eure = self.limits.max_portfolio_drop_eure
 
     # -- life cycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -195,12 +237,20 @@ class StrategyEngine(Service):
         if store is not None:
             saved = await store.get_state(LIMITS_STATE_KEY)
             if isinstance(saved, dict):
+                marked = saved.get("_set")
+                stored = set(marked) & set(LIMIT_FIELDS) if isinstance(marked, list) else set(LIMIT_FIELDS)
+                chosen = {k: v for k, v in saved.items() if k in stored}
                 try:
-                    self.apply_limits(
-                        self.validate_limits({k: v for k, v in saved.items() if k in LIMIT_FIELDS})
-                    )
+                    if chosen:
+                        self.apply_limits(self.validate_limits(chosen))
+                        self.limit_sources.update(dict.fromkeys(chosen, STORED_SOURCE))
                 except HttpError as exc:
                     log.warning("ignoring persisted limits: %s", exc)
+        log.info(
+            "%s limits at start: %s",
+            self.name,
+            ", ".join(f"{k}={self.human_limits[k]} ({self.limit_sources[k]})" for k in LIMIT_FIELDS),
+        )
         bus = self.bus
         self._subs = [
             await bus.subscribe(["market.reference_price"], f"{self.name}-reference", self._on_reference),
@@ -266,13 +316,20 @@ class StrategyEngine(Service):
     async def _on_metrics(self, d: Delivery) -> None:
         payload = decode(d.data).payload
         if isinstance(payload, PortfolioMetrics):
-            # funding moves must never look like trading losses: prefer the flow-adjusted figure
-            pnl = payload.flow_adjusted_trade_pnl_eure
-            if pnl is None:
-                pnl = payload.trade_pnl_eure
-            if pnl is not None:
-                self.last_trade_pnl = pnl
-                self.loss_guard.observe(pnl, self.clock.now_ns())
+            # the runbook's mark-to-market figure, net of funding (history-writer counts a deposit or
+            # withdrawal at the snapshot that shows it, so neither moves these figures)
+            mtm = payload.flow_adjusted_mark_to_market_pnl_eure
+            value = payload.flow_adjusted_portfolio_value_eure
+            if mtm is not None or value is not None:
+                now = self.clock.now_ns()
+                self.last_metrics_ns = now
+                if mtm is not None:
+                    self.last_mtm_pnl = mtm
+                if value is not None:
+                    self.last_portfolio_value = value
+                was = self.loss_guard.tripped
+                if self.loss_guard.observe(mtm, now, value) is not None and was is None:
+                    log.warning("%s paused: %s", self.name, self.loss_guard.tripped)
         await d.ack()
 
     async def _on_control(self, d: Delivery) -> None:
@@ -531,7 +588,7 @@ class StrategyEngine(Service):
 
     async def _arm(self, request: web.Request) -> web.Response:
         was_paused = self.loss_guard.tripped
-        self.loss_guard.reset(self.last_trade_pnl)
+        self.loss_guard.reset(self.last_mtm_pnl, self.last_portfolio_value)
         self.armed = True
         self.disarmed_by = None
         return json_response({"armed": True, "cleared_pause": was_paused})
@@ -543,9 +600,13 @@ class StrategyEngine(Service):
     async def _put_limits(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         merged = self.validate_limits(body)
+        set_by_put = sorted({k for k, src in self.limit_sources.items() if src == STORED_SOURCE} | set(body))
         if self.ctx.store is not None:
-            await self.ctx.store.put_state(LIMITS_STATE_KEY, {k: str(v) for k, v in merged.items()})
+            record: dict[str, Any] = {k: str(v) for k, v in merged.items()}
+            record["_set"] = set_by_put
+            await self.ctx.store.put_state(LIMITS_STATE_KEY, record)
         self.apply_limits(merged)
+        self.limit_sources.update(dict.fromkeys(set_by_put, STORED_SOURCE))
         return json_response({"limits": self.human_limits})
 
     async def _get_limits(self, request: web.Request) -> web.Response:
@@ -557,6 +618,24 @@ class StrategyEngine(Service):
             log.warning("%s disarmed: %s", self.name, reason)
         self.armed = False
         self.disarmed_by = reason
+
+    def _loss_guard_state(self) -> dict[str, Any]:
+        g = self.loss_guard
+        return {
+            "tripped": g.tripped,
+            "figure": "flow_adjusted_mark_to_market_pnl_eure",
+            "last_mtm_pnl_eure": self.last_mtm_pnl,
+            "last_portfolio_value_eure": self.last_portfolio_value,
+            "last_metrics_ts_ns": self.last_metrics_ns,
+            "daily_pnl_eure": g.daily_pnl(),
+            "daily_limit_eure": g.daily_limit_eure,
+            "drawdown_eure": g.drawdown(),
+            "drawdown_limit_eure": g.drawdown_limit_eure,
+            "peak_mtm_pnl_eure": g.peak_pnl,
+            "portfolio_drop_eure": g.portfolio_drop(),
+            "portfolio_drop_limit_eure": g.portfolio_drop_limit_eure,
+            "peak_portfolio_value_eure": g.peak_value,
+        }
 
     def state(self) -> dict[str, Any]:
         now = self.clock.now_ns()
@@ -603,7 +682,8 @@ class StrategyEngine(Service):
                     a.symbol: format_units(a, self.book.reserved_out(a.token_id)) for a in self.pair.assets()
                 },
             },
-            "loss_guard": {"tripped": self.loss_guard.tripped, "last_trade_pnl_eure": self.last_trade_pnl},
+            "limit_sources": dict(self.limit_sources),
+            "loss_guard": self._loss_guard_state(),
             "venue_error_streak": self.venue_error_streak,
             "counters": asdict(self.counters),
             "declined_by_reason": dict(self.declines),
