@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from intents_mm.messages import ReferencePrice, TradeResult, encode, new_envelope
+from intents_mm.messages import OperatorAction, ReferencePrice, TradeResult, encode, new_envelope
 from intents_mm.near.encoding import b64decode
 from test_trade_executor import BTC, EUR, EURE, EXECUTOR_KEY, MM_ACCOUNT, Harness, _harness
 
@@ -259,3 +259,22 @@ async def test_a_kill_whose_chain_cancel_fails_after_the_relay_took_it_is_not_ok
     assert c["outcome"] == "cancelled" and c["relay"] == "ok" and c["chain"].startswith("failed:")
     assert h.relay.is_nonce_cancelled(MM_ACCOUNT, b64decode(quote.nonce_b64 or ""))
     assert (await h.get_state())["outstanding_quotes"]["count"] == 1  # still live for the next /kill
+
+
+async def test_a_strategy_pause_or_disarm_on_the_bus_cancels_every_live_quote(h: Harness) -> None:
+    await h.start_executor(EXECUTOR_CANCEL_ON_MOVE_ON_CHAIN="true")
+    for n, action in enumerate(("pause", "disarm"), start=1):
+        quotes = await _live_quotes(h, 1)
+        notice = OperatorAction(
+            service="strategy-engine",
+            action=action,
+            params={},
+            actor="strategy-engine/loss_guard" if action == "pause" else "operator",
+            remote="",
+            result="ok",
+        )
+        env = new_envelope("control.operator_action", notice, clock=h.clock)
+        await h.bus.publish("control.operator_action", encode(env), msg_id=env.msg_id)
+        await _until(lambda q=quotes: all(_used(h, r) for r in q), f"cancels on a strategy {action}")
+        assert (await h.get_state())["cancels"]["by_trigger"].get(f"strategy_{action}") == 1, n
+        await h.arm()

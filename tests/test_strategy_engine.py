@@ -431,3 +431,40 @@ async def test_emergency_stop_over_the_bus_disarms(engine: tuple[Running, Collec
             await asyncio.sleep(0.01)
         assert state["armed"] is False
         assert state["disarmed_by"].startswith("trade-executor/kill")
+
+
+async def test_a_tripped_loss_guard_announces_the_pause_on_the_bus(
+    engine: tuple[Running, Collector, str],
+) -> None:
+    """The executor cancels the live quotes on this notice (cancel-on-move trigger ``strategy_pause``)."""
+    running, _col, _url = engine
+    actions: list[OperatorAction] = []
+
+    async def on_action(d: Delivery) -> None:
+        payload = decode(d.data).payload
+        if isinstance(payload, OperatorAction):
+            actions.append(payload)
+        await d.ack()
+
+    await running.bus.subscribe(["control.operator_action"], "test-actions", on_action)
+    losing = PortfolioMetrics(
+        computed_ts_ns=SYSTEM_CLOCK.now_ns(),
+        price_stale=False,
+        baseline_inventory={},
+        current_inventory={},
+        trade_pnl_eure=Decimal(0),
+        flow_adjusted_trade_pnl_eure=Decimal(0),
+        mark_to_market_pnl_eure=Decimal(-30),
+        flow_adjusted_mark_to_market_pnl_eure=Decimal(-30),
+    )
+    for _ in range(2):  # the second observation of a tripped guard announces nothing more
+        await publish(running.bus, "portfolio.metrics", losing)
+    for _ in range(100):
+        if actions:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    (pause,) = actions
+    assert (pause.service, pause.action, pause.result) == ("strategy-engine", "pause", "ok")
+    assert pause.actor == "strategy-engine/loss_guard" and pause.detail is not None
+    assert pause.detail.startswith("daily_loss_limit")

@@ -330,7 +330,24 @@ class StrategyEngine(Service):
                 was = self.loss_guard.tripped
                 if self.loss_guard.observe(mtm, now, value) is not None and was is None:
                     log.warning("%s paused: %s", self.name, self.loss_guard.tripped)
+                    await self._announce_pause(self.loss_guard.tripped)
         await d.ack()
+
+    async def _announce_pause(self, reason: str | None) -> None:
+        """Tell the bus quoting paused (the executor cancels the live quotes: cancel-on-move)."""
+        action = OperatorAction(
+            service=self.name,
+            action="pause",
+            params={"reason": reason or "paused"},
+            actor=f"{self.name}/loss_guard",
+            remote="",
+            result="ok",
+            detail=reason,
+        )
+        try:
+            await self.publish("control.operator_action", action)
+        except IntentsMMError as exc:  # the pause itself holds; only the notice is lost
+            log.warning("%s: pause notice not published: %s", self.name, exc)
 
     async def _on_control(self, d: Delivery) -> None:
         """The executor's emergency stop (``/kill``) disarms the strategy over the bus."""
