@@ -20,7 +20,7 @@ CLOCK = ManualClock(T0)
 
 def test_every_subject_has_a_sample() -> None:
     assert set(sample_payloads()) == set(m.ALL_SUBJECTS)
-    assert len(m.ALL_SUBJECTS) == 11
+    assert len(m.ALL_SUBJECTS) == 12
 
 
 @pytest.mark.parametrize("subject", m.ALL_SUBJECTS)

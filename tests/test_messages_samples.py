@@ -151,6 +151,9 @@ def sample_payloads() -> dict[str, m.Payload]:
             result="refused",
             detail="withdrawals are frozen",
         ),
+        m.DEAD_LETTER: m.DeadLetter.of(
+            "strategy-engine-demand", m.SWAP_REQUEST, "q-9", 1, "undecodable: bad JSON", b"{\x00oops\xff"
+        ),
         m.PORTFOLIO_METRICS: m.PortfolioMetrics(
             computed_ts_ns=T0 + 99,
             baseline_ts_ns=T0,

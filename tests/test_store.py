@@ -45,6 +45,7 @@ EXPECTED_TABLES = {
     "service_state",
     "signed_commands",
     "quote_cancels",
+    "dead_letters",
 }
 
 
@@ -82,13 +83,13 @@ def _with(env: m.Envelope[m.Payload], **changes: Any) -> m.Envelope[m.Payload]:
 
 async def test_migrate_creates_every_table(store_url: str) -> None:
     assert await current_revision(store_url) is None
-    assert await migrate(store_url) == ["0001", "0002"]
+    assert await migrate(store_url) == ["0001", "0002", "0003", "0004"]
     assert await _table_names(store_url) == EXPECTED_TABLES | {"alembic_version"}
-    assert await current_revision(store_url) == head_revision() == "0002"
+    assert await current_revision(store_url) == head_revision() == "0004"
 
 
 async def test_migrate_twice_is_a_no_op(store_url: str) -> None:
-    assert await migrate(store_url) == ["0001", "0002"]
+    assert await migrate(store_url) == ["0001", "0002", "0003", "0004"]
     assert await migrate(store_url) == []
     assert await _table_names(store_url) == EXPECTED_TABLES | {"alembic_version"}
 
@@ -133,7 +134,7 @@ async def test_postgres_column_types(pg_url: str) -> None:
 
 async def test_connect_refuses_an_unmigrated_store(store_url: str) -> None:
     st = HistoryStore(store_url)
-    with pytest.raises(StoreError, match="revision none, expected 0002"):
+    with pytest.raises(StoreError, match="revision none, expected 0004"):
         await st.connect()
     await st.close()
 
@@ -196,7 +197,7 @@ def test_every_column_is_filled_from_its_envelope() -> None:
 
 async def test_replay_inserts_nothing(store: HistoryStore) -> None:
     envs = sample_envelopes()
-    assert await store.write_batch(envs) == 11
+    assert await store.write_batch(envs) == len(envs) == 12
     assert await store.write_batch(envs) == 0
     assert await store.write_batch(list(reversed(envs))) == 0
     # a fresh id among replays is still inserted, duplicates inside one batch count once
@@ -204,7 +205,7 @@ async def test_replay_inserts_nothing(store: HistoryStore) -> None:
     assert await store.write_batch([envs[0], extra, extra, envs[1]]) == 1
     counts = await store.counts()
     assert counts["swap_demand_events"] == 2
-    assert sum(counts[_subject_table(s)] for s in m.ALL_SUBJECTS) == 12
+    assert sum(counts[_subject_table(s)] for s in m.ALL_SUBJECTS) == 13
 
 
 async def test_flattened_columns_hold_exact_values(store: HistoryStore, store_url: str) -> None:

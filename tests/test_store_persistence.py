@@ -129,14 +129,14 @@ async def test_poison_is_acked_counted_and_not_retried(store: HistoryStore, bus:
         await bus.publish(m.SWAP_REQUEST, b"{not json", msg_id="junk-1")
         await bus.publish(m.SWAP_REQUEST, m.encode(good[1]), msg_id="misrouted")  # a quote status
         await _publish(bus, good)
-        await _wait_for(lambda: persister.acked == 13, 10)
+        await _wait_for(lambda: persister.acked == 14, 10)
         assert await persister.wait_idle(5)
         await asyncio.sleep(0.1)
         assert _consumer(bus)["unacked"] == 0
     assert _counters(bus)["redelivered"] == 0
-    assert persister.poison == 2 and persister.stored == 11
+    assert persister.poison == 2 and persister.stored == 12
     assert persister.last_poison is not None and "misrouted" in persister.last_poison
-    assert await _event_rows(store) == 11
+    assert await _event_rows(store) == 12
 
 
 class _SlowStore:
@@ -172,7 +172,7 @@ async def test_redeliveries_during_a_slow_write_are_stored_once(store: HistorySt
         assert await persister.wait_idle(5)
         await _wait_for(lambda: _consumer(bus)["unacked"] == 0, 5)
     assert _counters(bus)["redelivered"] >= 11
-    assert persister.stored == 11 and persister.duplicates >= 11
+    assert persister.stored == 12 and persister.duplicates >= 12
     assert await _stored(store) == {e.msg_id: e for e in envs}
 
 
@@ -186,11 +186,11 @@ async def test_a_restarted_persister_picks_up_what_was_not_acked(sqlite_url: str
         async with running(first):
             await asyncio.wait_for(first.subscribed.wait(), 5)
             await _publish(bus, envs)
-            await _wait_for(lambda: first.backlog == 11, 5)
+            await _wait_for(lambda: first.backlog == 12, 5)
         assert first.acked == 0 and await _event_rows(store) == 0
         second = HistoryPersister(bus, store, batch_interval_s=0.01, ack_wait_s=0.3)
         async with running(second):
-            await _wait_for(lambda: second.acked == 11, 10)
+            await _wait_for(lambda: second.acked == 12, 10)
             assert await second.wait_idle(5)
         assert await _stored(store) == {e.msg_id: e for e in envs}
     finally:
@@ -295,7 +295,7 @@ async def test_a_hanging_write_times_out_and_is_retried(store: HistoryStore, bus
     async with running(persister):
         await asyncio.wait_for(persister.subscribed.wait(), 5)
         await _publish(bus, envs)
-        await _wait_for(lambda: persister.acked == 11, 10)
+        await _wait_for(lambda: persister.acked == 12, 10)
         assert await persister.wait_idle(5)
     assert persister.write_failures == 2 and persister.healthy
     assert persister.last_error is not None and "timed out after 1 s" in persister.last_error

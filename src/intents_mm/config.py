@@ -366,6 +366,12 @@ VARIABLES: tuple[Var, ...] = (
         "true",
         "price the Verifier protocol fee into the edge (how the relay nets it is undocumented)",
     ),
+    Var(
+        "BUS_MAX_DELIVERIES",
+        _int(1, 1000),
+        "10",
+        "a message whose handler keeps failing is dead-lettered (bus.dead_letter) on this delivery",
+    ),
     Var("EXECUTOR_DEADLINE_BUFFER_MS", _int(0, 600_000), "10000", "added to min_deadline_ms when signing"),
     Var("EXECUTOR_SIGNING_STANDARD", _str, "nep413", "nep413 (default) or raw_ed25519"),
     Var(

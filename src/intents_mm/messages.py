@@ -480,6 +480,50 @@ class Settlement(msgspec.Struct, kw_only=True, frozen=True):
             _check_price(name, getattr(self, name))
 
 
+# ------------------------------------------------------------------------------------------ bus.*
+
+DEAD_LETTER_DATA_MAX: Final = 65_536
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (NUL included; tab and newlines kept) as ``\\xNN`` escapes, so any
+    store can hold it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in "\t\n\r" else f"\\x{ord(c):02x}" for c in text)
+
+
+class DeadLetter(Payload, kw_only=True, frozen=True):
+    """A message a consumer gave up on (``bus.dead_letter``): undecodable, or its handler kept failing.
+
+    ``data`` is the message as it travelled, as text (bytes that are not UTF-8 and control characters are
+    backslash-escaped),
+    at most :data:`DEAD_LETTER_DATA_MAX` characters (``data_truncated`` says when it was cut)."""
+
+    consumer: str
+    subject: str
+    original_msg_id: str
+    deliveries: NonNegInt
+    error: str
+    data: str
+    data_truncated: bool = False
+
+    @classmethod
+    def of(  # noqa: PLR0917 - the delivery's fields, in order
+        cls, consumer: str, subject: str, msg_id: str, deliveries: int, error: str, raw: bytes
+    ) -> DeadLetter:
+        text = _printable(bytes(raw).decode("utf-8", "backslashreplace"))
+        return cls(
+            consumer=consumer,
+            subject=subject,
+            original_msg_id=_printable(msg_id),
+            deliveries=deliveries,
+            error=_printable(error[:1000]),
+            data=text[:DEAD_LETTER_DATA_MAX],
+            data_truncated=len(text) > DEAD_LETTER_DATA_MAX,
+        )
+
+
 # ------------------------------------------------------------------------------------- registry
 
 # the subject names are defined once, in intents_mm.bus.subjects
@@ -494,6 +538,7 @@ EXECUTE_TRADE: Final = _subjects.EXECUTE_TRADE
 TRADE_RESULT: Final = _subjects.TRADE_RESULT
 OPERATOR_ACTION: Final = _subjects.OPERATOR_ACTION
 PORTFOLIO_METRICS: Final = _subjects.PORTFOLIO_METRICS
+DEAD_LETTER: Final = _subjects.DEAD_LETTER
 
 #: subject → (payload type, current schema version).
 SUBJECT_TYPES: Final[dict[str, tuple[type[Payload], int]]] = {
@@ -508,6 +553,7 @@ SUBJECT_TYPES: Final[dict[str, tuple[type[Payload], int]]] = {
     TRADE_RESULT: (TradeResult, 1),
     OPERATOR_ACTION: (OperatorAction, 1),
     PORTFOLIO_METRICS: (PortfolioMetrics, 1),
+    DEAD_LETTER: (DeadLetter, 1),
 }
 
 #: Every subject, in a stable order.

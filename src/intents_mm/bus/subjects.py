@@ -25,6 +25,7 @@ EXECUTE_TRADE: Final = "cmd.execute_trade"
 TRADE_RESULT: Final = "exec.trade_result"
 OPERATOR_ACTION: Final = "control.operator_action"
 PORTFOLIO_METRICS: Final = "portfolio.metrics"
+DEAD_LETTER: Final = "bus.dead_letter"
 
 ALL_SUBJECTS: Final[tuple[str, ...]] = (
     SWAP_REQUEST,
@@ -38,6 +39,7 @@ ALL_SUBJECTS: Final[tuple[str, ...]] = (
     TRADE_RESULT,
     OPERATOR_ACTION,
     PORTFOLIO_METRICS,
+    DEAD_LETTER,
 )
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")

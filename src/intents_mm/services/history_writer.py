@@ -61,7 +61,7 @@ from intents_mm import messages as m
 from intents_mm.bus.port import Delivery, Subscription
 from intents_mm.domain.assets import Pair
 from intents_mm.domain.pnl import compute_pnl, markout_bps
-from intents_mm.errors import BusError, InputError, IntentsMMError, StoreError
+from intents_mm.errors import BusError, IntentsMMError, StoreError
 from intents_mm.services.inventory_sync import MIN_GRACE_NS, Reconciler
 from intents_mm.services.runtime import Check, Route, Service, ServiceContext, json_response
 from intents_mm.storage.persistence import HistoryPersister
@@ -553,7 +553,6 @@ class _FollowStats:
     results_from_store: int = 0
     markouts_written: int = 0
     markouts_given_up: int = 0
-    poison: int = 0
 
 
 class HistoryWriter(Service):
@@ -614,7 +613,7 @@ class HistoryWriter(Service):
             async with asyncio.timeout(30):
                 await self.persister.subscribed.wait()
             await self.seed()  # before the follow-up consumer, so replays find what is settled
-        self._subscription = await self.bus.subscribe(
+        self._subscription = await self.subscribe(
             list(FOLLOW_SUBJECTS), FOLLOW_DURABLE, self._on_delivery, max_in_flight=64
         )
 
@@ -638,13 +637,7 @@ class HistoryWriter(Service):
 
     # -- bus input -------------------------------------------------------------------------------
     async def _on_delivery(self, d: Delivery) -> None:
-        try:
-            env = m.decode(d.data, subject=d.subject)
-        except InputError as exc:
-            self.follow.poison += 1
-            log.warning("history-writer: undecodable %s %s: %s", d.subject, d.msg_id, exc)
-            await d.ack()
-            return
+        env = m.decode(d.data, subject=d.subject)  # InputError: a dead letter (Service.subscribe)
         self.observe(env)
         await d.ack()
 
@@ -1151,7 +1144,6 @@ class HistoryWriter(Service):
                 "markouts_pending": sum(len(p.horizons) for p in self._markouts.values()),
                 "markouts_written": self.follow.markouts_written,
                 "markouts_given_up": self.follow.markouts_given_up,
-                "undecodable": self.follow.poison,
             },
             "portfolio": {
                 "first_command_ts_ns": self._first_cmd_ts,

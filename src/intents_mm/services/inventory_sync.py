@@ -42,7 +42,7 @@ from aiohttp import web
 from intents_mm.config import Config
 from intents_mm.domain.amounts import format_units
 from intents_mm.domain.assets import Asset
-from intents_mm.errors import InputError, IntentsMMError
+from intents_mm.errors import IntentsMMError
 from intents_mm.messages import (
     INVENTORY_SNAPSHOT,
     LIQUIDITY_ACTION,
@@ -419,7 +419,7 @@ class InventorySync(Service):
         self.rpc = NearRpcClient(list(self.config["NEAR_RPC_URLS"]))
         self.verifier = VerifierClient(self.rpc, self.contract_id)
         self._subs = [
-            await self.bus.subscribe(
+            await self.subscribe(
                 [TRADE_RESULT, QUOTE_STATUS, LIQUIDITY_ACTION, LIQUIDITY_STATE],
                 f"{self.name}-events",
                 self._on_event,
@@ -454,12 +454,7 @@ class InventorySync(Service):
 
     # -- bus inputs ------------------------------------------------------------------------------
     async def _on_event(self, delivery: Delivery) -> None:
-        try:
-            env = decode(delivery.data)
-        except InputError as exc:
-            log.warning("%s: dropping undecodable message %s: %s", self.name, delivery.msg_id, exc)
-            await delivery.ack()
-            return
+        env = decode(delivery.data)  # InputError: a dead letter (Service.subscribe)
         payload, now = env.payload, env.ts_ns  # event time: a replayed message keeps its own
         if isinstance(payload, TradeResult):
             self.reconciler.on_trade_result(payload, now)

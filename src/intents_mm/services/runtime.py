@@ -21,7 +21,7 @@ import gc
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
@@ -30,6 +30,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from intents_mm.bus.dead_letter import with_dead_letters
+from intents_mm.bus.port import Delivery, Subscription
+from intents_mm.bus.port import Handler as BusHandler
 from intents_mm.clock import SYSTEM_CLOCK, Clock
 from intents_mm.config import Config, is_loopback, port_var
 from intents_mm.domain.assets import AssetRegistry
@@ -183,6 +186,9 @@ class Service:
             "control_requests", "Control API requests", ["method", "path", "status"], registry=self.metrics
         )
         self._m_ready = Gauge("service_ready", "1 when the service is ready", registry=self.metrics)
+        self.max_deliveries: int = ctx.config["BUS_MAX_DELIVERIES"]
+        self.dead_letters = 0
+        self.last_dead_letter: dict[str, Any] | None = None
 
     # -- life cycle (override) -------------------------------------------------------------------
     async def start(self) -> None:
@@ -206,6 +212,44 @@ class Service:
         return {"bus": Check(self.bus.healthy(), "" if self.bus.healthy() else "bus disconnected")}
 
     # -- helpers ---------------------------------------------------------------------------------
+    async def subscribe(
+        self,
+        subjects: Sequence[str],
+        durable: str,
+        handler: BusHandler,
+        *,
+        ack_wait_s: float = 30.0,
+        max_in_flight: int = 256,
+    ) -> Subscription:
+        """Subscribe under the one message policy (:mod:`intents_mm.bus.dead_letter`): an undecodable
+        message, or one whose handler keeps failing, becomes a ``bus.dead_letter`` and is acked."""
+
+        async def on_dead(d: Delivery, reason: str) -> None:
+            from intents_mm.messages import DEAD_LETTER, DeadLetter
+
+            letter = DeadLetter.of(durable, d.subject, d.msg_id, d.num_delivered, reason, d.data)
+            await self.publish(DEAD_LETTER, letter, msg_id=f"dead:{durable}:{d.msg_id}")
+            self.dead_letters += 1
+            self.last_dead_letter = {
+                "consumer": durable,
+                "subject": d.subject,
+                "msg_id": d.msg_id,
+                "deliveries": d.num_delivered,
+                "error": letter.error,
+                "ts_ns": self.clock.now_ns(),
+            }
+            log.warning(
+                "%s: dead letter from %s on %s msg_id=%s: %s", self.name, durable, d.subject, d.msg_id, reason
+            )
+
+        return await self.bus.subscribe(
+            subjects,
+            durable,
+            with_dead_letters(handler, on_dead, max_deliveries=self.max_deliveries),
+            ack_wait_s=ack_wait_s,
+            max_in_flight=max_in_flight,
+        )
+
     async def publish(self, subject: str, payload: Any, *, msg_id: str | None = None) -> str:
         from intents_mm.messages import encode, new_envelope
 
@@ -242,6 +286,7 @@ class Service:
             "ready": self.ready,
             "uptime_s": round((self.clock.now_ns() - self.started_ns) / 1e9, 3),
             "bus": self.bus.describe(),
+            "dead_letters": {"count": self.dead_letters, "last": self.last_dead_letter},
         }
 
 

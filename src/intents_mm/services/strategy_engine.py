@@ -251,15 +251,14 @@ class StrategyEngine(Service):
             self.name,
             ", ".join(f"{k}={self.human_limits[k]} ({self.limit_sources[k]})" for k in LIMIT_FIELDS),
         )
-        bus = self.bus
         self._subs = [
-            await bus.subscribe(["market.reference_price"], f"{self.name}-reference", self._on_reference),
-            await bus.subscribe(["inventory.snapshot"], f"{self.name}-inventory", self._on_inventory),
-            await bus.subscribe(["exec.trade_result"], f"{self.name}-results", self._on_result),
-            await bus.subscribe(["demand.quote_status"], f"{self.name}-status", self._on_status),
-            await bus.subscribe(["portfolio.metrics"], f"{self.name}-metrics", self._on_metrics),
-            await bus.subscribe(["control.operator_action"], f"{self.name}-control", self._on_control),
-            await bus.subscribe(["demand.swap_request"], f"{self.name}-demand", self._on_request),
+            await self.subscribe(["market.reference_price"], f"{self.name}-reference", self._on_reference),
+            await self.subscribe(["inventory.snapshot"], f"{self.name}-inventory", self._on_inventory),
+            await self.subscribe(["exec.trade_result"], f"{self.name}-results", self._on_result),
+            await self.subscribe(["demand.quote_status"], f"{self.name}-status", self._on_status),
+            await self.subscribe(["portfolio.metrics"], f"{self.name}-metrics", self._on_metrics),
+            await self.subscribe(["control.operator_action"], f"{self.name}-control", self._on_control),
+            await self.subscribe(["demand.swap_request"], f"{self.name}-demand", self._on_request),
         ]
 
     async def run(self) -> None:
@@ -351,11 +350,7 @@ class StrategyEngine(Service):
 
     async def _on_control(self, d: Delivery) -> None:
         """The executor's emergency stop (``/kill``) disarms the strategy over the bus."""
-        try:
-            env = decode(d.data)
-        except InputError:
-            await d.ack()
-            return
+        env = decode(d.data)  # InputError: a dead letter (Service.subscribe)
         payload = env.payload
         if (
             env.ts_ns >= self.started_ns  # a stop from before this process started is history, not an order
@@ -370,11 +365,7 @@ class StrategyEngine(Service):
 
     # -- the hot path ----------------------------------------------------------------------------
     async def _on_request(self, d: Delivery) -> None:
-        try:
-            payload = decode(d.data).payload
-        except InputError:
-            await d.ack()  # poison: recorded by history-writer's own decode, never retried
-            return
+        payload = decode(d.data).payload  # InputError: a dead letter (Service.subscribe)
         if isinstance(payload, SwapRequest) and payload.quote_id not in self.seen_quotes:
             self.seen_quotes[payload.quote_id] = None
             if len(self.seen_quotes) > 50_000:

@@ -359,11 +359,11 @@ class TradeExecutor(Service):
         self.spawn(self.ledger.sync_forever(), "ledger-sync")
         self.spawn(self._mirror_forever(), "ledger-mirror")
         self.spawn(self._cancel_rows_forever(), "cancel-rows")
-        self._sub = await self.bus.subscribe([EXECUTE_TRADE], f"{self.name}-commands", self._on_command)
+        self._sub = await self.subscribe([EXECUTE_TRADE], f"{self.name}-commands", self._on_command)
         if self.cancel_on_move:
             self._watch_subs = [
-                await self.bus.subscribe([REFERENCE_PRICE], f"{self.name}-reference", self._on_reference),
-                await self.bus.subscribe([OPERATOR_ACTION], f"{self.name}-control", self._on_control),
+                await self.subscribe([REFERENCE_PRICE], f"{self.name}-reference", self._on_reference),
+                await self.subscribe([OPERATOR_ACTION], f"{self.name}-control", self._on_control),
             ]
             if self.outstanding:  # read back after a restart: nobody watches them any more
                 self._spawn_cancel(list(self.outstanding.values()), "restart")
@@ -473,12 +473,7 @@ class TradeExecutor(Service):
     # -- commands --------------------------------------------------------------------------------
     async def _on_command(self, delivery: Delivery) -> None:
         recv_mono = self.clock.monotonic_ns()
-        try:
-            payload = decode(delivery.data, subject=EXECUTE_TRADE).payload
-        except InputError as exc:
-            log.warning("%s: dropping undecodable command %s: %s", self.name, delivery.msg_id, exc)
-            await delivery.ack()
-            return
+        payload = decode(delivery.data, subject=EXECUTE_TRADE).payload  # InputError: a dead letter
         if not isinstance(payload, ExecuteTrade):  # pragma: no cover - decode checks the type
             await delivery.ack()
             return
@@ -827,11 +822,7 @@ class TradeExecutor(Service):
 
     # -- cancel-on-move ----------------------------------------------------------------------------
     async def _on_reference(self, d: Delivery) -> None:
-        try:
-            payload = decode(d.data, subject=REFERENCE_PRICE).payload
-        except InputError:
-            await d.ack()
-            return
+        payload = decode(d.data, subject=REFERENCE_PRICE).payload  # InputError: a dead letter
         if isinstance(payload, ReferencePrice):
             self.on_reference(payload)
         await d.ack()
@@ -868,11 +859,7 @@ class TradeExecutor(Service):
 
     async def _on_control(self, d: Delivery) -> None:
         """A disarm of the strategy (operator, loss or jump guard, another executor's /kill) cancels."""
-        try:
-            env = decode(d.data, subject=OPERATOR_ACTION)
-        except InputError:
-            await d.ack()
-            return
+        env = decode(d.data, subject=OPERATOR_ACTION)  # InputError: a dead letter
         action = env.payload
         if (
             isinstance(action, OperatorAction)

@@ -174,6 +174,16 @@ operator_actions = _event_table(
     sa.Column("detail", _T),
 )
 
+dead_letters = _event_table(
+    "dead_letters",
+    sa.Column("consumer", _T, nullable=False),
+    sa.Column("subject", _T, nullable=False),
+    sa.Column("original_msg_id", _T, nullable=False),
+    sa.Column("deliveries", sa.Integer, nullable=False),
+    sa.Column("error", _T, nullable=False),
+    indexed=("consumer",),
+)
+
 portfolio_metrics_snapshots = _event_table(
     "portfolio_metrics_snapshots",
     sa.Column("computed_ts_ns", sa.BigInteger, nullable=False),
@@ -282,6 +292,7 @@ SUBJECT_TABLES: Final[dict[str, tuple[sa.Table, RowExtras | None]]] = {
     m.TRADE_RESULT: (trade_execution_results, None),
     m.OPERATOR_ACTION: (operator_actions, None),
     m.PORTFOLIO_METRICS: (portfolio_metrics_snapshots, None),
+    m.DEAD_LETTER: (dead_letters, None),
 }
 
 #: event table name → subject.
