@@ -331,6 +331,15 @@ async def test_put_limits_validated_persisted_and_audited(
             ('{"unknown_limit": 1}', 400),
             ('{"max_notional_eure": -1}', 400),
             ('{"min_btc": 2, "max_btc": 1}', 400),
+            # the strict grammar: ASCII digits with an optional fraction, nothing else
+            ('{"max_notional_eure": "5_0"}', 400),
+            ('{"max_notional_eure": "\u0665"}', 400),  # Arabic-Indic five
+            ('{"max_notional_eure": "\uff15"}', 400),  # fullwidth five
+            ('{"max_notional_eure": " 5"}', 400),
+            ('{"max_notional_eure": 1e-400}', 400),
+            ('{"max_notional_eure": "1e2"}', 400),
+            ('{"max_notional_eure": true}', 400),
+            ('{"max_notional_eure": "12345678901234567"}', 400),
             ('{"max_notional_eure": 5}', 200),
             ('{"max_notional_eure": 7.5}', 200),
         ]:
@@ -345,10 +354,10 @@ async def test_put_limits_validated_persisted_and_audited(
             assert (await resp.json())["limits"]["max_notional_eure"] == "7.5"
     assert running.store is not None
     for _ in range(100):
-        if len(audits) >= 8:
+        if len(audits) >= 16:
             break
         await asyncio.sleep(0.01)
-    assert [a.result for a in audits] == ["refused"] * 6 + ["ok"] * 2
+    assert [a.result for a in audits] == ["refused"] * 14 + ["ok"] * 2
     assert all(a.service == "strategy-engine" and a.action == "limits" for a in audits)
     assert audits[-1].params == {"max_notional_eure": "7.5"}
     saved = await running.store.get_state("strategy-engine.limits")

@@ -82,6 +82,27 @@ def to_decimal(value: object, *, name: str = "value") -> Decimal:
     return dec
 
 
+def parse_plain_decimal(
+    value: object, *, name: str, max_int_digits: int = 16, max_frac_digits: int = 18
+) -> Decimal:
+    r"""An operator's non-negative decimal, strictly: ASCII digits with an optional ``.fraction``
+    (``^[0-9]+(\.[0-9]+)?$``), at most ``max_int_digits`` before and ``max_frac_digits`` after the point.
+
+    Given as a JSON string or number; its text must match, so ``5_0``, signs, spaces, exponents such as
+    ``1e-400`` and non-ASCII digits (which ``Decimal`` would otherwise accept) are refused, as are
+    booleans and binary floats."""
+    if isinstance(value, (bool, float)) or not isinstance(value, (int, Decimal, str)):
+        raise InputError(f'{name} must be a decimal string such as "5" or "0.25"')
+    text = str(value)
+    pattern = re.compile(rf"[0-9]{{1,{max_int_digits}}}(?:\.[0-9]{{1,{max_frac_digits}}})?")
+    if not pattern.fullmatch(text):
+        raise InputError(
+            f"{name} must be ASCII digits with an optional fraction (at most {max_int_digits} digits before "
+            f"and {max_frac_digits} after the point), got {text[:40]!r}"
+        )
+    return Decimal(text)
+
+
 def to_units(asset: Asset, human: object, rounding: Rounding, *, name: str = "amount") -> int:
     """Human amount (e.g. ``"0.0001"`` BTC) to smallest units, rounding in the given direction."""
     dec = to_decimal(human, name=name)

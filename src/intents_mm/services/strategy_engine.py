@@ -34,7 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from intents_mm.bus.port import Delivery, redelivery_delay_s
-from intents_mm.domain.amounts import Rounding, format_units, to_decimal, to_units
+from intents_mm.domain.amounts import Rounding, format_units, parse_plain_decimal, to_units
 from intents_mm.domain.pricing import Inventory, PricedQuote, PricingParams, QuoteRequest, price_quote
 from intents_mm.domain.risk import (
     Limits,
@@ -206,11 +206,9 @@ class StrategyEngine(Service):
         merged = dict(self.human_limits)
         for key, raw in changes.items():
             try:
-                value = to_decimal(raw if not isinstance(raw, float) else str(raw), name=key)
+                value = parse_plain_decimal(raw, name=key)
             except InputError as exc:
                 raise HttpError(400, str(exc)) from None
-            if value < 0:
-                raise HttpError(400, f"{key} must not be negative")
             if LIMIT_FIELDS[key] == "int" and value != value.to_integral_value():
                 raise HttpError(400, f"{key} must be a whole number")
             if value > Decimal(10) ** 15:
