@@ -244,3 +244,28 @@ def test_withdraw_memo_validates_the_destination() -> None:
         withdraw_memo("btc:mainnet", "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed")
     with pytest.raises(InputError):
         withdraw_memo("btc:mainnet", "1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa", tag="a b")
+
+
+@pytest.mark.parametrize(
+    ("chain", "address"),
+    [
+        ("eth:100", "0x0000000000000000000000000000000000000000"),
+        ("eth:100", "0x0000000000000000000000000000000000000001"),  # a precompile
+        ("eth:1", "0x000000000000000000000000000000000000dEaD"),
+        ("eth:1", "0xdEAD000000000000000042069420694206942069"),
+        ("btc:mainnet", "1111111111111111111114oLvT2"),  # P2PKH of a zero hash
+        ("btc:mainnet", "1BitcoinEaterAddressDontSendf59kuE"),
+        ("btc:mainnet", encode_segwit_address(0, bytes(20))),  # all-zero witness programs
+        ("btc:mainnet", encode_segwit_address(0, bytes(32))),
+        ("btc:mainnet", encode_segwit_address(1, bytes(32))),
+        ("btc:mainnet", b58check_encode(b"\x05" + bytes(20))),  # P2SH of a zero hash
+    ],
+)
+def test_burn_and_zero_addresses_are_refused_as_destinations(chain: str, address: str) -> None:
+    with pytest.raises(InputError, match="refused"):
+        validate_destination(chain, address)
+
+
+def test_an_ordinary_address_next_to_the_burn_ones_still_passes() -> None:
+    assert validate_destination("eth:100", "0x0000000000000000000000000000000000010000").startswith("0x")
+    assert validate_destination("btc:mainnet", encode_segwit_address(0, bytes(19) + b"\x01"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Final
 
 from intents_mm.errors import InputError
 
@@ -348,17 +349,55 @@ def _validate_btc(address: str) -> str:
 _EVM_CHAIN_RE = re.compile(r"eth:[1-9][0-9]*")
 
 
+#: Well-known unspendable Bitcoin addresses (P2PKH of a zero hash, vanity "eater" addresses).
+BTC_BURN_ADDRESSES: Final = frozenset(
+    {
+        "1111111111111111111114oLvT2",
+        "1BitcoinEaterAddressDontSendf59kuE",
+        "1CounterpartyXXXXXXXXXXXXXXXUWLpVr",
+    }
+)
+#: Well-known EVM burn addresses (lower case); every address up to 0xffff (the zero address and the
+#: precompiles) is refused as well.
+EVM_BURN_ADDRESSES: Final = frozenset(
+    {
+        "0x000000000000000000000000000000000000dead",
+        "0xdead000000000000000042069420694206942069",
+        "0xffffffffffffffffffffffffffffffffffffffff",
+    }
+)
+
+
+def _refuse_burn(chain: str, canonical: str) -> str:
+    if chain == "btc:mainnet":
+        if canonical.lower().startswith("bc1"):
+            program = decode_segwit_address("bc", canonical)[1]
+        else:
+            program = b58check_decode(canonical)[1:]  # the hash after the version byte
+        if canonical in BTC_BURN_ADDRESSES or not any(program):  # an all-zero hash or witness program
+            raise InputError(f"{canonical} is a known unspendable (burn) address on {chain}: refused")
+    else:
+        lowered = canonical.lower()
+        if int(lowered, 16) <= 0xFFFF or lowered in EVM_BURN_ADDRESSES:
+            raise InputError(
+                f"{canonical} is the zero address, a precompile or a known burn address on {chain}: refused"
+            )
+    return canonical
+
+
 def validate_destination(chain: str, address: str) -> str:
     """Check ``address`` as a withdrawal destination on bridge chain ``chain``; return its canonical form.
 
-    Raises :class:`InputError` for an unknown chain or an invalid address. See the module docstring.
+    Raises :class:`InputError` for an unknown chain, an invalid address, or an address that can never
+    spend what it receives (the zero address, precompiles and known burn addresses). See the module
+    docstring.
     """
     if not isinstance(address, str) or not address:
         raise InputError(f"destination address for {chain} is empty")
     if chain == "btc:mainnet":
-        return _validate_btc(address)
+        return _refuse_burn(chain, _validate_btc(address))
     if _EVM_CHAIN_RE.fullmatch(chain):
-        return _validate_evm(address)
+        return _refuse_burn(chain, _validate_evm(address))
     raise InputError(f"unsupported destination chain {chain!r} (supported: btc:mainnet, eth:<chain id>)")
 
 
