@@ -567,3 +567,66 @@ async def test_deposits_in_every_reply_shape_are_credited_exactly(
         btc_id = got[BTC_ID].detail["tx_hash"]
         assert btc_id == btc_tx if shape == "sdk" else btc_id.startswith("nohash:")
         assert (await lm_state(svc))["skipped_deposit_entries"]["total"] == 0
+
+
+async def test_track_withdrawal_checks_the_hash_on_near_and_untrack_removes_it(sqlite_url: str) -> None:
+    async with (
+        sim_venue() as venue,
+        run_services(["liquidity-manager", "inventory-sync"], venue.config(), sqlite_url) as svc,
+    ):
+        burn = await _burn(venue, 2000)
+
+        def track(
+            tx_hash: str, amount: str, asset: str = BTC_ID, chain: str = "btc:mainnet"
+        ) -> dict[str, Any]:
+            return {"withdrawal_hash": tx_hash, "asset_id": asset, "chain": chain, "amount": amount}
+
+        # a well-formed hash NEAR does not know
+        unknown = "11111111111111111111111111111111"
+        status, body = await svc.post(NAME, "/track-withdrawal", track(unknown, "2000"))
+        assert status == 409 and "is known to NEAR" in body["error"], body
+        # the amount comes from the chain: another amount is refused, naming the burned one
+        status, body = await svc.post(
+            NAME, "/track-withdrawal", track(burn, "3400000000000000000000000000000")
+        )
+        assert status == 409 and "burned 2000" in body["error"], body
+        # the burn withdraws BTC, not EURe
+        status, body = await svc.post(NAME, "/track-withdrawal", track(burn, "2000", EURE_ID, "eth:100"))
+        assert status == 409 and "withdraws btc.omft.near" in body["error"], body
+        # a transaction of ours that is no ft_withdraw
+        async with NearRpcClient([venue.rpc_url]) as rpc:
+            sender = TransactionSender(rpc, venue.account, venue.key)
+            other = (await sender.call("intents.near", "execute_intents", {"signed": []}, deposit=0)).tx_hash
+        status, body = await svc.post(NAME, "/track-withdrawal", track(other, "2000"))
+        assert status == 409 and "not a withdrawal of ours" in body["error"], body
+        assert not [a for a in actions(svc, "track_withdrawal")]  # nothing was tracked
+
+        status, body = await svc.post(NAME, "/track-withdrawal", track(burn, "2000"))
+        assert status == 200 and body["amount"] == "2000", body
+        await eventually(lambda: any(w.withdrawal_hash == burn for w in states(svc)[-1].withdrawals))
+
+        # untrack: only tracked ones, audited, and the in-flight amount goes away
+        status, body = await svc.post(
+            NAME, "/untrack-withdrawal", {"withdrawal_hash": unknown, "asset_id": BTC_ID}
+        )
+        assert status == 404
+        async with svc.session.delete(
+            svc.url(NAME) + "/track-withdrawal",
+            json={"withdrawal_hash": burn, "asset_id": BTC_ID},
+        ) as resp:
+            assert resp.status == 200 and (await resp.json())["untracked"] is True
+        await eventually(lambda: not any(w.withdrawal_hash == burn for w in states(svc)[-1].withdrawals))
+        assert actions(svc, "track_withdrawal")[-1].detail == {
+            "untracked": True,
+            "reason": "untracked by the operator",
+        }
+        status, body = await svc.post(
+            NAME, "/untrack-withdrawal", {"withdrawal_hash": burn, "asset_id": BTC_ID}
+        )
+        assert status == 404  # already gone
+        audits = [
+            p
+            for p in svc.payloads("control.operator_action")
+            if getattr(p, "action", "").startswith("untrack")
+        ]
+        assert [a.result for a in audits] == ["refused", "ok", "refused"]

@@ -61,6 +61,10 @@ MARKER = "# not runnable here: "
 
 LIVE = "it connects to the live NEAR Intents and exchange endpoints"
 #: Commands that cannot run on a development machine: prefix -> the reason the doc states.
+UNTRACK = (
+    "needs a burn tracked from outside the service, and this doc's burns are its own /withdraws "
+    "(tests/test_liquidity_manager.py runs these against the simulated venue)"
+)
 NOT_RUNNABLE: dict[str, str] = {
     "near contract call-function": "needs the near CLI and the named mainnet account's keychain",
     "docker compose": "no container engine on this machine",
@@ -68,6 +72,8 @@ NOT_RUNNABLE: dict[str, str] = {
     "intents-mm run-all": LIVE,
     "intents-mm run ": LIVE,
     "nats ": "no NATS CLI on this machine (simulate's bus is in-process)",
+    "curl -s -X DELETE http://127.0.0.1:8084/track-withdrawal": UNTRACK,
+    "curl -s -X POST http://127.0.0.1:8084/untrack-withdrawal": UNTRACK,
 }
 FIXTURE = "make simulate"
 TOOLS = ("bash", "curl", "jq", "psql", "grep")  # what the doc's runnable commands use besides intents-mm
@@ -791,7 +797,7 @@ def test_the_route_table_matches_the_services() -> None:
         assert DEFAULT_PORTS[name] == int(port), f"{name} is not on {port}"
         table[name] = {
             (m, path, star == "*")
-            for m, path, star in re.findall(r"`(GET|POST|PUT) (/[a-z-]+)`(\*?)", routes)
+            for m, path, star in re.findall(r"`(GET|POST|PUT|DELETE) (/[a-z-]+)`(\*?)", routes)
         }
     expected = {
         name: {r for r in routes if r[1] not in ("/healthz", "/state", "/metrics")}

@@ -6,6 +6,8 @@ returns garbage. Contract panics surface as ``ContractError`` (from ``NearRpcCli
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any
 
 from intents_mm.errors import InputError, RpcError
@@ -14,7 +16,13 @@ from intents_mm.near.keys import PublicKey
 from intents_mm.near.rpc import NearRpcClient
 from intents_mm.near.sender import TransactionSender, TxResult
 
-__all__ = ["DEFAULT_VERIFIER_CONTRACT", "TransactionSender", "TxResult", "VerifierClient"]
+__all__ = [
+    "DEFAULT_VERIFIER_CONTRACT",
+    "TransactionSender",
+    "TxResult",
+    "VerifierClient",
+    "parse_ft_withdraw_tx",
+]
 
 DEFAULT_VERIFIER_CONTRACT = "intents.near"
 _U128_MAX = 2**128 - 1
@@ -117,3 +125,42 @@ class VerifierClient:
         if not isinstance(value.get("intents_executed", []), list):
             raise RpcError("malformed Verifier answer to simulate_intents: intents_executed is not a list")
         return value
+
+
+def parse_ft_withdraw_tx(
+    outcome: dict[str, Any], *, signer_id: str, contract_id: str
+) -> tuple[str, int, str]:
+    """``(token, amount, receiver_id)`` of the ``ft_withdraw`` call in a transaction's final outcome
+    (RPC ``tx``), checked to be signed by ``signer_id`` and sent to ``contract_id``.
+
+    ``token`` is the unprefixed NEP-141 contract (``btc.omft.near``). :class:`InputError` with the reason
+    when the transaction is not such a call (another signer or receiver, no ``ft_withdraw``, malformed
+    arguments, or more than one withdrawal)."""
+    tx = outcome.get("transaction")
+    if not isinstance(tx, dict):
+        raise InputError("the transaction outcome has no transaction")
+    if tx.get("signer_id") != signer_id:
+        raise InputError(f"the transaction was signed by {tx.get('signer_id')!r}, not by {signer_id!r}")
+    if tx.get("receiver_id") != contract_id:
+        raise InputError(f"the transaction was sent to {tx.get('receiver_id')!r}, not to {contract_id!r}")
+    calls = []
+    for action in tx.get("actions") or []:
+        call = action.get("FunctionCall") if isinstance(action, dict) else None
+        if isinstance(call, dict) and call.get("method_name") == "ft_withdraw":
+            calls.append(call)
+    if len(calls) != 1:
+        raise InputError(f"the transaction has {len(calls)} ft_withdraw calls, not exactly one")
+    try:
+        args = json.loads(base64.b64decode(str(calls[0].get("args", "")), validate=True))
+    except ValueError:
+        raise InputError("the ft_withdraw arguments are not base64 JSON") from None
+    if not isinstance(args, dict):
+        raise InputError("the ft_withdraw arguments are not a JSON object")
+    token, receiver = args.get("token"), args.get("receiver_id")
+    if not isinstance(token, str) or not isinstance(receiver, str):
+        raise InputError("the ft_withdraw arguments have no token or receiver_id")
+    try:
+        amount = _parse_u128(args.get("amount"), "ft_withdraw amount")
+    except RpcError as exc:
+        raise InputError(str(exc)) from None
+    return token, amount, receiver

@@ -60,7 +60,7 @@ from intents_mm.near.encoding import b58decode
 from intents_mm.near.keys import SigningKey
 from intents_mm.near.rpc import NearRpcClient
 from intents_mm.near.sender import TransactionSender
-from intents_mm.near.verifier import VerifierClient
+from intents_mm.near.verifier import VerifierClient, parse_ft_withdraw_tx
 from intents_mm.services.inventory_sync import FINAL_WITHDRAWAL_STATUSES, trading_account
 from intents_mm.services.runtime import (
     Check,
@@ -643,6 +643,8 @@ class LiquidityManager(Service):
             Route("POST", "/freeze-withdrawals", self._freeze, mutating=True),
             Route("POST", "/withdraw", self._withdraw, mutating=True),
             Route("POST", "/track-withdrawal", self._track, mutating=True),
+            Route("DELETE", "/track-withdrawal", self._untrack, mutating=True, action="untrack-withdrawal"),
+            Route("POST", "/untrack-withdrawal", self._untrack, mutating=True),
         ]
 
     def _require_account(self) -> str:
@@ -913,6 +915,7 @@ class LiquidityManager(Service):
         for existing in self.records.values():
             if existing.near_tx_hash == tx_hash and existing.asset_id == asset.token_id:
                 return json_response(self._view(existing, duplicate=True))
+        amount = await self._verify_burn(tx_hash, asset, amount)
         now = self.clock.now_ns()
         record = WithdrawalRecord(
             action_id=f"track:{tx_hash}:{asset.symbol}",
@@ -947,6 +950,82 @@ class LiquidityManager(Service):
             await self._poll_withdrawals()
             await self._publish_state(force=True)
         return json_response(self._view(record, duplicate=False))
+
+    async def _verify_burn(self, tx_hash: str, asset: Asset, amount: int) -> int:
+        """The tracked hash must be an ``ft_withdraw`` of ``asset`` from our account on the Verifier,
+        executed successfully; the amount is the chain's (the request's must match it)."""
+        if self.rpc is None or self.account is None:
+            raise HttpError(503, "cannot check the transaction: no NEAR account configured")
+        try:
+            outcome = await self.rpc.tx_status(tx_hash, self.account)
+        except ContractError as exc:
+            raise HttpError(409, f"transaction {tx_hash} failed on chain, nothing to track: {exc}") from None
+        except RpcError as exc:
+            if "UNKNOWN_TRANSACTION" in str(exc) or "doesn't exist" in str(exc):
+                raise HttpError(
+                    409, f"no transaction {tx_hash} signed by {self.account} is known to NEAR"
+                ) from None
+            raise HttpError(502, f"could not look the transaction up on NEAR: {exc}") from None
+        except IntentsMMError as exc:
+            raise HttpError(502, f"could not look the transaction up on NEAR: {exc}") from None
+        try:
+            token, burned, _receiver = parse_ft_withdraw_tx(
+                outcome, signer_id=self.account, contract_id=self.contract_id
+            )
+        except InputError as exc:
+            raise HttpError(409, f"transaction {tx_hash} is not a withdrawal of ours: {exc}") from None
+        contract = asset.token_id.removeprefix("nep141:")
+        if token != contract:
+            raise HttpError(409, f"transaction {tx_hash} withdraws {token}, not {asset.symbol} ({contract})")
+        if burned != amount:
+            raise HttpError(
+                409, f"transaction {tx_hash} burned {burned} smallest units of {asset.symbol}, not {amount}"
+            )
+        return burned
+
+    async def _untrack(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        fields = ("withdrawal_hash", "asset_id")
+        _only_fields(body, fields)
+        for name in fields:
+            if name not in body:
+                raise HttpError(400, f"{name} is required; body: {{{', '.join(repr(f) for f in fields)}}}")
+        tx_hash = _text_field(body, "withdrawal_hash")
+        asset = self._asset(body)
+        found = [
+            r for r in self.records.values() if r.near_tx_hash == tx_hash and r.asset_id == asset.token_id
+        ]
+        if not found:
+            raise HttpError(404, f"no tracked withdrawal {tx_hash} of {asset.symbol}")
+        (record,) = found
+        if record.kind != "track_withdrawal":
+            raise HttpError(
+                409,
+                f"{tx_hash} is a withdrawal made by this service ({record.action_id}); only tracked "
+                "ones can be untracked",
+            )
+        del self.records[record.action_id]
+        try:
+            await self._save_records()
+        except StoreError as exc:
+            self.records[record.action_id] = record
+            raise HttpError(503, f"could not store the change, still tracked: {exc}") from None
+        log.info("%s: untracked withdrawal %s (%s)", self.name, tx_hash, asset.symbol)
+        await self._publish_action(
+            LiquidityAction(
+                action_id=record.action_id,
+                kind="track_withdrawal",
+                asset_id=asset.token_id,
+                amount=record.amount,
+                chain=record.chain,
+                status="failed",
+                near_tx_hash=tx_hash,
+                detail={"untracked": True, "reason": "untracked by the operator"},
+            ),
+            msg_id=f"liquidity:{record.action_id}:untracked",
+        )
+        await self._publish_state(force=True)
+        return json_response({"untracked": True, **self._view(record)})
 
     # -- introspection ---------------------------------------------------------------------------
     def checks(self) -> dict[str, Check]:
