@@ -375,6 +375,13 @@ VARIABLES: tuple[Var, ...] = (
         "how long the Solver Relay waits for quote responses; sets relay_deadline_ns of a swap request",
     ),
     Var(
+        "SHED_REQUEST_AGE_MS",
+        _int(0, 60_000),
+        "25",
+        "shed (decline as shed_overload) a quote request that waited longer than this since its frame "
+        "was read, in ingest or strategy; 0 = only the relay window bounds the wait",
+    ),
+    Var(
         "INGEST_MAX_MIN_DEADLINE_MS",
         _int(1000, 86_400_000),
         "600000",

@@ -19,6 +19,14 @@ was read; ``relay_deadline_ns`` = received + ``INGEST_RELAY_WINDOW_MS`` (how lon
 answers). A quote id already published (a replay after a reconnect) is counted as ``duplicate`` and
 not published again; the bus also drops a repeated ``msg_id``.
 
+Shedding (load is shed, never queued into an outage): a request taken off the client's event queue
+after it waited longer than ``SHED_REQUEST_AGE_MS`` since its frame was read is not published and
+counted as ``shed_overload``; one whose relay window ends within :data:`SIGN_SEND_ALLOWANCE_NS` (too
+late to sign and send) as ``relay_window_passed``. Both are checked before validation (the cheapest
+decline); ``/state`` shows the counts and the largest age shed. The strategy applies the same bounds
+to what reaches it (its decision record then names the reason and the age), and the executor drops
+(``dropped_late``) a command whose request waited more than twice the bound.
+
 Quote statuses are published as ``demand.quote_status`` with ``msg_id = "status:<quote_hash>"``. On a
 guaranteed subscription an event is acknowledged only after the bus publish returned (or when it is a
 duplicate or malformed, so that it is not redelivered for ever); when publishing fails it stays
@@ -54,6 +62,9 @@ MAX_ID_CHARS: Final = 200
 SEEN_KEPT: Final = 100_000  # quote ids / quote hashes remembered against replays
 RECENT_REJECTIONS: Final = 20
 MAX_PUBLISHING: Final = 256  # quote requests being published at once (bus acknowledgement pending)
+#: What signing and sending a quote_response is expected to take: a request whose relay window ends
+#: sooner than this is declined (``relay_window_passed``), in ingest and in strategy.
+SIGN_SEND_ALLOWANCE_NS: Final = 100 * NS_PER_MS
 
 #: Reasons an invalid quote request is counted under (``off_pair`` is counted apart).
 INVALID_REASONS: Final = (
@@ -169,7 +180,15 @@ class _Metrics:
         quotes = CounterMetricFamily(
             "ingest_quote_requests", "Relay quote requests by outcome", labels=["outcome", "reason"]
         )
-        for outcome in ("received", "published", "duplicate", "off_pair", "publish_failed"):
+        for outcome in (
+            "received",
+            "published",
+            "duplicate",
+            "off_pair",
+            "publish_failed",
+            "shed_overload",
+            "relay_window_passed",
+        ):
             quotes.add_metric([outcome, ""], svc.quotes[outcome])
         for reason, count in svc.invalid.items():
             quotes.add_metric(["invalid", reason], count)
@@ -201,6 +220,8 @@ class NearIntentsIngest(Service):
         self.window_ns: int = config["INGEST_RELAY_WINDOW_MS"] * NS_PER_MS
         self.max_min_deadline_ms: int = config["INGEST_MAX_MIN_DEADLINE_MS"]
         self.grace_ns: int = config["INGEST_DISCONNECT_GRACE_MS"] * NS_PER_MS
+        self.shed_age_ns: int = config["SHED_REQUEST_AGE_MS"] * NS_PER_MS
+        self.max_shed_age_ns = 0  # the oldest request shed so far (its wait since the frame was read)
         injected = ctx.overrides.get("relay_client")
         self._owns_client = injected is None
         self.client: SolverRelayClient = (
@@ -267,6 +288,12 @@ class NearIntentsIngest(Service):
     async def _on_quote(self, event: QuoteRequestEvent) -> None:
         quotes = self.quotes
         quotes["received"] += 1
+        age_ns = self.clock.now_ns() - event.received_ts_ns
+        if age_ns > self.window_ns - SIGN_SEND_ALLOWANCE_NS or (
+            self.shed_age_ns and age_ns > self.shed_age_ns
+        ):
+            self._shed(age_ns)
+            return
         try:
             request = swap_request_from_event(
                 event,
@@ -290,6 +317,11 @@ class NearIntentsIngest(Service):
             self.spawn(self._publish_request(request), "publish")
             return
         await self._publish_request(request)
+
+    def _shed(self, age_ns: int) -> None:
+        late = age_ns > self.window_ns - SIGN_SEND_ALLOWANCE_NS
+        self.quotes["relay_window_passed" if late else "shed_overload"] += 1
+        self.max_shed_age_ns = max(self.max_shed_age_ns, age_ns)
 
     async def _publish_request(self, request: SwapRequest) -> None:
         quote_id = request.quote_id
@@ -377,6 +409,9 @@ class NearIntentsIngest(Service):
                 "invalid_by_reason": dict(self.invalid),
                 "publish_failed": self.quotes["publish_failed"],
                 "internal_errors": self.quotes["internal_errors"],
+                "shed_overload": self.quotes["shed_overload"],
+                "relay_window_passed": self.quotes["relay_window_passed"],
+                "max_shed_age_ms": round(self.max_shed_age_ns / NS_PER_MS, 3),
             },
             "statuses": {
                 "received": self.statuses["received"],
@@ -393,6 +428,7 @@ class NearIntentsIngest(Service):
                 "relay_window_ms": self.window_ns // NS_PER_MS,
                 "max_min_deadline_ms": self.max_min_deadline_ms,
                 "disconnect_grace_ms": self.grace_ns // NS_PER_MS,
+                "shed_request_age_ms": self.shed_age_ns // NS_PER_MS,
             },
         }
 
