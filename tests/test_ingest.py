@@ -190,6 +190,60 @@ async def test_a_replayed_quote_is_published_once(relay: ScriptedRelay, ingest: 
     assert ingest.service.quotes["duplicate"] == 2 and len(published) == 2
 
 
+class RequestGateBus(MemoryBus):
+    """A memory bus whose publishes of ``demand.swap_request`` wait for ``gate``: the ingest stalls, so
+    the requests behind the one being published wait in the relay client's event queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def publish(self, subject: str, data: bytes, *, msg_id: str) -> None:
+        if subject == SWAP_REQUEST:
+            await self.gate.wait()
+        await super().publish(subject, data, msg_id=msg_id)
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason", "other"),
+    [
+        ({"SHED_REQUEST_AGE_MS": "30"}, "shed_overload", "relay_window_passed"),
+        # no age bound: only the relay window (300 ms, minus the time to sign and send) bounds the wait
+        (
+            {"SHED_REQUEST_AGE_MS": "0", "INGEST_RELAY_WINDOW_MS": "300"},
+            "relay_window_passed",
+            "shed_overload",
+        ),
+    ],
+    ids=["age_bound", "window_only"],
+)
+async def test_requests_that_waited_too_long_are_shed_not_published(
+    relay: ScriptedRelay, tmp_path: Path, extra: dict[str, str], reason: str, other: str
+) -> None:
+    bus = RequestGateBus()
+    ingest = await Ingest.start(env(relay, **extra), bus=bus, tmp=tmp_path)
+    try:
+        bus.gate.clear()
+        await relay.push(quote_frame(relay, "first"))  # taken off the queue at once, then its publish waits
+        await wait_until(lambda: ingest.service.quotes["received"] == 1)
+        for i in range(3):
+            await relay.push(quote_frame(relay, f"stuck-{i}"))
+        await wait_until(lambda: ingest.service.client.snapshot()["event_queue"] == 3)
+        await asyncio.sleep(0.4)  # older than either bound by now
+        bus.gate.set()
+        await wait_until(lambda: ingest.service.quotes[reason] == 3)
+        await relay.push(quote_frame(relay, "fresh"))
+        await ingest.wait_published(SWAP_REQUEST, 2)
+        assert [p.quote_id for p in ingest.payloads(SWAP_REQUEST)] == ["first", "fresh"]
+        _, state = await ingest.get("/state")
+        quotes = state["quotes"]
+        assert (quotes["received"], quotes["published"], quotes[reason], quotes[other]) == (5, 2, 3, 0)
+        assert quotes["max_shed_age_ms"] >= 400
+    finally:
+        await ingest.stop()
+
+
 # ---------------------------------------------------------------------------- quote statuses
 
 

@@ -377,9 +377,9 @@ VARIABLES: tuple[Var, ...] = (
     Var(
         "SHED_REQUEST_AGE_MS",
         _int(0, 60_000),
-        "25",
+        "50",
         "shed (decline as shed_overload) a quote request that waited longer than this since its frame "
-        "was read, in ingest or strategy; 0 = only the relay window bounds the wait",
+        "was read, in ingest, strategy or executor; 0 = only the relay window bounds the wait",
     ),
     Var(
         "INGEST_MAX_MIN_DEADLINE_MS",

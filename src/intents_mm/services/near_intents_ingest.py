@@ -25,7 +25,7 @@ counted as ``shed_overload``; one whose relay window ends within :data:`SIGN_SEN
 late to sign and send) as ``relay_window_passed``. Both are checked before validation (the cheapest
 decline); ``/state`` shows the counts and the largest age shed. The strategy applies the same bounds
 to what reaches it (its decision record then names the reason and the age), and the executor drops
-(``dropped_late``) a command whose request waited more than twice the bound.
+(``dropped_late``) a command whose request waited longer than the bound by the time it is taken up.
 
 Quote statuses are published as ``demand.quote_status`` with ``msg_id = "status:<quote_hash>"``. On a
 guaranteed subscription an event is acknowledged only after the bus publish returned (or when it is a

@@ -12,7 +12,8 @@ Contract
   0. already signed (memory or ledger) → ``error`` with the first signature's quote hash when known;
   1. disarmed → ``skipped_disarmed``, nothing is signed or sent;
   2. ``now > relay_deadline_ns`` (the relay's answer window has passed) or the request waited more than
-     twice ``SHED_REQUEST_AGE_MS`` since its relay frame was read (overload: shed, not queued) →
+     ``SHED_REQUEST_AGE_MS`` since its relay frame was read (overload: shed, not queued; the frame's
+     time is ``relay_deadline_ns - INGEST_RELAY_WINDOW_MS``) →
      ``dropped_late``, never signed; a relay rejection that arrives after the window is noted as such
      in ``error`` (the strategy does not count our lateness as a venue error);
   3. signed at most once: the command id is written to the executor's append-only ledger file
@@ -234,7 +235,7 @@ class TradeExecutor(Service):
         self.contract_id: str = c["NEAR_INTENTS_CONTRACT_ID"]
         self.buffer_ms: int = c["EXECUTOR_DEADLINE_BUFFER_MS"]
         self.window_ns: int = c["INGEST_RELAY_WINDOW_MS"] * MS
-        self.shed_age_ns: int = 2 * c["SHED_REQUEST_AGE_MS"] * MS  # 0 = only the relay window
+        self.shed_age_ns: int = c["SHED_REQUEST_AGE_MS"] * MS  # 0 = only the relay window
         self.standard: Standard = cast(Standard, c["EXECUTOR_SIGNING_STANDARD"])
         self.armed = False
         self.disarm_reason: str | None = "starts disarmed"
