@@ -13,6 +13,7 @@ import pytest
 from intents_mm.bus.memory import MemoryBus
 from intents_mm.errors import BusError
 from intents_mm.messages import QUOTE_STATUS, SWAP_REQUEST, QuoteStatus, SwapRequest
+from intents_mm.services.near_intents_ingest import OVERLOAD_HOLD_NS, AgeShedder
 from relay_testkit import BTC, EURE, INGEST, Ingest, ScriptedRelay, fixture, wait_until
 
 MS = 1_000_000
@@ -190,6 +191,23 @@ async def test_a_replayed_quote_is_published_once(relay: ScriptedRelay, ingest: 
     assert ingest.service.quotes["duplicate"] == 2 and len(published) == 2
 
 
+def test_age_shedder_sheds_beyond_the_bound_then_keeps_the_queue_short_while_overloaded() -> None:
+    shedder = AgeShedder(50 * MS)
+    t = 10**12
+    assert not shedder.shed(49 * MS, t)  # a stall below the bound sheds nothing
+    assert not shedder.shed(20 * MS, t) and shedder.episodes == 0
+    assert shedder.shed(51 * MS, t) and shedder.episodes == 1 and shedder.overloaded(t)
+    # in the episode: older than a fifth of the bound is shed, and each shed one extends it
+    assert shedder.shed(11 * MS, t + 500 * MS)
+    assert not shedder.shed(10 * MS, t + 600 * MS)
+    assert shedder.overloaded(t + 500 * MS + OVERLOAD_HOLD_NS - 1)
+    later = t + 500 * MS + OVERLOAD_HOLD_NS
+    assert not shedder.overloaded(later) and not shedder.shed(30 * MS, later)
+    assert shedder.shed(60 * MS, later) and shedder.episodes == 2
+    off = AgeShedder(0)
+    assert not off.shed(10**12, t) and off.episodes == 0
+
+
 class RequestGateBus(MemoryBus):
     """A memory bus whose publishes of ``demand.swap_request`` wait for ``gate``: the ingest stalls, so
     the requests behind the one being published wait in the relay client's event queue."""
@@ -233,6 +251,8 @@ async def test_requests_that_waited_too_long_are_shed_not_published(
         await asyncio.sleep(0.4)  # older than either bound by now
         bus.gate.set()
         await wait_until(lambda: ingest.service.quotes[reason] == 3)
+        # an overload episode sheds anything but fresh requests for a second after the last one shed
+        await wait_until(lambda: not ingest.service.shedder.overloaded(ingest.service.clock.now_ns()))
         await relay.push(quote_frame(relay, "fresh"))
         await ingest.wait_published(SWAP_REQUEST, 2)
         assert [p.quote_id for p in ingest.payloads(SWAP_REQUEST)] == ["first", "fresh"]
@@ -240,6 +260,7 @@ async def test_requests_that_waited_too_long_are_shed_not_published(
         quotes = state["quotes"]
         assert (quotes["received"], quotes["published"], quotes[reason], quotes[other]) == (5, 2, 3, 0)
         assert quotes["max_shed_age_ms"] >= 400
+        assert quotes["overload_episodes"] == (1 if reason == "shed_overload" else 0)
     finally:
         await ingest.stop()
 

@@ -349,25 +349,26 @@ async def test_a_request_that_waited_too_long_is_declined_at_once_with_its_age(
     await asyncio.sleep(0.05)
     async with aiohttp.ClientSession() as http, http.post(f"{url}/arm") as resp:
         assert resp.status == 200
-    # waited longer than SHED_REQUEST_AGE_MS (50 by default): shed, with the age in the record
-    await publish(running.bus, "demand.swap_request", request(age_ms=400))
-    (shed,) = await col.wait_decisions(1)
-    assert (shed.outcome, shed.reason) == ("decline", "shed_overload")
-    assert shed.inputs["age_ms"] >= 400 and shed.amount_out is None and shed.limit_checks == []
+    await publish(running.bus, "demand.swap_request", request())
+    fresh = (await col.wait_decisions(1))[-1]
+    assert (fresh.outcome, fresh.reason) == ("quote", "ok") and 0 <= fresh.inputs["age_ms"] < 50
     # its relay window ends before a quote could be signed and sent (100 ms allowance)
     await publish(running.bus, "demand.swap_request", request(window_ms=50))
     assert (await col.wait_decisions(2))[-1].reason == "relay_window_passed"
     await publish(running.bus, "demand.swap_request", request(age_ms=4000))  # the window itself passed
     assert (await col.wait_decisions(3))[-1].reason == "relay_window_passed"
-    await publish(running.bus, "demand.swap_request", request())
-    fresh = (await col.wait_decisions(4))[-1]
-    assert (fresh.outcome, fresh.reason) == ("quote", "ok") and fresh.inputs["age_ms"] < 50
+    # waited longer than SHED_REQUEST_AGE_MS (50 by default): shed, with the age in the record
+    await publish(running.bus, "demand.swap_request", request(age_ms=400))
+    shed = (await col.wait_decisions(4))[-1]
+    assert (shed.outcome, shed.reason) == ("decline", "shed_overload")
+    assert shed.inputs["age_ms"] >= 400 and shed.amount_out is None and shed.limit_checks == []
     await asyncio.sleep(0.05)
     assert [c.quote_id for c in col.commands] == [fresh.quote_id]  # nothing reserved or sent for the others
     async with aiohttp.ClientSession() as http, http.get(f"{url}/state") as resp:
         state = await resp.json()
     assert state["declined_by_reason"] == {"shed_overload": 1, "relay_window_passed": 2}
     assert state["quoting"] is True and state["pause_reasons"] == []  # shedding is not a pause
+    assert state["shedding"] == {"overload_episodes": 1, "overloaded": True}
 
 
 LATE_ERRORS = [

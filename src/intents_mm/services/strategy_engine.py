@@ -47,7 +47,7 @@ from intents_mm.messages import (
     TradeResult,
     decode,
 )
-from intents_mm.services.near_intents_ingest import SIGN_SEND_ALLOWANCE_NS
+from intents_mm.services.near_intents_ingest import SIGN_SEND_ALLOWANCE_NS, AgeShedder
 from intents_mm.services.runtime import HttpError, Route, Service, json_response, read_json_object
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class StrategyEngine(Service):
         }
         self.limits = self._domain_limits(self.human_limits)
         self.buffer_ms: int = c["EXECUTOR_DEADLINE_BUFFER_MS"]
-        self.max_request_age_ns: int = c["SHED_REQUEST_AGE_MS"] * MS
+        self.shedder = AgeShedder(c["SHED_REQUEST_AGE_MS"] * MS)
         self.reference_stale_ns: int = c["REFERENCE_STALE_MS"] * MS
         self.inventory_stale_ns: int = c["STRATEGY_INVENTORY_STALE_MS"] * MS
         partners = c["STRATEGY_ALLOWED_PARTNER_IDS"]
@@ -371,8 +371,9 @@ class StrategyEngine(Service):
         Lateness first, so that a backlog is shed at the cost of a decline: ``relay_window_passed``
         when the relay window ends before a quote could be signed and sent
         (:data:`SIGN_SEND_ALLOWANCE_NS`), ``shed_overload`` when the request waited longer than
-        ``SHED_REQUEST_AGE_MS`` since its frame was read (0 = no such bound). ``age_ms`` is in
-        the inputs either way.
+        ``SHED_REQUEST_AGE_MS`` since its frame was read, or a fifth of that during an overload
+        episode (:class:`AgeShedder`; 0 = no such bound). ``age_ms`` is in the inputs either way.
+        Only requests are judged: the ``/state`` probe never sheds (it has no age).
         """
         ref, inv = self.reference, self.inventory
         inputs: dict[str, Any] = {
@@ -385,7 +386,7 @@ class StrategyEngine(Service):
         }
         if now > req.relay_deadline_ns - SIGN_SEND_ALLOWANCE_NS:
             return "relay_window_passed", inputs
-        if self.max_request_age_ns and now - req.received_ts_ns > self.max_request_age_ns:
+        if self.shedder.shed(now - req.received_ts_ns, now):
             return "shed_overload", inputs
         if self.allowed_partners is not None and req.partner_id not in self.allowed_partners:
             return "partner_not_allowed", inputs
@@ -643,6 +644,10 @@ class StrategyEngine(Service):
             },
             "loss_guard": {"tripped": self.loss_guard.tripped, "last_trade_pnl_eure": self.last_trade_pnl},
             "venue_error_streak": self.venue_error_streak,
+            "shedding": {
+                "overload_episodes": self.shedder.episodes,
+                "overloaded": self.shedder.overloaded(now),
+            },
             "counters": asdict(self.counters),
             "declined_by_reason": dict(self.declines),
             "last_decisions": list(self.last_decisions),
