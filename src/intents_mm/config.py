@@ -370,7 +370,7 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var(
         "INGEST_RELAY_WINDOW_MS",
-        _int(100, 60_000),
+        _int(200, 60_000),  # above the 100 ms the strategy keeps to sign and send a quote
         "3000",
         "how long the Solver Relay waits for quote responses; sets relay_deadline_ns of a swap request",
     ),

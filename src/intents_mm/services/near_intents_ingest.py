@@ -26,9 +26,9 @@ older than a fifth of the bound is shed too, until none was for :data:`OVERLOAD_
 standing queue is drained and kept short instead of hovering at the bound). One whose relay window
 ends within :data:`SIGN_SEND_ALLOWANCE_NS` (too late to sign and send) is ``relay_window_passed``.
 Both are checked before validation (the cheapest decline); ``/state`` shows the counts, the episodes
-and the largest age shed. The strategy applies the same bounds
-to what reaches it (its decision record then names the reason and the age), and the executor drops
-(``dropped_late``) a command whose request waited longer than the bound by the time it is taken up.
+and the largest age shed. The strategy applies the same bounds to what reaches it (its decision
+record then names the reason and the age), and the executor drops (``dropped_late``) a command whose
+request waited longer than the bound by the time it is taken up.
 
 Quote statuses are published as ``demand.quote_status`` with ``msg_id = "status:<quote_hash>"``. On a
 guaranteed subscription an event is acknowledged only after the bus publish returned (or when it is a

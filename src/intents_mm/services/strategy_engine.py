@@ -3,10 +3,12 @@
 Every ``demand.swap_request`` gets a ``decision.trade_decision`` with the full reasoning chain (inputs,
 each price term, each limit check, outcome). An actionable decision emits ``cmd.execute_trade`` only
 while armed; the engine starts disarmed. Guards that stop quoting (each recorded as the decline reason):
-the relay window already passed, a stale or below-quorum reference, stale inventory, an unknown
-protocol fee, a recent price jump, consecutive venue errors from the executor, a tripped loss limit,
-and partner filtering. Limits are changed with ``PUT /limits`` (validated, applied at once, persisted in
-the store so a restart keeps them, audited as ``control.operator_action``).
+the relay window (nearly) passed, a request that waited too long (``shed_overload``: load is shed,
+never queued; :class:`~intents_mm.services.near_intents_ingest.AgeShedder`), a stale or below-quorum
+reference, stale inventory, an unknown protocol fee, a recent price jump, consecutive venue errors
+from the executor (our own lateness, a late rejection or ``dropped_late``, is never one), a tripped
+loss limit, and partner filtering. Limits are changed with ``PUT /limits`` (validated, applied at
+once, persisted in the store so a restart keeps them, audited as ``control.operator_action``).
 """
 
 from __future__ import annotations
