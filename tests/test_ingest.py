@@ -197,11 +197,11 @@ def test_age_shedder_sheds_beyond_the_bound_then_keeps_the_queue_short_while_ove
     assert not shedder.shed(49 * MS, t)  # a stall below the bound sheds nothing
     assert not shedder.shed(20 * MS, t) and shedder.episodes == 0
     assert shedder.shed(51 * MS, t) and shedder.episodes == 1 and shedder.overloaded(t)
-    # in the episode: older than a fifth of the bound is shed, and each shed one extends it
-    assert shedder.shed(11 * MS, t + 500 * MS)
-    assert not shedder.shed(10 * MS, t + 600 * MS)
-    assert shedder.overloaded(t + 500 * MS + OVERLOAD_HOLD_NS - 1)
-    later = t + 500 * MS + OVERLOAD_HOLD_NS
+    # in the episode: older than half the bound is shed, and each shed one extends it
+    assert shedder.shed(26 * MS, t + 400 * MS)
+    assert not shedder.shed(25 * MS, t + 450 * MS)
+    assert shedder.overloaded(t + 400 * MS + OVERLOAD_HOLD_NS - 1)
+    later = t + 400 * MS + OVERLOAD_HOLD_NS
     assert not shedder.overloaded(later) and not shedder.shed(30 * MS, later)
     assert shedder.shed(60 * MS, later) and shedder.episodes == 2
     off = AgeShedder(0)
@@ -251,7 +251,7 @@ async def test_requests_that_waited_too_long_are_shed_not_published(
         await asyncio.sleep(0.4)  # older than either bound by now
         bus.gate.set()
         await wait_until(lambda: ingest.service.quotes[reason] == 3)
-        # an overload episode sheds anything but fresh requests for a second after the last one shed
+        # an overload episode sheds anything but fresh requests for 0.5 s after the last one shed
         await wait_until(lambda: not ingest.service.shedder.overloaded(ingest.service.clock.now_ns()))
         await relay.push(quote_frame(relay, "fresh"))
         await ingest.wait_published(SWAP_REQUEST, 2)

@@ -22,7 +22,7 @@ not published again; the bus also drops a repeated ``msg_id``.
 Shedding (load is shed, never queued into an outage; :class:`AgeShedder`): a request taken off the
 client's event queue after it waited longer than ``SHED_REQUEST_AGE_MS`` since its frame was read is
 not published and counted as ``shed_overload``; that starts an overload episode, in which any request
-older than a fifth of the bound is shed too, until none was for :data:`OVERLOAD_HOLD_NS` (so a
+older than half the bound is shed too, until none was for :data:`OVERLOAD_HOLD_NS` (so a
 standing queue is drained and kept short instead of hovering at the bound). One whose relay window
 ends within :data:`SIGN_SEND_ALLOWANCE_NS` (too late to sign and send) is ``relay_window_passed``.
 Both are checked before validation (the cheapest decline); ``/state`` shows the counts, the episodes
@@ -69,7 +69,7 @@ MAX_PUBLISHING: Final = 256  # quote requests being published at once (bus ackno
 #: sooner than this is declined (``relay_window_passed``), in ingest and in strategy.
 SIGN_SEND_ALLOWANCE_NS: Final = 100 * NS_PER_MS
 #: An overload episode lasts until no request was shed for this long.
-OVERLOAD_HOLD_NS: Final = 1000 * NS_PER_MS
+OVERLOAD_HOLD_NS: Final = 500 * NS_PER_MS
 
 #: Reasons an invalid quote request is counted under (``off_pair`` is counted apart).
 INVALID_REASONS: Final = (
@@ -89,7 +89,7 @@ class AgeShedder:
     """Sheds quote requests by how long they waited (``age_ns``: now − ``received_ts_ns``).
 
     A request older than ``bound_ns`` is shed and starts (or extends) an overload episode; during an
-    episode a request older than ``bound_ns // 5`` is shed as well, and each one shed extends the
+    episode a request older than ``bound_ns // 2`` is shed as well, and each one shed extends the
     episode by :data:`OVERLOAD_HOLD_NS`. Out of an episode a short stall below the bound sheds nothing.
     ``bound_ns == 0`` sheds nothing. Used by near-intents-ingest and strategy-engine, each its own.
     """
@@ -98,7 +98,7 @@ class AgeShedder:
 
     def __init__(self, bound_ns: int) -> None:
         self.bound_ns = bound_ns
-        self.tight_ns = bound_ns // 5
+        self.tight_ns = bound_ns // 2
         self.overloaded_until_ns = 0
         self.episodes = 0
 

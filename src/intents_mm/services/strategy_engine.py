@@ -373,7 +373,7 @@ class StrategyEngine(Service):
         Lateness first, so that a backlog is shed at the cost of a decline: ``relay_window_passed``
         when the relay window ends before a quote could be signed and sent
         (:data:`SIGN_SEND_ALLOWANCE_NS`), ``shed_overload`` when the request waited longer than
-        ``SHED_REQUEST_AGE_MS`` since its frame was read, or a fifth of that during an overload
+        ``SHED_REQUEST_AGE_MS`` since its frame was read, or half of that during an overload
         episode (:class:`AgeShedder`; 0 = no such bound). ``age_ms`` is in the inputs either way.
         Only requests are judged: the ``/state`` probe never sheds (it has no age).
         """
