@@ -100,6 +100,8 @@ def test_bench_memory_end_to_end(tmp_path: Path) -> None:
     assert over["unaccounted"] == 0, over  # every request answered or declined with a reason
     assert over["pauses"] == {"venue_error_pauses": 0, "pause_declines": 0}
     assert "overload" in proc.stdout and "answered latency ms" in proc.stdout
+    ours = over["our_side_ms"]
+    assert 0 <= ours["p50"] <= ours["p99"] <= ours["max"]
     assert not list(tmp_path.glob("*.sqlite3")), "the bench keeps its history store in a temporary directory"
     venue_cpu = report["venue_cpu"]
     assert venue_cpu["process_s"] > 0 and venue_cpu["per_answered_quote_us"] > 0

@@ -25,7 +25,10 @@ decision record's reason) and ``executor:<outcome>`` (a command not sent: ``drop
 whose response never reached the relay shows there, and in ``executor_errors``). ``pauses`` counts
 the venue-error pauses the strategy went through and the declines for a pausing guard (venue errors,
 loss limit, stale reference or inventory, price jump, unknown fee): 0 when overload is shed instead of
-becoming an outage.
+becoming an outage. ``our_side_ms``: for each quote sent, how long its request had waited since the
+ingest read its frame when the executor handed the ``quote_response`` to its socket (the market
+maker's own share of the latency, without the venue process's; the relay stamps both ends of its
+figure on its own loop, so a starved venue process adds its lag there).
 
 CPU: ``time.process_time()`` of this process over the driving phase, divided by the answered quotes:
 the market maker alone with the venue in its own process (whose CPU is reported separately), the
@@ -286,6 +289,10 @@ class Bench(Simulation):
         if sampler is not None:  # the frames that do the driving
             sampler.driver_code = DRIVER_CODE
         profiler = cProfile.Profile() if self.profile_path else None
+        executor = running.service("trade-executor")
+        send_ages = getattr(executor, "send_ages_ns", None)
+        if send_ages is not None:
+            send_ages.clear()
         cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
         if sampler is not None:
             sampler.start()
@@ -339,6 +346,12 @@ class Bench(Simulation):
         overload["answered_latency_ms"] = {
             "p50": _round(percentile(lat_ms, 50)),
             "p99": _round(percentile(lat_ms, 99)),
+        }
+        ours_ms = [age / 1e6 for age in send_ages] if send_ages is not None else []
+        overload["our_side_ms"] = {  # frame read by the ingest -> quote_response handed to the socket
+            "p50": _round(percentile(ours_ms, 50)),
+            "p99": _round(percentile(ours_ms, 99)),
+            "max": _round(max(ours_ms) if ours_ms else None),
         }
         per_quote = round(cpu_s / len(answered) * 1e6, 1) if answered else None
         venue_cpu: dict[str, Any] | None = None
@@ -517,7 +530,8 @@ def render_report(report: Mapping[str, Any]) -> str:
             f"{over['declined']}, unaccounted {over['unaccounted']}; quoting pauses "
             f"{pauses['venue_error_pauses']} (pause declines {pauses['pause_declines']})",
             f"answered latency ms  p50 {over['answered_latency_ms']['p50']}  "
-            f"p99 {over['answered_latency_ms']['p99']}",
+            f"p99 {over['answered_latency_ms']['p99']}  (our side: frame read to quote_response sent "
+            f"p50 {over['our_side_ms']['p50']}  p99 {over['our_side_ms']['p99']})",
         ]
         if over["declined_by_reason"]:
             lines.append(f"declined by reason   {json.dumps(over['declined_by_reason'], sort_keys=True)}")

@@ -266,6 +266,8 @@ class TradeExecutor(Service):
         self._signed: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self.counts: collections.Counter[str] = collections.Counter({o: 0 for o in OUTCOMES})
         self.salt_retries = 0
+        # how long each sent quote's request had waited since its relay frame was read (bench figures)
+        self.send_ages_ns: collections.deque[int] = collections.deque(maxlen=REMEMBERED_COMMANDS)
         self.last_results: collections.deque[dict[str, Any]] = collections.deque(maxlen=LAST_RESULTS)
         self.last_error: str | None = None
         # signed-command ledger: the local file, mirrored into the store's signed_commands table
@@ -573,6 +575,7 @@ class TradeExecutor(Service):
             Outstanding(cmd.command_id, signed.quote_hash, signed.nonce_b64, signed.deadline_ns)
         )
         assert self.relay is not None
+        self.send_ages_ns.append(self.clock.now_ns() - (cmd.relay_deadline_ns - self.window_ns))
         try:
             reply = await self.relay.send_quote_response(signed.params)
         except IntentsMMError as exc:
