@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from intents_mm.bench import CpuSampler, bench_scenario
+from intents_mm.bench import CpuSampler, bench_scenario, overload_figures
 from intents_mm.bench_venue import VenueProcess
 from intents_mm.domain.assets import AssetRegistry
 from intents_mm.errors import IntentsMMError
@@ -95,6 +95,13 @@ def test_bench_memory_end_to_end(tmp_path: Path) -> None:
     assert cpu["process_s"] > 0 and cpu["per_answered_quote_us"] > 0
     assert report["executor_outcomes"]["accepted"] >= report["answered"] - report["rejected_by_relay"]
     assert "p50" in proc.stdout and "dropped" in proc.stdout
+    over = report["overload"]
+    assert over["requests"] == 150 and over["answered"] == report["answered"]
+    assert over["unaccounted"] == 0, over  # every request answered or declined with a reason
+    assert over["pauses"] == {"venue_error_pauses": 0, "pause_declines": 0}
+    assert "overload" in proc.stdout and "answered latency ms" in proc.stdout
+    ours = over["our_side_ms"]
+    assert 0 <= ours["p50"] <= ours["p99"] <= ours["max"]
     assert not list(tmp_path.glob("*.sqlite3")), "the bench keeps its history store in a temporary directory"
     venue_cpu = report["venue_cpu"]
     assert venue_cpu["process_s"] > 0 and venue_cpu["per_answered_quote_us"] > 0
@@ -140,3 +147,26 @@ def test_cpu_sampler_attributes_frames_by_module() -> None:
     assert sampler.top_tasks() == {}
     sampler.by_task.update({"market_maker solver-relay-reader": 3, "venue relay-ws-writer-1": 1})
     assert sampler.top_tasks(1) == {"market_maker solver-relay-reader": 0.75}
+
+
+def test_overload_figures_account_for_every_request_where_it_was_declined() -> None:
+    over = overload_figures(
+        sent=100,
+        answered=60,
+        ingest_quotes={"received": 100, "published": 80, "shed_overload": 15, "relay_window_passed": 5},
+        strategy={
+            "declined_by_reason": {"shed_overload": 10, "venue_errors": 2},
+            "counters": {"venue_error_pauses": 1, "late_rejections": 4},
+        },
+        executor_counts={"accepted": 58, "rejected": 2, "dropped_late": 6, "error": 1},
+    )
+    assert over["declined_by_reason"] == {
+        "executor:dropped_late": 6,
+        "ingest:relay_window_passed": 5,
+        "ingest:shed_overload": 15,
+        "strategy:shed_overload": 10,
+        "strategy:venue_errors": 2,
+    }
+    assert (over["declined"], over["unaccounted"]) == (38, 2)  # 100 - 60 answered - 38 declined
+    assert over["pauses"] == {"venue_error_pauses": 1, "pause_declines": 2}
+    assert (over["late_rejections"], over["executor_errors"]) == (4, 1)

@@ -13,6 +13,7 @@ import pytest
 from intents_mm.bus.memory import MemoryBus
 from intents_mm.errors import BusError
 from intents_mm.messages import QUOTE_STATUS, SWAP_REQUEST, QuoteStatus, SwapRequest
+from intents_mm.services.near_intents_ingest import OVERLOAD_HOLD_NS, AgeShedder
 from relay_testkit import BTC, EURE, INGEST, Ingest, ScriptedRelay, fixture, wait_until
 
 MS = 1_000_000
@@ -188,6 +189,80 @@ async def test_a_replayed_quote_is_published_once(relay: ScriptedRelay, ingest: 
     await asyncio.sleep(0.1)
     assert [p.quote_id for p in ingest.payloads(SWAP_REQUEST)] == ["q-replayed", "q-new"]
     assert ingest.service.quotes["duplicate"] == 2 and len(published) == 2
+
+
+def test_age_shedder_sheds_beyond_the_bound_then_keeps_the_queue_short_while_overloaded() -> None:
+    shedder = AgeShedder(50 * MS)
+    t = 10**12
+    assert not shedder.shed(49 * MS, t)  # a stall below the bound sheds nothing
+    assert not shedder.shed(20 * MS, t) and shedder.episodes == 0
+    assert shedder.shed(51 * MS, t) and shedder.episodes == 1 and shedder.overloaded(t)
+    # in the episode: older than half the bound is shed, and each shed one extends it
+    assert shedder.shed(26 * MS, t + 400 * MS)
+    assert not shedder.shed(25 * MS, t + 450 * MS)
+    assert shedder.overloaded(t + 400 * MS + OVERLOAD_HOLD_NS - 1)
+    later = t + 400 * MS + OVERLOAD_HOLD_NS
+    assert not shedder.overloaded(later) and not shedder.shed(30 * MS, later)
+    assert shedder.shed(60 * MS, later) and shedder.episodes == 2
+    off = AgeShedder(0)
+    assert not off.shed(10**12, t) and off.episodes == 0
+
+
+class RequestGateBus(MemoryBus):
+    """A memory bus whose publishes of ``demand.swap_request`` wait for ``gate``: the ingest stalls, so
+    the requests behind the one being published wait in the relay client's event queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def publish(self, subject: str, data: bytes, *, msg_id: str) -> None:
+        if subject == SWAP_REQUEST:
+            await self.gate.wait()
+        await super().publish(subject, data, msg_id=msg_id)
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason", "other"),
+    [
+        ({"SHED_REQUEST_AGE_MS": "30"}, "shed_overload", "relay_window_passed"),
+        # no age bound: only the relay window (300 ms, minus the time to sign and send) bounds the wait
+        (
+            {"SHED_REQUEST_AGE_MS": "0", "INGEST_RELAY_WINDOW_MS": "300"},
+            "relay_window_passed",
+            "shed_overload",
+        ),
+    ],
+    ids=["age_bound", "window_only"],
+)
+async def test_requests_that_waited_too_long_are_shed_not_published(
+    relay: ScriptedRelay, tmp_path: Path, extra: dict[str, str], reason: str, other: str
+) -> None:
+    bus = RequestGateBus()
+    ingest = await Ingest.start(env(relay, **extra), bus=bus, tmp=tmp_path)
+    try:
+        bus.gate.clear()
+        await relay.push(quote_frame(relay, "first"))  # taken off the queue at once, then its publish waits
+        await wait_until(lambda: ingest.service.quotes["received"] == 1)
+        for i in range(3):
+            await relay.push(quote_frame(relay, f"stuck-{i}"))
+        await wait_until(lambda: ingest.service.client.snapshot()["event_queue"] == 3)
+        await asyncio.sleep(0.4)  # older than either bound by now
+        bus.gate.set()
+        await wait_until(lambda: ingest.service.quotes[reason] == 3)
+        # an overload episode sheds anything but fresh requests for 0.5 s after the last one shed
+        await wait_until(lambda: not ingest.service.shedder.overloaded(ingest.service.clock.now_ns()))
+        await relay.push(quote_frame(relay, "fresh"))
+        await ingest.wait_published(SWAP_REQUEST, 2)
+        assert [p.quote_id for p in ingest.payloads(SWAP_REQUEST)] == ["first", "fresh"]
+        _, state = await ingest.get("/state")
+        quotes = state["quotes"]
+        assert (quotes["received"], quotes["published"], quotes[reason], quotes[other]) == (5, 2, 3, 0)
+        assert quotes["max_shed_age_ms"] >= 400
+        assert quotes["overload_episodes"] == (1 if reason == "shed_overload" else 0)
+    finally:
+        await ingest.stop()
 
 
 # ---------------------------------------------------------------------------- quote statuses

@@ -30,6 +30,7 @@ from intents_mm.messages import (
     encode,
     new_envelope,
 )
+from intents_mm.services.strategy_engine import VENUE_ERROR_STREAK, is_late_rejection
 from intents_mm.storage.migrate import migrate
 from intents_mm.storage.store import HistoryStore
 
@@ -96,9 +97,15 @@ _seq = iter(range(10**6))
 
 
 def request(
-    exact_in: int | None = 5_000, exact_out: int | None = None, min_deadline_ms: int = 60_000
+    exact_in: int | None = 5_000,
+    exact_out: int | None = None,
+    min_deadline_ms: int = 60_000,
+    *,
+    age_ms: int = 0,
+    window_ms: int = 3000,
 ) -> SwapRequest:
-    now = SYSTEM_CLOCK.now_ns()
+    """A swap request whose relay frame was read ``age_ms`` ago, with a ``window_ms`` relay window."""
+    now = SYSTEM_CLOCK.now_ns() - age_ms * MS
     return SwapRequest(
         quote_id=f"q-{next(_seq)}",
         asset_in=BTC.token_id,
@@ -108,7 +115,7 @@ def request(
         min_deadline_ms=min_deadline_ms,
         partner_id="1click",
         received_ts_ns=now,
-        relay_deadline_ns=now + 3000 * MS,
+        relay_deadline_ns=now + window_ms * MS,
     )
 
 
@@ -477,3 +484,114 @@ async def test_a_tripped_loss_guard_announces_the_pause_on_the_bus(
     assert (pause.service, pause.action, pause.result) == ("strategy-engine", "pause", "ok")
     assert pause.actor == "strategy-engine/loss_guard" and pause.detail is not None
     assert pause.detail.startswith("daily_loss_limit")
+
+
+def result(cmd: ExecuteTrade, outcome: str, error: str | None = None) -> TradeResult:
+    return TradeResult(
+        command_id=cmd.command_id,
+        quote_id=cmd.quote_id,
+        outcome=outcome,  # type: ignore[arg-type]
+        error=error,
+        amount_in=cmd.amount_in,
+        amount_out=cmd.amount_out,
+        asset_in=cmd.asset_in,
+        asset_out=cmd.asset_out,
+    )
+
+
+async def test_a_request_that_waited_too_long_is_declined_at_once_with_its_age(
+    engine: tuple[Running, Collector, str],
+) -> None:
+    running, col, url = engine
+    await publish(running.bus, "market.reference_price", reference())
+    await publish(running.bus, "inventory.snapshot", inventory())
+    await asyncio.sleep(0.05)
+    async with aiohttp.ClientSession() as http, http.post(f"{url}/arm") as resp:
+        assert resp.status == 200
+    await publish(running.bus, "demand.swap_request", request())
+    fresh = (await col.wait_decisions(1))[-1]
+    assert (fresh.outcome, fresh.reason) == ("quote", "ok") and 0 <= fresh.inputs["age_ms"] < 50
+    # its relay window ends before a quote could be signed and sent (100 ms allowance)
+    await publish(running.bus, "demand.swap_request", request(window_ms=50))
+    assert (await col.wait_decisions(2))[-1].reason == "relay_window_passed"
+    await publish(running.bus, "demand.swap_request", request(age_ms=4000))  # the window itself passed
+    assert (await col.wait_decisions(3))[-1].reason == "relay_window_passed"
+    # waited longer than SHED_REQUEST_AGE_MS (50 by default): shed, with the age in the record
+    await publish(running.bus, "demand.swap_request", request(age_ms=400))
+    shed = (await col.wait_decisions(4))[-1]
+    assert (shed.outcome, shed.reason) == ("decline", "shed_overload")
+    assert shed.inputs["age_ms"] >= 400 and shed.amount_out is None and shed.limit_checks == []
+    await asyncio.sleep(0.05)
+    assert [c.quote_id for c in col.commands] == [fresh.quote_id]  # nothing reserved or sent for the others
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/state") as resp:
+        state = await resp.json()
+    assert state["declined_by_reason"] == {"shed_overload": 1, "relay_window_passed": 2}
+    assert state["quoting"] is True and state["pause_reasons"] == []  # shedding is not a pause
+    assert state["shedding"]["overload_episodes"] == 1
+
+
+LATE_ERRORS = [
+    # what the simulated relay answers to a quote_response after the window (sim/relay.py)
+    "quote window closed: quote_id q-1 no longer accepts responses",
+    "unknown quote_id q-1",
+    # the executor's note on a rejection that came after the relay window by its own clock
+    "some undocumented error (the relay window had passed before the reply)",
+]
+
+
+@pytest.mark.parametrize("error", [*LATE_ERRORS, "invalid signature", "relay overloaded", None])
+def test_late_rejections_are_told_from_venue_errors(error: str | None) -> None:
+    assert is_late_rejection(error) is (error in LATE_ERRORS)
+
+
+async def test_our_lateness_never_trips_the_venue_error_pause_but_venue_errors_do(
+    engine: tuple[Running, Collector, str],
+) -> None:
+    running, col, url = engine
+    await publish(running.bus, "market.reference_price", reference())
+    await publish(running.bus, "inventory.snapshot", inventory())
+    await asyncio.sleep(0.05)
+
+    async def commands(n: int) -> list[ExecuteTrade]:
+        before = len(col.commands)
+        for _ in range(n):
+            await publish(running.bus, "demand.swap_request", request())
+        for _ in range(200):
+            if len(col.commands) >= before + n:
+                break
+            await asyncio.sleep(0.01)
+        return col.commands[before:]
+
+    async def get_state(http: aiohttp.ClientSession) -> dict[str, Any]:
+        async with http.get(f"{url}/state") as resp:
+            body: dict[str, Any] = await resp.json()
+            return body
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/arm") as resp:
+            assert resp.status == 200
+        late = await commands(2 * len(LATE_ERRORS) + 3)
+        outcomes = [("rejected", e) for e in LATE_ERRORS * 2] + [("dropped_late", "window passed")] * 3
+        for cmd, (outcome, error) in zip(late, outcomes, strict=True):
+            await publish(running.bus, "exec.trade_result", result(cmd, outcome, error))
+        await asyncio.sleep(0.1)
+        state = await get_state(http)
+        assert state["quoting"] is True and state["venue_error_streak"] == 0
+        assert state["counters"]["late_rejections"] == 2 * len(LATE_ERRORS)
+        assert state["counters"]["late_drops"] == 3 and state["counters"]["venue_error_pauses"] == 0
+        assert state["reservations"]["live"] == 0  # every one released
+        (still_quoting,) = await commands(1)
+        assert still_quoting.quote_id == col.decisions[-1].quote_id
+
+        # genuine venue errors (rejections that are not about lateness, or no reply) still pause quoting
+        errors = [("rejected", "invalid signature"), ("error", "quote_response not answered: timeout")]
+        genuine = [errors[i % 2] for i in range(VENUE_ERROR_STREAK)]
+        for cmd, (outcome, error) in zip(await commands(VENUE_ERROR_STREAK), genuine, strict=True):
+            await publish(running.bus, "exec.trade_result", result(cmd, outcome, error))
+        await asyncio.sleep(0.1)
+        n = len(col.decisions)
+        await publish(running.bus, "demand.swap_request", request())
+        assert (await col.wait_decisions(n + 1))[-1].reason == "venue_errors"
+        state = await get_state(http)
+        assert state["quoting"] is False and "venue_errors" in state["pause_reasons"]
+        assert state["counters"]["venue_error_pauses"] == 1

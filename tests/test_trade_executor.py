@@ -33,6 +33,7 @@ from intents_mm.near.encoding import b64decode
 from intents_mm.near.keys import SigningKey
 from intents_mm.near.nonce import VersionedNonce, decode_nonce, encode_versioned_nonce
 from intents_mm.near.payload import build_intent_message, parse_multipayload, sign_nep413, token_diff_intent
+from intents_mm.services.strategy_engine import is_late_rejection
 from intents_mm.services.trade_executor import TradeExecutor
 from intents_mm.sim.near_rpc import SimNear, SimNearRpcServer
 from intents_mm.sim.relay import SimRelay
@@ -171,7 +172,7 @@ class Harness:
         amount_in: int,
         amount_out: int,
         exact_side: str = "in",
-        relay_deadline_ms: int = 2500,
+        relay_deadline_ms: int = 3000,  # as the strategy sets it: received now + the relay window
         command_id: str | None = None,
     ) -> ExecuteTrade:
         now = self.clock.now_ns()
@@ -409,6 +410,38 @@ async def test_late_command_is_dropped_and_never_signed(h: Harness) -> None:
     assert h.quote_responses() == 0
     assert await h.store.record_signed_command(cmd.command_id, "x", "y") is True
     assert (await h.get_state())["outstanding_quotes"]["count"] == 0
+
+
+async def test_a_command_whose_request_waited_too_long_is_shed_never_signed(h: Harness) -> None:
+    await h.start_executor(SHED_REQUEST_AGE_MS="50")
+    await h.arm()
+    event = await h.ask(exact_in=5000)
+    # relay deadline 2.8 s away with a 3 s window: its frame was read 200 ms ago, beyond the 50 ms bound
+    cmd = h.command(event, amount_in=5000, amount_out=EUR, relay_deadline_ms=2800)
+    await h.send(cmd)
+    (res,) = await h.collector.wait_results(1)
+    assert res.outcome == "dropped_late" and res.error is not None
+    assert res.error.startswith("shed_overload: the request waited"), res.error
+    assert res.quote_hash is None and res.nonce_b64 is None
+    await asyncio.sleep(0.1)
+    assert h.quote_responses() == 0
+    assert (await h.get_state())["outstanding_quotes"]["count"] == 0
+
+
+async def test_the_relays_answer_to_a_late_quote_response_reads_as_our_lateness(h: Harness) -> None:
+    """The simulated relay closed the quote's window (shorter than ours): its rejection is told apart
+    from a venue error by the strategy's reading of the error (never a venue-error pause)."""
+    await h.start_executor(SHED_REQUEST_AGE_MS="0")
+    await h.arm()
+    h.relay.set_window_ms(150)
+    event = await h.ask(exact_in=5000)
+    await asyncio.sleep(0.4)  # the relay's window has closed; ours (3 s from now) has not
+    cmd = h.command(event, amount_in=5000, amount_out=EUR)
+    await h.send(cmd)
+    (res,) = await h.collector.wait_results(1)
+    assert res.outcome == "rejected", res
+    assert is_late_rejection(res.error), res.error
+    assert h.quote_responses() == 1
 
 
 async def test_same_command_twice_and_after_restart_is_signed_once(h_any_store: Harness) -> None:

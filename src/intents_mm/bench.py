@@ -17,6 +17,19 @@ executor's socket (:meth:`SimRelay.latency_samples`, partner ``market-maker``). 
 *dropped* when no ``quote_response`` of ours arrived inside the relay window (declined by the
 strategy, skipped by the executor, or too late).
 
+Overload figures (``overload`` in the report; :func:`overload_figures`): every request sent is either
+answered (a ``quote_response`` of ours reached the relay) or declined with a reason, counted where it
+was declined: ``ingest:<reason>`` (shed before publishing, or invalid), ``strategy:<reason>`` (the
+decision record's reason) and ``executor:<outcome>`` (a command not sent: ``dropped_late``,
+``skipped_disarmed``). ``unaccounted`` = sent − answered − declined must be 0 (an executor ``error``
+whose response never reached the relay shows there, and in ``executor_errors``). ``pauses`` counts
+the venue-error pauses the strategy went through and the declines for a pausing guard (venue errors,
+loss limit, stale reference or inventory, price jump, unknown fee): 0 when overload is shed instead of
+becoming an outage. ``our_side_ms``: for each quote sent, how long its request had waited since the
+ingest read its frame when the executor handed the ``quote_response`` to its socket (the market
+maker's own share of the latency, without the venue process's; the relay stamps both ends of its
+figure on its own loop, so a starved venue process adds its lag there).
+
 CPU: ``time.process_time()`` of this process over the driving phase, divided by the answered quotes:
 the market maker alone with the venue in its own process (whose CPU is reported separately), the
 market maker plus the venue and the driver with ``--in-process-venue``. A SIGPROF sampler (every
@@ -280,6 +293,10 @@ class Bench(Simulation):
         if sampler is not None:  # the frames that do the driving
             sampler.driver_code = DRIVER_CODE
         profiler = cProfile.Profile() if self.profile_path else None
+        executor = running.service("trade-executor")
+        send_ages = getattr(executor, "send_ages_ns", None)
+        if send_ages is not None:
+            send_ages.clear()
         cpu0, thread0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
         if sampler is not None:
             sampler.start()
@@ -323,6 +340,24 @@ class Bench(Simulation):
         cancel_reaction = await self._cancel_probe()
         states = self._states()
         strat, execu = states["strategy-engine"], states["trade-executor"]
+        execu_counts = execu.get("counts", {})
+        overload = overload_figures(
+            sent=sent,
+            answered=len(answered),
+            ingest_quotes=states["near-intents-ingest"]["quotes"],
+            strategy=strat,
+            executor_counts=execu_counts,
+        )
+        overload["answered_latency_ms"] = {
+            "p50": _round(percentile(lat_ms, 50)),
+            "p99": _round(percentile(lat_ms, 99)),
+        }
+        ours_ms = [age / 1e6 for age in send_ages] if send_ages is not None else []
+        overload["our_side_ms"] = {  # frame read by the ingest -> quote_response handed to the socket
+            "p50": _round(percentile(ours_ms, 50)),
+            "p99": _round(percentile(ours_ms, 99)),
+            "max": _round(max(ours_ms) if ours_ms else None),
+        }
         per_quote = round(cpu_s / len(answered) * 1e6, 1) if answered else None
         venue_cpu: dict[str, Any] | None = None
         if child is not None:
@@ -375,7 +410,8 @@ class Bench(Simulation):
                 "commands": strat["counters"]["commands"],
                 "declined_by_reason": strat["declined_by_reason"],
             },
-            "executor_outcomes": execu.get("counts", {}),
+            "executor_outcomes": execu_counts,
+            "overload": overload,
             "cancel_reaction_ms": cancel_reaction,
             "history_writer": {k: states["history-writer"].get(k) for k in ("backlog", "last_error")},
             "config": dict(BENCH_CONFIG),
@@ -470,6 +506,52 @@ def _pct_ms(samples_ns: list[int]) -> dict[str, Any]:
     }
 
 
+#: Strategy decline reasons that mean quoting is paused (as opposed to one request declined).
+PAUSE_REASONS: Final = frozenset(
+    {"venue_errors", "loss_limit", "reference_stale", "inventory_stale", "price_jump", "fee_unknown"}
+)
+#: near-intents-ingest counters of requests it did not publish (``/state`` ``quotes``).
+INGEST_DECLINES: Final = ("shed_overload", "relay_window_passed", "invalid", "off_pair", "duplicate")
+
+
+def overload_figures(
+    *,
+    sent: int,
+    answered: int,
+    ingest_quotes: Mapping[str, Any],
+    strategy: Mapping[str, Any],
+    executor_counts: Mapping[str, int],
+) -> dict[str, Any]:
+    """Where every request went: answered, or declined with a reason (see the module docstring)."""
+    declined: Counter[str] = Counter()
+    for reason in INGEST_DECLINES:
+        if ingest_quotes.get(reason):
+            declined[f"ingest:{reason}"] += int(ingest_quotes[reason])
+    for reason, count in strategy.get("declined_by_reason", {}).items():
+        declined[f"strategy:{reason}"] += int(count)
+    for outcome in ("dropped_late", "skipped_disarmed"):
+        if executor_counts.get(outcome):
+            declined[f"executor:{outcome}"] += int(executor_counts[outcome])
+    counters = strategy.get("counters", {})
+    pause_declines = sum(
+        int(n) for r, n in strategy.get("declined_by_reason", {}).items() if r in PAUSE_REASONS
+    )
+    total = sum(declined.values())
+    return {
+        "requests": sent,
+        "answered": answered,
+        "declined": total,
+        "declined_by_reason": dict(sorted(declined.items())),
+        "unaccounted": sent - answered - total,
+        "pauses": {
+            "venue_error_pauses": int(counters.get("venue_error_pauses", 0)),
+            "pause_declines": pause_declines,
+        },
+        "late_rejections": int(counters.get("late_rejections", 0)),
+        "executor_errors": int(executor_counts.get("error", 0)),
+    }
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -513,9 +595,19 @@ def render_report(report: Mapping[str, Any]) -> str:
             )
             + f"  (reference update -> cancel leaving, threshold {cancels['threshold_bps']} bps)"
         )
-    declined = report["strategy"]["declined_by_reason"]
-    if declined:
-        lines.append(f"declined by reason   {json.dumps(declined, sort_keys=True)}")
+    over = report.get("overload")
+    if over:
+        pauses = over["pauses"]
+        lines += [
+            f"overload             requests {over['requests']}: answered {over['answered']}, declined "
+            f"{over['declined']}, unaccounted {over['unaccounted']}; quoting pauses "
+            f"{pauses['venue_error_pauses']} (pause declines {pauses['pause_declines']})",
+            f"answered latency ms  p50 {over['answered_latency_ms']['p50']}  "
+            f"p99 {over['answered_latency_ms']['p99']}  (our side: frame read to quote_response sent "
+            f"p50 {over['our_side_ms']['p50']}  p99 {over['our_side_ms']['p99']})",
+        ]
+        if over["declined_by_reason"]:
+            lines.append(f"declined by reason   {json.dumps(over['declined_by_reason'], sort_keys=True)}")
     return "\n".join(lines)
 
 

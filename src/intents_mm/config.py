@@ -433,9 +433,16 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var(
         "INGEST_RELAY_WINDOW_MS",
-        _int(100, 60_000),
+        _int(200, 60_000),  # above the 100 ms the strategy keeps to sign and send a quote
         "3000",
         "how long the Solver Relay waits for quote responses; sets relay_deadline_ns of a swap request",
+    ),
+    Var(
+        "SHED_REQUEST_AGE_MS",
+        _int(0, 60_000),
+        "50",
+        "shed (decline as shed_overload) a quote request that waited longer than this since its frame "
+        "was read, in ingest, strategy or executor; 0 = only the relay window bounds the wait",
     ),
     Var(
         "INGEST_MAX_MIN_DEADLINE_MS",

@@ -19,6 +19,17 @@ was read; ``relay_deadline_ns`` = received + ``INGEST_RELAY_WINDOW_MS`` (how lon
 answers). A quote id already published (a replay after a reconnect) is counted as ``duplicate`` and
 not published again; the bus also drops a repeated ``msg_id``.
 
+Shedding (load is shed, never queued into an outage; :class:`AgeShedder`): a request taken off the
+client's event queue after it waited longer than ``SHED_REQUEST_AGE_MS`` since its frame was read is
+not published and counted as ``shed_overload``; that starts an overload episode, in which any request
+older than half the bound is shed too, until none was for :data:`OVERLOAD_HOLD_NS` (so a
+standing queue is drained and kept short instead of hovering at the bound). One whose relay window
+ends within :data:`SIGN_SEND_ALLOWANCE_NS` (too late to sign and send) is ``relay_window_passed``.
+Both are checked before validation (the cheapest decline); ``/state`` shows the counts, the episodes
+and the largest age shed. The strategy applies the same bounds to what reaches it (its decision
+record then names the reason and the age), and the executor drops (``dropped_late``) a command whose
+request waited longer than the bound by the time it is taken up.
+
 Quote statuses are published as ``demand.quote_status`` with ``msg_id = "status:<quote_hash>"``. On a
 guaranteed subscription an event is acknowledged only after the bus publish returned (or when it is a
 duplicate or malformed, so that it is not redelivered for ever); when publishing fails it stays
@@ -54,6 +65,11 @@ MAX_ID_CHARS: Final = 200
 SEEN_KEPT: Final = 100_000  # quote ids / quote hashes remembered against replays
 RECENT_REJECTIONS: Final = 20
 MAX_PUBLISHING: Final = 256  # quote requests being published at once (bus acknowledgement pending)
+#: What signing and sending a quote_response is expected to take: a request whose relay window ends
+#: sooner than this is declined (``relay_window_passed``), in ingest and in strategy.
+SIGN_SEND_ALLOWANCE_NS: Final = 100 * NS_PER_MS
+#: An overload episode lasts until no request was shed for this long.
+OVERLOAD_HOLD_NS: Final = 500 * NS_PER_MS
 
 #: Reasons an invalid quote request is counted under (``off_pair`` is counted apart).
 INVALID_REASONS: Final = (
@@ -67,6 +83,39 @@ INVALID_REASONS: Final = (
     "amount_over_u128",
     "min_deadline",
 )
+
+
+class AgeShedder:
+    """Sheds quote requests by how long they waited (``age_ns``: now − ``received_ts_ns``).
+
+    A request older than ``bound_ns`` is shed and starts (or extends) an overload episode; during an
+    episode a request older than ``bound_ns // 2`` is shed as well, and each one shed extends the
+    episode by :data:`OVERLOAD_HOLD_NS`. Out of an episode a short stall below the bound sheds nothing.
+    ``bound_ns == 0`` sheds nothing. Used by near-intents-ingest and strategy-engine, each its own.
+    """
+
+    __slots__ = ("bound_ns", "episodes", "overloaded_until_ns", "tight_ns")
+
+    def __init__(self, bound_ns: int) -> None:
+        self.bound_ns = bound_ns
+        self.tight_ns = bound_ns // 2
+        self.overloaded_until_ns = 0
+        self.episodes = 0
+
+    def shed(self, age_ns: int, now_ns: int) -> bool:
+        """Whether to shed a request that waited ``age_ns``; updates the overload episode."""
+        if not self.bound_ns:
+            return False
+        overloaded = now_ns < self.overloaded_until_ns
+        if age_ns > self.bound_ns or (overloaded and age_ns > self.tight_ns):
+            if not overloaded:
+                self.episodes += 1
+            self.overloaded_until_ns = now_ns + OVERLOAD_HOLD_NS
+            return True
+        return False
+
+    def overloaded(self, now_ns: int) -> bool:
+        return now_ns < self.overloaded_until_ns
 
 
 class RequestRejected(InputError):
@@ -169,7 +218,15 @@ class _Metrics:
         quotes = CounterMetricFamily(
             "ingest_quote_requests", "Relay quote requests by outcome", labels=["outcome", "reason"]
         )
-        for outcome in ("received", "published", "duplicate", "off_pair", "publish_failed"):
+        for outcome in (
+            "received",
+            "published",
+            "duplicate",
+            "off_pair",
+            "publish_failed",
+            "shed_overload",
+            "relay_window_passed",
+        ):
             quotes.add_metric([outcome, ""], svc.quotes[outcome])
         for reason, count in svc.invalid.items():
             quotes.add_metric(["invalid", reason], count)
@@ -201,6 +258,8 @@ class NearIntentsIngest(Service):
         self.window_ns: int = config["INGEST_RELAY_WINDOW_MS"] * NS_PER_MS
         self.max_min_deadline_ms: int = config["INGEST_MAX_MIN_DEADLINE_MS"]
         self.grace_ns: int = config["INGEST_DISCONNECT_GRACE_MS"] * NS_PER_MS
+        self.shedder = AgeShedder(config["SHED_REQUEST_AGE_MS"] * NS_PER_MS)
+        self.max_shed_age_ns = 0  # the oldest request shed so far (its wait since the frame was read)
         injected = ctx.overrides.get("relay_client")
         self._owns_client = injected is None
         self.client: SolverRelayClient = (
@@ -267,6 +326,14 @@ class NearIntentsIngest(Service):
     async def _on_quote(self, event: QuoteRequestEvent) -> None:
         quotes = self.quotes
         quotes["received"] += 1
+        now_ns = self.clock.now_ns()
+        age_ns = now_ns - event.received_ts_ns
+        if age_ns > self.window_ns - SIGN_SEND_ALLOWANCE_NS:
+            self._shed("relay_window_passed", age_ns)
+            return
+        if self.shedder.shed(age_ns, now_ns):
+            self._shed("shed_overload", age_ns)
+            return
         try:
             request = swap_request_from_event(
                 event,
@@ -290,6 +357,10 @@ class NearIntentsIngest(Service):
             self.spawn(self._publish_request(request), "publish")
             return
         await self._publish_request(request)
+
+    def _shed(self, reason: str, age_ns: int) -> None:
+        self.quotes[reason] += 1
+        self.max_shed_age_ns = max(self.max_shed_age_ns, age_ns)
 
     async def _publish_request(self, request: SwapRequest) -> None:
         quote_id = request.quote_id
@@ -377,6 +448,11 @@ class NearIntentsIngest(Service):
                 "invalid_by_reason": dict(self.invalid),
                 "publish_failed": self.quotes["publish_failed"],
                 "internal_errors": self.quotes["internal_errors"],
+                "shed_overload": self.quotes["shed_overload"],
+                "relay_window_passed": self.quotes["relay_window_passed"],
+                "max_shed_age_ms": round(self.max_shed_age_ns / NS_PER_MS, 3),
+                "overload_episodes": self.shedder.episodes,
+                "overloaded": self.shedder.overloaded(self.clock.now_ns()),
             },
             "statuses": {
                 "received": self.statuses["received"],
@@ -393,6 +469,7 @@ class NearIntentsIngest(Service):
                 "relay_window_ms": self.window_ns // NS_PER_MS,
                 "max_min_deadline_ms": self.max_min_deadline_ms,
                 "disconnect_grace_ms": self.grace_ns // NS_PER_MS,
+                "shed_request_age_ms": self.shedder.bound_ns // NS_PER_MS,
             },
         }
 

@@ -3,10 +3,12 @@
 Every ``demand.swap_request`` gets a ``decision.trade_decision`` with the full reasoning chain (inputs,
 each price term, each limit check, outcome). An actionable decision emits ``cmd.execute_trade`` only
 while armed; the engine starts disarmed. Guards that stop quoting (each recorded as the decline reason):
-the relay window already passed, a stale or below-quorum reference, stale inventory, an unknown
-protocol fee, a recent price jump, consecutive venue errors from the executor, a tripped loss limit,
-and partner filtering. Limits are changed with ``PUT /limits`` (validated, applied at once, persisted in
-the store so a restart keeps them, audited as ``control.operator_action``).
+the relay window (nearly) passed, a request that waited too long (``shed_overload``: load is shed,
+never queued; :class:`~intents_mm.services.near_intents_ingest.AgeShedder`), a stale or below-quorum
+reference, stale inventory, an unknown protocol fee, a recent price jump, consecutive venue errors
+from the executor (our own lateness, a late rejection or ``dropped_late``, is never one), a tripped
+loss limit, and partner filtering. Limits are changed with ``PUT /limits`` (validated, applied at
+once, persisted in the store so a restart keeps them, audited as ``control.operator_action``).
 
 Loss limits read ``portfolio.metrics``: the daily (UTC) and drawdown limits watch the flow-adjusted
 ``mark_to_market_pnl_eure`` (both books at the latest price, net of deposits and withdrawals, which
@@ -59,6 +61,7 @@ from intents_mm.messages import (
     TradeResult,
     decode,
 )
+from intents_mm.services.near_intents_ingest import SIGN_SEND_ALLOWANCE_NS, AgeShedder
 from intents_mm.services.runtime import HttpError, Route, Service, json_response, read_json_object
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,15 @@ LIMITS_STATE_KEY = "strategy-engine.limits"
 MS = 1_000_000
 VENUE_ERROR_STREAK = 3
 VENUE_ERROR_COOLDOWN_NS = 30_000 * MS
+#: Relay rejections that mean "our answer came too late" (the quote id's window had closed or is no
+#: longer known; the executor's own note when the reply came after the window): our lateness, not a
+#: venue error. What the live relay says is undocumented; these are the simulated relay's texts.
+LATE_REJECTION_MARKERS = (
+    "quote window closed",
+    "unknown quote_id",
+    "no longer accepts responses",
+    "the relay window had passed before the reply",
+)
 JUMP_COOLDOWN_NS = 10_000 * MS
 RESERVATION_MARGIN_NS = 5_000 * MS
 
@@ -104,6 +116,14 @@ STORED_SOURCE = "stored PUT /limits"
 _CONFIG_SOURCES = {"env": "environment", ".env": ".env file", "default": "default"}
 
 
+def is_late_rejection(error: str | None) -> bool:
+    """Whether a rejected ``quote_response`` was refused for coming after its relay window."""
+    if not error:
+        return False
+    text = error.lower()
+    return any(marker in text for marker in LATE_REJECTION_MARKERS)
+
+
 @dataclass
 class Counters:
     requests: int = 0
@@ -111,6 +131,9 @@ class Counters:
     commands: int = 0
     declined: int = 0
     fills: int = 0
+    late_rejections: int = 0  # relay rejections caused by our own lateness (never a venue error)
+    late_drops: int = 0  # executor ``dropped_late`` results (never a venue error)
+    venue_error_pauses: int = 0  # times the venue-error streak paused quoting
 
 
 class StrategyEngine(Service):
@@ -148,6 +171,7 @@ class StrategyEngine(Service):
         }
         self.limits = self._domain_limits(self.human_limits)
         self.buffer_ms: int = c["EXECUTOR_DEADLINE_BUFFER_MS"]
+        self.shedder = AgeShedder(c["SHED_REQUEST_AGE_MS"] * MS)
         self.reference_stale_ns: int = c["REFERENCE_STALE_MS"] * MS
         self.inventory_stale_ns: int = c["STRATEGY_INVENTORY_STALE_MS"] * MS
         partners = c["STRATEGY_ALLOWED_PARTNER_IDS"]
@@ -296,8 +320,14 @@ class StrategyEngine(Service):
                     self.command_by_hash[payload.quote_hash] = payload.command_id
             else:
                 self.book.release(payload.command_id)
-                if payload.outcome in ("rejected", "error"):
+                if payload.outcome == "dropped_late":
+                    self.counters.late_drops += 1  # our lateness: neither counts nor breaks the streak
+                elif payload.outcome == "rejected" and is_late_rejection(payload.error):
+                    self.counters.late_rejections += 1
+                elif payload.outcome in ("rejected", "error"):
                     self.venue_error_streak += 1
+                    if self.venue_error_streak == VENUE_ERROR_STREAK:
+                        self.counters.venue_error_pauses += 1
                     if self.venue_error_streak >= VENUE_ERROR_STREAK:
                         self.venue_error_until_ns = self.clock.now_ns() + VENUE_ERROR_COOLDOWN_NS
         await d.ack()
@@ -401,17 +431,28 @@ class StrategyEngine(Service):
         await d.ack()
 
     def guard_reason(self, req: SwapRequest, now: int) -> tuple[str | None, dict[str, Any]]:
-        """The first guard that stops quoting, with the inputs it looked at."""
+        """The first guard that stops quoting, with the inputs it looked at.
+
+        Lateness first, so that a backlog is shed at the cost of a decline: ``relay_window_passed``
+        when the relay window ends before a quote could be signed and sent
+        (:data:`SIGN_SEND_ALLOWANCE_NS`), ``shed_overload`` when the request waited longer than
+        ``SHED_REQUEST_AGE_MS`` since its frame was read, or half of that during an overload
+        episode (:class:`AgeShedder`; 0 = no such bound). ``age_ms`` is in the inputs either way.
+        Only requests are judged: the ``/state`` probe never sheds (it has no age).
+        """
         ref, inv = self.reference, self.inventory
         inputs: dict[str, Any] = {
+            "age_ms": round((now - req.received_ts_ns) / MS, 3),
             "reference_quality": ref.quality if ref else None,
             "reference_age_ms": (now - self.reference_rx_ns) // MS if ref else None,
             "inventory_age_ms": (now - inv.read_ts_ns) // MS if inv else None,
             "fee_pips": self.fee_pips,
             "partner_id": req.partner_id,
         }
-        if now > req.relay_deadline_ns:
+        if now > req.relay_deadline_ns - SIGN_SEND_ALLOWANCE_NS:
             return "relay_window_passed", inputs
+        if self.shedder.shed(now - req.received_ts_ns, now):
+            return "shed_overload", inputs
         if self.allowed_partners is not None and req.partner_id not in self.allowed_partners:
             return "partner_not_allowed", inputs
         if ref is None or ref.mid is None or ref.quality == "stale":
@@ -653,7 +694,7 @@ class StrategyEngine(Service):
             exact_amount_in=1,
             min_deadline_ms=0,
             received_ts_ns=now,
-            relay_deadline_ns=now + 1,
+            relay_deadline_ns=now + SIGN_SEND_ALLOWANCE_NS + 1,
         )
         reason, inputs = self.guard_reason(probe, now)
         if reason is not None:
@@ -691,6 +732,10 @@ class StrategyEngine(Service):
             "limit_sources": dict(self.limit_sources),
             "loss_guard": self._loss_guard_state(),
             "venue_error_streak": self.venue_error_streak,
+            "shedding": {
+                "overload_episodes": self.shedder.episodes,
+                "overloaded": self.shedder.overloaded(now),
+            },
             "counters": asdict(self.counters),
             "declined_by_reason": dict(self.declines),
             "last_decisions": list(self.last_decisions),

@@ -12,7 +12,11 @@ Contract
   0. already signed (memory or ledger) → ``error`` with the first signature's quote hash, and its nonce
      and deadline while it is live (its reservation and settlement matching stay alive);
   1. disarmed → ``skipped_disarmed``, nothing is signed or sent;
-  2. ``now > relay_deadline_ns`` (the relay's answer window has passed) → ``dropped_late``, never signed;
+  2. ``now > relay_deadline_ns`` (the relay's answer window has passed) or the request waited more than
+     ``SHED_REQUEST_AGE_MS`` since its relay frame was read (overload: shed, not queued; the frame's
+     time is ``relay_deadline_ns - INGEST_RELAY_WINDOW_MS``) →
+     ``dropped_late``, never signed; a relay rejection that arrives after the window is noted as such
+     in ``error`` (the strategy does not count our lateness as a venue error);
   3. signed at most once: the command id is written to the executor's append-only ledger file
      (:mod:`intents_mm.services.executor_ledger`, one ``O_APPEND`` ``write()``) BEFORE anything is sent,
      and mirrored asynchronously, in batches, into the store's ``signed_commands`` table; at start both
@@ -246,6 +250,8 @@ class TradeExecutor(Service):
         self.public_key: str | None = self._key.public_key.to_string() if self._key else None
         self.contract_id: str = c["NEAR_INTENTS_CONTRACT_ID"]
         self.buffer_ms: int = c["EXECUTOR_DEADLINE_BUFFER_MS"]
+        self.window_ns: int = c["INGEST_RELAY_WINDOW_MS"] * MS
+        self.shed_age_ns: int = c["SHED_REQUEST_AGE_MS"] * MS  # 0 = only the relay window
         self.standard: Standard = cast(Standard, c["EXECUTOR_SIGNING_STANDARD"])
         self.armed = False
         self.disarm_reason: str | None = "starts disarmed"
@@ -277,6 +283,8 @@ class TradeExecutor(Service):
         self._signed: collections.OrderedDict[str, str | None] = collections.OrderedDict()
         self.counts: collections.Counter[str] = collections.Counter({o: 0 for o in OUTCOMES})
         self.salt_retries = 0
+        # how long each sent quote's request had waited since its relay frame was read (bench figures)
+        self.send_ages_ns: collections.deque[int] = collections.deque(maxlen=REMEMBERED_COMMANDS)
         self.last_results: collections.deque[dict[str, Any]] = collections.deque(maxlen=LAST_RESULTS)
         self.last_error: str | None = None
         # signed-command ledger: the local file, mirrored into the store's signed_commands table
@@ -550,8 +558,9 @@ class TradeExecutor(Service):
             )
         if not self.armed:
             return self._result(cmd, "skipped_disarmed")
-        if self.clock.now_ns() > cmd.relay_deadline_ns:
-            return self._result(cmd, "dropped_late", error="the relay's answer window had passed")
+        late = self._lateness(cmd)
+        if late is not None:
+            return self._result(cmd, "dropped_late", error=late)
         if self._key is None or self.account_id is None:
             return self._result(cmd, "error", error="no signer key configured")
         attempt = await self._sign_record_send(cmd, recv_mono_ns, cmd.command_id)
@@ -576,6 +585,8 @@ class TradeExecutor(Service):
             outcome: TradeOutcome = "error"
         else:
             outcome = "accepted" if reply.ok else "rejected"
+            if not reply.ok and self.clock.now_ns() > cmd.relay_deadline_ns:  # our lateness, not the venue's
+                error = f"{reply.error_message} (the relay window had passed before the reply)"
         return self._result(
             cmd,
             outcome,
@@ -584,6 +595,18 @@ class TradeExecutor(Service):
             signed=signed,
             latency_us=latency_us,
         )
+
+    def _lateness(self, cmd: ExecuteTrade) -> str | None:
+        """Why ``cmd`` is too late to sign (its relay window passed, or overload), or None."""
+        now = self.clock.now_ns()
+        if now > cmd.relay_deadline_ns:
+            return "the relay's answer window had passed"
+        age_ns = now - (cmd.relay_deadline_ns - self.window_ns)
+        if self.shed_age_ns and age_ns > self.shed_age_ns:
+            return (
+                f"shed_overload: the request waited {age_ns / MS:.1f} ms (bound {self.shed_age_ns // MS} ms)"
+            )
+        return None
 
     async def _sign_record_send(
         self, cmd: ExecuteTrade, recv_mono_ns: int, ledger_id: str
@@ -639,6 +662,7 @@ class TradeExecutor(Service):
             )
         )
         assert self.relay is not None
+        self.send_ages_ns.append(self.clock.now_ns() - (cmd.relay_deadline_ns - self.window_ns))
         try:
             reply = await self.relay.send_quote_response(signed.params)
         except IntentsMMError as exc:
