@@ -275,6 +275,7 @@ class DistributedSimulation(Simulation):
     ``*_PORT`` values); ``python`` is the interpreter the services run under."""
 
     banner = "intents-mm simulate --distributed"
+    failure_label = "distributed run"
 
     def __init__(
         self,
@@ -313,22 +314,12 @@ class DistributedSimulation(Simulation):
         self.created_database: str | None = None
         self.database_server: tuple[str, int, str] | None = None  # (host, port, user) it was created on
         self.run_dir: Path | None = None
-        self.failure: str | None = None
         self._states_cache: dict[str, dict[str, Any]] = {name: {} for name in SERVICES}
         self._http: aiohttp.ClientSession | None = None
         self._watchers: list[asyncio.Task[None]] = []
         self._restarts: list[asyncio.Task[None]] = []
 
-    # -- the run ---------------------------------------------------------------------------------
-    async def run(self) -> dict[str, Any]:
-        summary = await super().run()
-        if self.failure is not None:
-            from intents_mm.simulate import render_summary
-
-            self.say(render_summary(summary))
-            raise IntentsMMError(f"distributed run failed: {self.failure}")
-        return summary
-
+    # -- the run (Simulation.run: a failure prints the summary, then "distributed run failed: ...") --
     async def _start(self) -> None:
         self.venue = SimVenue(self.scenario, seed=self.seed, ports=self.venue_ports)
         await self.venue.start()
