@@ -79,7 +79,8 @@ def start_postgres() -> None:
 
 def ensure_postgres() -> None:
     if not _port_open(PG_HOST, PG_PORT):
-        start_postgres()
+        if (PG_HOST, PG_PORT) == ("127.0.0.1", 5432):  # the machine's own cluster, documented command
+            start_postgres()
         if not _wait_port(PG_HOST, PG_PORT, 30):
             pytest.fail(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} and could not be started")
 
@@ -243,7 +244,12 @@ class PrivatePostgres:
     def __init__(self) -> None:
         bin_dir = postgres_bin_dir()
         if bin_dir is None:
-            pytest.fail("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
+            pytest.fail("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin (package postgresql)")
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses root
+            if shutil.which("runuser") is None:
+                pytest.fail("as root, a private PostgreSQL needs runuser (package util-linux)")
+            self._as_user = ["runuser", "-u", "postgres", "--"]
         self.bin_dir = bin_dir
         self.port = free_port()
         self.user = "postgres"
@@ -251,14 +257,16 @@ class PrivatePostgres:
         self.base = Path(tempfile.mkdtemp(prefix="imm-private-pg-"))
         self.data = self.base / "data"
         self.log = self.base / "server.log"
-        self._as_user: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.base, user="postgres", group="postgres")
-            self._as_user = ["runuser", "-u", "postgres", "--"]
-        self._run(
-            "initdb", "-D", str(self.data), "-A", "trust", "-U", self.user, "-E", "UTF8", "--locale=C",
-            "--no-sync",
-        )  # fmt: skip
+        try:
+            if self._as_user:
+                shutil.chown(self.base, user="postgres", group="postgres")
+            self._run(
+                "initdb", "-D", str(self.data), "-A", "trust", "-U", self.user, "-E", "UTF8", "--locale=C",
+                "--no-sync",
+            )  # fmt: skip
+        except BaseException:
+            shutil.rmtree(self.base, ignore_errors=True)
+            raise
 
     def _run(self, tool: str, *args: str) -> None:
         argv = [*self._as_user, str(self.bin_dir / tool), *args]
