@@ -678,6 +678,8 @@ async def exercise(
         await run.stop_producers()
         drained = await drain(run)
         report = await check_invariants(run, drained=drained, relay=relay, sampler=sampler, metrics=metrics)
+        failure = getattr(run, "failure", None)  # crash-only: no service task died during the run
+        assert failure is None, f"the run failed: {failure}"
     finally:
         await run.shutdown()
     return Exercise(report, states, metrics)

@@ -1,8 +1,10 @@
 """End to end: ``intents-mm simulate --distributed`` as an operator runs it, stopped with Ctrl-C.
 
-Without ``POSTGRES_URL`` it creates a database for the run and says so; it prints the seven service
-processes, runs the flow, and on SIGINT stops the flow, prints the same summary as ``simulate`` (and
-writes it as JSON), stops every process it started, deletes its NATS stream and exits 0.
+Without ``POSTGRES_URL`` it creates a database for the run and says so (on the suite's PostgreSQL,
+``TEST_PG_*`` in tests/conftest.py, named to it by libpq's ``PGHOST`` / ``PGPORT`` / ``PGUSER``); it
+prints the seven service processes, runs the flow, and on SIGINT stops the flow, prints the same
+summary as ``simulate`` (and writes it as JSON), stops every process it started, deletes its NATS
+stream and exits 0.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import nats
 import psycopg
 import pytest
 
-from conftest import free_port
+from conftest import PG_HOST, PG_PORT, PG_USER, free_port
 from intents_mm.config import SERVICES, VAR_BY_NAME, port_var
+from intents_mm.distributed import dropdb_command
 
-pytestmark = [pytest.mark.slow, pytest.mark.pg, pytest.mark.nats]
+pytestmark = pytest.mark.slow
 
 
 def _alive(pid: int) -> bool:
@@ -56,6 +59,10 @@ def test_simulate_distributed_creates_a_database_and_stops_everything_on_ctrl_c(
             "NATS_URL": nats_server_url,
             "NATS_STREAM": stream_prefix,
             "NATS_MAX_BYTES": str(64 << 20),
+            # where the run creates its database: the suite's server, not a fixed port
+            "PGHOST": PG_HOST,
+            "PGPORT": str(PG_PORT),
+            "PGUSER": PG_USER,
             **{port_var(name): str(free_port()) for name in SERVICES},
         }
     )
@@ -104,7 +111,8 @@ def _run_and_check(
             proc.wait()
     text = out.read_text()
     assert "=== simulate summary (PLAY MONEY; seed 7" in text
-    assert f"kept for inspection; drop it with: dropdb -h 127.0.0.1 -U postgres {database}" in text
+    assert f"created database {database} on {PG_HOST}:{PG_PORT}" in text
+    assert f"kept for inspection; drop it with: {dropdb_command(PG_HOST, PG_PORT, PG_USER, database)}" in text
     assert not [p for p in pids if _alive(p)], "every service process is stopped"
     summary = json.loads(summary_path.read_text())
     assert summary["requests_seen"] >= 1 and summary["history_store"].startswith("postgresql")

@@ -4,8 +4,8 @@ duplicated, nothing signed twice or late). How to run each drill by hand: ``docs
 
 Single-process (``simulate``'s composition): relay disconnect; a stale and an outlier exchange, then
 too many stale; a NATS server restart (a private nats-server, never the shared one); a PostgreSQL
-outage with history catch-up. Distributed (one process per service): ``kill -9`` of trade-executor
-and its restart.
+outage with history catch-up (a private PostgreSQL cluster made with ``initdb`` on a free port, never
+the shared one). Distributed (one process per service): ``kill -9`` of trade-executor and its restart.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from conftest import ensure_postgres, start_postgres, stop_postgres
+from conftest import PrivatePostgres
 from e2e_kit import (
     DistributedRun,
     E2ERun,
@@ -39,6 +40,17 @@ from intents_mm.config import SERVICES
 from intents_mm.sim.scenario import Fault
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[PrivateNats]:
+    """A started nats-server of the test's own (restartable on its port and store), killed afterwards."""
+    server = PrivateNats(tmp_path / "jetstream")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 async def healthz(run: E2ERun, name: str) -> tuple[int, dict[str, Any]]:
@@ -180,34 +192,29 @@ async def test_exchange_outlier_and_stale_then_too_many_stale_declines_and_recov
 # ------------------------------------------------------------------------------------ NATS restart
 
 
-@pytest.mark.nats
-async def test_nats_server_restart_loses_nothing_acked(tmp_path: Path) -> None:
-    nats_server = PrivateNats(tmp_path / "jetstream")
-    nats_server.start()
+async def test_nats_server_restart_loses_nothing_acked(tmp_path: Path, private_nats: PrivateNats) -> None:
+    nats_server = private_nats
     seen: dict[str, Any] = {}
-    try:
 
-        async def drill(run: E2ERun) -> None:
-            await wait_accepted(run, 3, what="quotes before the restart")
-            nats_server.kill()
-
-            async def bus_down() -> bool:
-                status, body = await healthz(run, "strategy-engine")
-                return status == 503 and "bus" in body.get("failing", {})
-
-            await wait_for(bus_down, timeout_s=10, what="the bus reported down")
-            await asyncio.sleep(1.0)
-            nats_server.start()
-            await wait_for(lambda: all_healthy(run), timeout_s=30, what="every service healthy again")
-            await wait_accepted(run, 3, timeout_s=30, what="quotes after the restart")
-            seen["reconnects"] = (await run.state("strategy-engine"))["bus"]["counters"]["reconnects"]
-
-        env = e2e_env(tmp_path, NATS_URL=nats_server.url)
-        run = InProcessRun(tmp=tmp_path, scenario=e2e_scenario(), env=env)
-        async with asyncio.timeout(120):
-            ex = await exercise(run, drill=drill)
-    finally:
+    async def drill(run: E2ERun) -> None:
+        await wait_accepted(run, 3, what="quotes before the restart")
         nats_server.kill()
+
+        async def bus_down() -> bool:
+            status, body = await healthz(run, "strategy-engine")
+            return status == 503 and "bus" in body.get("failing", {})
+
+        await wait_for(bus_down, timeout_s=10, what="the bus reported down")
+        await asyncio.sleep(1.0)
+        nats_server.start()
+        await wait_for(lambda: all_healthy(run), timeout_s=30, what="every service healthy again")
+        await wait_accepted(run, 3, timeout_s=30, what="quotes after the restart")
+        seen["reconnects"] = (await run.state("strategy-engine"))["bus"]["counters"]["reconnects"]
+
+    env = e2e_env(tmp_path, NATS_URL=nats_server.url)
+    run = InProcessRun(tmp=tmp_path, scenario=e2e_scenario(), env=env)
+    async with asyncio.timeout(120):
+        ex = await exercise(run, drill=drill)
     assert seen["reconnects"] >= 1
     assert ex.report.results["accepted"] >= 6
     # every acknowledged publish is stored (checked by exercise); the tap saw the outage's backlog too
@@ -217,18 +224,21 @@ async def test_nats_server_restart_loses_nothing_acked(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ PostgreSQL outage
 
 
-@pytest.mark.pg
-async def test_postgresql_outage_history_catches_up_exactly_once(tmp_path: Path, pg_url: str) -> None:
+async def test_postgresql_outage_history_catches_up_exactly_once(
+    tmp_path: Path, private_postgres: PrivatePostgres
+) -> None:
     """history-writer holds the messages while PostgreSQL is down (and says so on /healthz) and
     stores each exactly once when it is back. Quoting goes on meanwhile: the executor's
     signed-at-most-once ledger is a local file, mirrored into ``signed_commands`` once the store is
-    back (the invariants then find every quote the relay got in it)."""
+    back (the invariants then find every quote the relay got in it). The PostgreSQL stopped is a
+    private cluster of this test's own (``private_postgres``), never the machine's shared server."""
+    pg_url = private_postgres.create_database("imm_drill")
     seen: dict[str, Any] = {}
 
     async def drill(run: E2ERun) -> None:
         await wait_accepted(run, 3, what="quotes before the outage")
         try:
-            stop_postgres()
+            await asyncio.to_thread(private_postgres.stop)  # the loop keeps running meanwhile
 
             async def store_down() -> bool:
                 status, body = await healthz(run, "history-writer")
@@ -238,8 +248,7 @@ async def test_postgresql_outage_history_catches_up_exactly_once(tmp_path: Path,
             await wait_accepted(run, 3, timeout_s=15, what="quotes while PostgreSQL is down")
             seen["backlog"] = (await run.state("history-writer"))["backlog"]
         finally:
-            start_postgres()
-            ensure_postgres()
+            await asyncio.to_thread(private_postgres.start)
 
         async def caught_up() -> bool:
             status, _ = await healthz(run, "history-writer")
@@ -261,8 +270,6 @@ async def test_postgresql_outage_history_catches_up_exactly_once(tmp_path: Path,
 # ------------------------------------------------------------------------------------ kill -9 executor
 
 
-@pytest.mark.pg
-@pytest.mark.nats
 async def test_kill_9_trade_executor_and_restart_signs_nothing_stale(
     tmp_path: Path, pg_url: str, nats_server_url: str, stream_prefix: str
 ) -> None:

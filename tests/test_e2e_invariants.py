@@ -45,8 +45,6 @@ async def test_invariants_single_process_memory_bus_and_sqlite(tmp_path: Path) -
     assert report.stored["demand.swap_request"] == report.requests
 
 
-@pytest.mark.pg
-@pytest.mark.nats
 async def test_invariants_distributed_processes_nats_and_postgresql(
     tmp_path: Path, pg_url: str, nats_server_url: str, stream_prefix: str
 ) -> None:

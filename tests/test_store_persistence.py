@@ -1,7 +1,7 @@
 """HistoryPersister on the real buses: batches, acks after commit, poison, a PostgreSQL outage.
 
 The memory bus runs the functional tests on both store engines; the outage acceptance test runs on
-NATS JetStream and a real PostgreSQL that the test stops and restarts.
+NATS JetStream and a private PostgreSQL cluster (``private_postgres``) that the test stops and restarts.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import msgspec
 import nats
 import pytest
 
-from conftest import ensure_postgres, start_postgres, stop_postgres
+from conftest import PrivatePostgres
 from intents_mm import messages as m
 from intents_mm.bus.memory import MemoryBus
 from intents_mm.bus.nats import NatsBus
@@ -197,7 +197,6 @@ async def test_a_restarted_persister_picks_up_what_was_not_acked(sqlite_url: str
         await store.close()
 
 
-@pytest.mark.pg
 async def test_refused_message_does_not_block_its_batch(pg_url: str, bus: MemoryBus) -> None:
     await migrate(pg_url)
     store = HistoryStore(pg_url)
@@ -233,12 +232,11 @@ async def _nats_consumer_state(url: str, stream: str, durable: str) -> tuple[int
         await nc.close()
 
 
-@pytest.mark.pg
-@pytest.mark.nats
 async def test_postgres_outage_loses_nothing_and_doubles_nothing(
-    pg_url: str, nats_server_url: str, stream_prefix: str
+    private_postgres: PrivatePostgres, nats_server_url: str, stream_prefix: str
 ) -> None:
     """Acceptance: stop PostgreSQL under the persister, publish, restart it, every message stored once."""
+    pg_url = private_postgres.create_database("imm_outage")
     await migrate(pg_url)
     store = HistoryStore(pg_url)
     await store.connect()
@@ -256,7 +254,7 @@ async def test_postgres_outage_loses_nothing_and_doubles_nothing(
             await _wait_for(lambda: persister.acked == 60, 15)
             assert await persister.wait_idle(5)
             try:
-                stop_postgres()
+                await asyncio.to_thread(private_postgres.stop)  # the loop keeps running meanwhile
                 await _publish(bus, during)
                 await _wait_for(lambda: not persister.healthy, 10)
                 await asyncio.sleep(1.5)  # several retries and redeliveries while down
@@ -266,8 +264,7 @@ async def test_postgres_outage_loses_nothing_and_doubles_nothing(
                 _, unacked = await _nats_consumer_state(nats_server_url, stream, "history-writer")
                 assert unacked > 0
             finally:
-                start_postgres()
-                ensure_postgres()
+                await asyncio.to_thread(private_postgres.start)
             await _publish(bus, after)
             await _wait_for(lambda: persister.stored == 400, 30)
             assert await persister.wait_idle(10)
@@ -277,8 +274,6 @@ async def test_postgres_outage_loses_nothing_and_doubles_nothing(
         assert persister.duplicates > 0  # held messages were redelivered meanwhile
         assert await _stored(store) == {e.msg_id: e for e in before + during + after}
     finally:
-        start_postgres()
-        ensure_postgres()
         await bus.close()
         await store.close()
 

@@ -3,6 +3,11 @@
 ``intents-mm run <service>`` runs one service (NATS bus, PostgreSQL); ``intents-mm run-all`` runs all
 seven in one process (memory bus unless ``NATS_URL`` is set). ``simulate`` uses the same code with the
 simulated venue's URLs. This module and ``cli.py`` are the only ones that import everything.
+
+Crash-only: :func:`serve` runs until SIGTERM/SIGINT (exit 0) or until a task of any service it runs
+dies (``Service.died``, see ``services/runtime.py``): then it logs which service and task and the
+exception, stops every service as on a signal and returns :data:`EXIT_TASK_DIED`, so that compose
+and k3s restart the process (which comes up disarmed). Nothing is restarted inside the process.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import contextlib
 import importlib
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from intents_mm.bus import make_bus
 from intents_mm.bus.port import Bus
@@ -29,6 +35,9 @@ from intents_mm.services.strategy_engine import StrategyEngine
 from intents_mm.storage.store import HistoryStore
 
 log = logging.getLogger("intents_mm.app")
+
+#: exit status of ``run`` / ``run-all`` when a service task died (the supervisor restarts the process)
+EXIT_TASK_DIED: Final = 3
 
 SERVICE_CLASSES: dict[str, str] = {
     "near-intents-ingest": "intents_mm.services.near_intents_ingest:NearIntentsIngest",
@@ -109,6 +118,22 @@ class Running:
                 return server.url
         raise KeyError(name)
 
+    def failures(self) -> list[str]:
+        """``<service>: task <name> died: <exception>`` for every service that is down."""
+        return [f"{svc.name}: {svc.failure.describe()}" for svc in self.services if svc.failure is not None]
+
+    async def wait_died(self) -> str:
+        """Wait until a task of any of the services dies; returns :meth:`failures`, joined."""
+        waits = [asyncio.ensure_future(svc.died.wait()) for svc in self.services]
+        if not waits:
+            await asyncio.Event().wait()
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        return "; ".join(self.failures())
+
 
 async def start_services(
     names: Sequence[str],
@@ -176,7 +201,8 @@ async def stop_services(running: Running, *, close_bus: bool = True) -> None:
 
 
 async def serve(names: Sequence[str], config: Config, *, distributed: bool) -> int:
-    """Run services until SIGTERM/SIGINT; exit code 0 on a clean stop."""
+    """Run services until SIGTERM/SIGINT (returns 0) or until a service task dies (logged, every
+    service stopped, returns :data:`EXIT_TASK_DIED`)."""
     from intents_mm.storage.migrate import current_revision, head_revision, migrate
 
     store_url = store_url_for(config, require_postgres=distributed)
@@ -212,8 +238,21 @@ async def serve(names: Sequence[str], config: Config, *, distributed: bool) -> i
         + ", ".join(f"{s.service.name}={s.url}" for s in running.servers),
         flush=True,
     )
+    died = asyncio.ensure_future(running.wait_died())
     try:
-        await stop.wait()
+        await asyncio.wait({stopping, died}, return_when=asyncio.FIRST_COMPLETED)
+        crashed = died.done()  # a task died before any signal (one failing while stopping is only logged)
+        if crashed:
+            log.error(
+                "%s; stopping every service, then exiting with status %d", died.result(), EXIT_TASK_DIED
+            )
     finally:
+        stopping.cancel()
+        died.cancel()
         await asyncio.wait_for(stop_services(running), timeout=10)
+    if crashed:
+        print(
+            f"intents-mm: {died.result()}; exited with status {EXIT_TASK_DIED}", file=sys.stderr, flush=True
+        )
+        return EXIT_TASK_DIED
     return 0

@@ -4,8 +4,9 @@ The simulated venue runs in this process, as in ``intents-mm simulate``; the sev
 SEPARATE processes (``python -m intents_mm run <service>``), each configured only through its
 environment: the venue's URLs and play-money account, NATS JetStream (``NATS_URL``, default
 ``nats://127.0.0.1:4222``; a stream and subject prefix of this run's own, the stream deleted at the
-end) and PostgreSQL (``POSTGRES_URL``; when unset a fresh database is created on 127.0.0.1:5432 for
-the run, said so, and kept for inspection). The run:
+end) and PostgreSQL (``POSTGRES_URL``; when unset a fresh database is created for the run, said so,
+and kept for inspection, on the server libpq's ``PGHOST`` / ``PGPORT`` / ``PGUSER`` name, by default
+127.0.0.1:5432 as user postgres). The run:
 
 1. starts the venue, creates the run's stream, prepares the database and runs ``intents-mm migrate``;
 2. starts the seven processes (logs in ``<INTENTS_MM_VAR_DIR>/distributed/<run>/<service>.log``) and
@@ -60,7 +61,8 @@ from intents_mm.storage.store import HistoryStore
 log = logging.getLogger("intents_mm.distributed")
 
 DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
-#: Where a database is created for a run when ``POSTGRES_URL`` is unset (trust auth, user postgres).
+#: Where a database is created for a run when ``POSTGRES_URL`` is unset (trust auth, user postgres),
+#: unless libpq's own ``PGHOST`` / ``PGPORT`` / ``PGUSER`` say otherwise (:func:`database_server`).
 DEFAULT_PG_HOST: Final = "127.0.0.1"
 DEFAULT_PG_PORT: Final = 5432
 DEFAULT_PG_USER: Final = "postgres"
@@ -196,6 +198,35 @@ def child_environment(
     return env
 
 
+def database_server(environ: Mapping[str, str]) -> tuple[str, int, str]:
+    """(host, port, user) of the PostgreSQL server a run without ``POSTGRES_URL`` creates its database
+    on: libpq's ``PGHOST``, ``PGPORT`` and ``PGUSER`` when set, else 127.0.0.1, 5432, postgres.
+
+    ``PGHOST`` must be a host name or address (a Unix socket directory cannot be put in the
+    ``postgresql://`` URL the services are given); a bad value is an :class:`IntentsMMError`.
+    """
+    host = environ.get("PGHOST", "").strip() or DEFAULT_PG_HOST
+    if host.startswith("/") or "," in host or any(c.isspace() for c in host):
+        raise IntentsMMError(
+            f"PGHOST={host!r} is not one TCP host name or address; set POSTGRES_URL, or PGHOST to a host"
+        )
+    raw_port = environ.get("PGPORT", "").strip()
+    if not raw_port:
+        port = DEFAULT_PG_PORT
+    elif raw_port.isascii() and raw_port.isdigit() and 0 < int(raw_port) < 65536:
+        port = int(raw_port)
+    else:
+        raise IntentsMMError(f"PGPORT={raw_port!r} is not a TCP port (1-65535)")
+    user = environ.get("PGUSER", "").strip() or DEFAULT_PG_USER
+    return host, port, user
+
+
+def dropdb_command(host: str, port: int, user: str, name: str) -> str:
+    """The ``dropdb`` command line that removes a database a run created."""
+    port_arg = "" if port == DEFAULT_PG_PORT else f" -p {port}"
+    return f"dropdb -h {host}{port_arg} -U {user} {name}"
+
+
 async def create_database(
     *, host: str = DEFAULT_PG_HOST, port: int = DEFAULT_PG_PORT, user: str = DEFAULT_PG_USER, name: str
 ) -> str:
@@ -244,6 +275,7 @@ class DistributedSimulation(Simulation):
     ``*_PORT`` values); ``python`` is the interpreter the services run under."""
 
     banner = "intents-mm simulate --distributed"
+    failure_label = "distributed run"
 
     def __init__(
         self,
@@ -280,23 +312,14 @@ class DistributedSimulation(Simulation):
         self.subject_prefix = ""
         self.postgres_url = ""
         self.created_database: str | None = None
+        self.database_server: tuple[str, int, str] | None = None  # (host, port, user) it was created on
         self.run_dir: Path | None = None
-        self.failure: str | None = None
         self._states_cache: dict[str, dict[str, Any]] = {name: {} for name in SERVICES}
         self._http: aiohttp.ClientSession | None = None
         self._watchers: list[asyncio.Task[None]] = []
         self._restarts: list[asyncio.Task[None]] = []
 
-    # -- the run ---------------------------------------------------------------------------------
-    async def run(self) -> dict[str, Any]:
-        summary = await super().run()
-        if self.failure is not None:
-            from intents_mm.simulate import render_summary
-
-            self.say(render_summary(summary))
-            raise IntentsMMError(f"distributed run failed: {self.failure}")
-        return summary
-
+    # -- the run (Simulation.run: a failure prints the summary, then "distributed run failed: ...") --
     async def _start(self) -> None:
         self.venue = SimVenue(self.scenario, seed=self.seed, ports=self.venue_ports)
         await self.venue.start()
@@ -328,11 +351,10 @@ class DistributedSimulation(Simulation):
         self.postgres_url = base["POSTGRES_URL"] or ""
         if not self.postgres_url:
             name = f"intents_mm_dist_{time.strftime('%Y%m%d_%H%M%S')}_{self.run_id}"
-            self.postgres_url = await create_database(name=name)
+            host, port, user = self.database_server = database_server(self.environ)
+            self.postgres_url = await create_database(host=host, port=port, user=user, name=name)
             self.created_database = name
-            self.say(
-                f"POSTGRES_URL is not set: created database {name} on {DEFAULT_PG_HOST}:{DEFAULT_PG_PORT}"
-            )
+            self.say(f"POSTGRES_URL is not set: created database {name} on {host}:{port}")
         self.store_url = resolve_store_url(self.postgres_url, var_dir)
         if not self.store_url.startswith("postgresql"):
             raise IntentsMMError(
@@ -653,9 +675,10 @@ class DistributedSimulation(Simulation):
             await _quietly(self._http.close(), "closing the HTTP client")
             self._http = None
         if self.created_database is not None:
+            host, port, user = self.database_server or (DEFAULT_PG_HOST, DEFAULT_PG_PORT, DEFAULT_PG_USER)
             self.say(
                 f"database {self.created_database} kept for inspection; drop it with: "
-                f"dropdb -h {DEFAULT_PG_HOST} -U {DEFAULT_PG_USER} {self.created_database}"
+                f"{dropdb_command(host, port, user, self.created_database)}"
             )
 
 

@@ -7,6 +7,10 @@ strategy and the executor after warm-up through their own audited control endpoi
 flow and shows progress until the duration ends or Ctrl-C. Then it prints a summary (and writes it
 as JSON with ``--summary-json``).
 
+A service task that dies (crash-only, ``services/runtime.py``) ends the run: it says which service
+and task died and of what, stops everything, prints the summary and fails with ``simulate failed:
+...`` (a non-zero exit).
+
 Bus: in-process memory bus, or NATS JetStream when ``NATS_URL`` is set (a stream of its own, deleted
 at the end). Store: the embedded SQLite file ``<INTENTS_MM_VAR_DIR>/history.sqlite3`` (the previous
 run's file is kept as ``history.prev.sqlite3``), or PostgreSQL when ``POSTGRES_URL`` is set.
@@ -117,6 +121,7 @@ class Simulation:
     """
 
     banner = "intents-mm simulate"
+    failure_label = "simulate"
 
     def __init__(
         self,
@@ -149,12 +154,23 @@ class Simulation:
         self.nats_stream: str | None = None
         self.start_inventory: dict[str, int] = {}
         self.armed_at_ns: int | None = None
+        #: why the run failed (a service task died, a process could not be restarted); None while fine
+        self.failure: str | None = None
+        self._died_watch: asyncio.Task[None] | None = None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
     # -- life cycle ------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
+        """Run it; returns the summary, or (when :attr:`failure` is set) prints the summary and raises."""
+        summary = await self._run()
+        if self.failure is not None:
+            self.say(render_summary(summary))
+            raise IntentsMMError(f"{self.failure_label} failed: {self.failure}")
+        return summary
+
+    async def _run(self) -> dict[str, Any]:
         t0 = time.monotonic()
         try:
             await self._start()
@@ -204,6 +220,7 @@ class Simulation:
         self.running = await start_services(
             list(SERVICES), config, bus=self.bus, store=self.store, ports=self.ports
         )
+        self._died_watch = asyncio.get_running_loop().create_task(self._watch_services(self.running))
         self.say(
             f"{self.banner}: PLAY MONEY on a simulated NEAR Intents venue (loopback only); "
             f"seed {self.seed}, scenario {self.scenario.name}"
@@ -213,6 +230,12 @@ class Simulation:
         self.say(f"  history store            {redact_url(self.store_url)}")
         self.say(f"  bus                      {'NATS ' + self.nats_stream if self.nats_stream else 'memory'}")
         self.say(f"  venue admin (faults)     {admin_url}  (docs/fault-drills.md)")
+
+    async def _watch_services(self, running: Running) -> None:
+        """Crash-only: the first service task that dies ends the run (:attr:`failure`, :attr:`stop`)."""
+        self.failure = await running.wait_died()
+        self.say(f"!! {self.failure}; stopping the run")
+        self.stop.set()
 
     async def _warm_up_and_arm(self) -> None:
         """Wait for a fresh reference, credited inventory and a registered key, then arm both services."""
@@ -237,6 +260,8 @@ class Simulation:
             if not waiting:
                 break
             await asyncio.sleep(0.25)
+        if self.failure is not None:
+            raise IntentsMMError(f"{self.failure_label} failed: {self.failure}")
         if waiting:
             raise IntentsMMError(
                 f"warm-up did not complete in {WARMUP_TIMEOUT_S:g} s: waiting for {', '.join(waiting)}"
@@ -280,6 +305,9 @@ class Simulation:
                 await user.stop()
 
     async def _shutdown(self) -> None:
+        if self._died_watch is not None:
+            self._died_watch.cancel()
+            self._died_watch = None
         if self.running is not None:
             await stop_services(self.running, close_bus=False)
             self.running = None

@@ -4,6 +4,13 @@ A :class:`Service` is a thin shell around domain logic. The runtime gives it:
 
 - a life cycle: ``start()`` (open connections; readiness is reported only after it returns),
   ``run()`` (long-running work, owned by the runtime's task group), ``stop()`` (clean shutdown);
+- crash-only tasks: ``run()`` and every task started with :meth:`Service.spawn` are watched. One that
+  raises (anything but cancellation) is logged once with its traceback and recorded as the service's
+  :attr:`Service.failure`; from then on the ``tasks`` check fails (``/healthz`` 503 naming the task
+  and the exception in one line), ``/state`` shows it, :attr:`Service.died` is set, and the composition
+  root (``app.serve``, ``simulate``) stops the process with a non-zero exit so that its supervisor
+  (compose, k3s) restarts it; a restarted process comes up disarmed. Nothing is restarted in-process;
+  a task that returns normally is simply done;
 - a control API (aiohttp) on its runbook port, bound to ``CONTROL_API_HOST`` (127.0.0.1 by default):
   ``GET /healthz`` (200 only when every check passes; the body names the failing checks),
   ``GET /state`` (JSON, secrets redacted) and ``GET /metrics`` (Prometheus text), plus the
@@ -69,6 +76,25 @@ class Route:
 class Check:
     ok: bool
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """The first task of a service that died: its name and the exception, in one line."""
+
+    task: str
+    error: str
+    ts_ns: int
+
+    def describe(self) -> str:
+        return f"task {self.task} died: {self.error}"
+
+
+def one_line_error(exc: BaseException, limit: int = 300) -> str:
+    """``ExceptionClass: message`` on one line (whitespace folded), at most ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    line = f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 @dataclass
@@ -181,6 +207,10 @@ class Service:
         self.metrics = CollectorRegistry(auto_describe=True)
         self.started_ns = ctx.clock.now_ns()
         self.ready = False
+        #: the first task that died (crash-only: the service is down from then on); None while all live
+        self.failure: TaskFailure | None = None
+        #: set when a task dies; the composition root waits on it to stop the process
+        self.died = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._m_requests = Counter(
             "control_requests", "Control API requests", ["method", "path", "status"], registry=self.metrics
@@ -189,6 +219,10 @@ class Service:
         self.max_deliveries: int = ctx.config["BUS_MAX_DELIVERIES"]
         self.dead_letters = 0
         self.last_dead_letter: dict[str, Any] | None = None
+        self._m_task_failures = Counter(
+            "service_task_failures", "Service tasks that died (the service is then down)", ["task"],
+            registry=self.metrics,
+        )  # fmt: skip
 
     # -- life cycle (override) -------------------------------------------------------------------
     async def start(self) -> None:
@@ -210,6 +244,12 @@ class Service:
 
     def checks(self) -> dict[str, Check]:
         return {"bus": Check(self.bus.healthy(), "" if self.bus.healthy() else "bus disconnected")}
+
+    def task_checks(self) -> dict[str, Check]:
+        """The runtime's own check, whatever :meth:`checks` a subclass defines: ``tasks`` fails once a
+        task died (the detail names the task and the exception)."""
+        failure = self.failure
+        return {"tasks": Check(True) if failure is None else Check(False, failure.describe())}
 
     # -- helpers ---------------------------------------------------------------------------------
     async def subscribe(
@@ -258,35 +298,65 @@ class Service:
         return env.msg_id
 
     def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
-        """Start a background task owned by the service; it is cancelled on stop."""
+        """Start a background task owned by the service; it is cancelled on stop.
+
+        Crash-only: should the task raise (anything but cancellation), the service is down
+        (:meth:`task_died`); the task itself then ends without an exception of its own (it was
+        handled there), so nothing else reports it again.
+        """
 
         async def guarded() -> None:
             try:
                 await coro
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("%s: task %s failed", self.name, name)
-                raise
+            except Exception as exc:
+                self.task_died(name, exc)
 
         task = asyncio.get_running_loop().create_task(guarded(), name=f"{self.name}:{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def task_died(self, name: str, exc: BaseException) -> None:
+        """Record that task ``name`` died of ``exc``: logged once with the traceback; the first such
+        failure is the service's :attr:`failure` (``/healthz`` 503) and sets :attr:`died`."""
+        error = one_line_error(exc)
+        self._m_task_failures.labels(name).inc()
+        first = self.failure is None
+        if first:
+            self.failure = TaskFailure(task=name, error=error, ts_ns=self.clock.now_ns())
+        log.error(
+            "%s: task %s died: %s; %s",
+            self.name,
+            name,
+            error,
+            "the service is down (the process stops so that it is restarted)"
+            if first
+            else "the service was already down",
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        self.died.set()
+
     async def cancel_tasks(self) -> None:
+        """Cancel every task and wait for them; one that raises while being cancelled is a failure too
+        (:meth:`task_died`, logged), never an exception here."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def base_state(self) -> dict[str, Any]:
+        failure = self.failure
         return {
             "service": self.name,
             "ready": self.ready,
             "uptime_s": round((self.clock.now_ns() - self.started_ns) / 1e9, 3),
             "bus": self.bus.describe(),
             "dead_letters": {"count": self.dead_letters, "last": self.last_dead_letter},
+            "failure": None
+            if failure is None
+            else {"task": failure.task, "error": failure.error, "ts_ns": failure.ts_ns},
         }
 
 
@@ -417,6 +487,7 @@ class ControlServer:
             checks.update(self.service.checks())
         except Exception as exc:
             checks["checks"] = Check(False, f"health check failed: {exc.__class__.__name__}")
+        checks.update(self.service.task_checks())  # crash-only: a dead task fails /healthz
         failing = {k: c.detail or "failing" for k, c in checks.items() if not c.ok}
         body = {
             "service": self.service.name,
