@@ -17,6 +17,7 @@ from intents_mm.bus.port import Bus, Delivery
 from intents_mm.clock import SYSTEM_CLOCK
 from intents_mm.config import load_config
 from intents_mm.domain.assets import BTC, EURE
+from intents_mm.errors import BusError
 from intents_mm.messages import (
     ExecuteTrade,
     InventorySnapshot,
@@ -595,3 +596,39 @@ async def test_our_lateness_never_trips_the_venue_error_pause_but_venue_errors_d
         state = await get_state(http)
         assert state["quoting"] is False and "venue_errors" in state["pause_reasons"]
         assert state["counters"]["venue_error_pauses"] == 1
+
+
+class _RefusingCommands:
+    """The service's bus, refusing ``cmd.execute_trade`` publishes (as a bus that lost its server)."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bus, name)
+
+    async def publish(self, subject: str, data: bytes, *, msg_id: str) -> None:
+        if subject == "cmd.execute_trade":
+            raise BusError("NATS publish of cmd.execute_trade not acknowledged")
+        await self._bus.publish(subject, data, msg_id=msg_id)
+
+
+async def test_a_request_whose_command_publish_fails_still_gets_its_decision_record(
+    engine: tuple[Running, Collector, str],
+) -> None:
+    running, col, url = engine
+    svc = running.service("strategy-engine")
+    await publish(running.bus, "market.reference_price", reference())
+    await publish(running.bus, "inventory.snapshot", inventory())
+    async with aiohttp.ClientSession() as http, http.post(f"{url}/arm") as resp:
+        assert resp.status == 200
+    svc.bus = _RefusingCommands(running.bus)  # type: ignore[assignment]
+    await asyncio.sleep(0.05)
+    await publish(running.bus, "demand.swap_request", request())
+    (decision,) = await col.wait_decisions(1)
+    assert decision.outcome == "decline" and decision.reason == "command_publish_failed"
+    assert "not acknowledged" in decision.inputs["command_error"]
+    assert col.commands == []
+    state = svc.state()
+    assert state["counters"]["command_publish_failures"] == 1
+    assert state["reservations"]["live"] == 1  # kept until its deadline: the command may have gone out

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -69,6 +70,8 @@ log = logging.getLogger(__name__)
 LIMITS_STATE_KEY = "strategy-engine.limits"
 MS = 1_000_000
 VENUE_ERROR_STREAK = 3
+DECISION_PUBLISH_ATTEMPTS = 3
+UNPUBLISHED_DECISIONS_KEPT = 10_000
 VENUE_ERROR_COOLDOWN_NS = 30_000 * MS
 #: Relay rejections that mean "our answer came too late" (the quote id's window had closed or is no
 #: longer known; the executor's own note when the reply came after the window): our lateness, not a
@@ -134,6 +137,7 @@ class Counters:
     late_rejections: int = 0  # relay rejections caused by our own lateness (never a venue error)
     late_drops: int = 0  # executor ``dropped_late`` results (never a venue error)
     venue_error_pauses: int = 0  # times the venue-error streak paused quoting
+    command_publish_failures: int = 0  # commands the bus refused (the decision says command_publish_failed)
 
 
 class StrategyEngine(Service):
@@ -186,6 +190,7 @@ class StrategyEngine(Service):
         self.book = ReservationBook()
         self.command_by_hash: dict[str, str] = {}
         self.seen_quotes: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._unpublished: dict[str, TradeDecision] = {}  # quote id -> decision the bus refused
         self.venue_error_streak = 0
         self.venue_error_until_ns = 0
         self.loss_guard = LossGuard(
@@ -394,6 +399,10 @@ class StrategyEngine(Service):
     # -- the hot path ----------------------------------------------------------------------------
     async def _on_request(self, d: Delivery) -> None:
         payload = decode(d.data).payload  # InputError: a dead letter (Service.subscribe)
+        if isinstance(payload, SwapRequest) and payload.quote_id in self._unpublished:
+            # redelivered because its decision record could not be published: publish it now
+            self.spawn(self._record_decision(self._unpublished.pop(payload.quote_id), d), "decision")
+            return
         if isinstance(payload, SwapRequest) and payload.quote_id not in self.seen_quotes:
             self.seen_quotes[payload.quote_id] = None
             if len(self.seen_quotes) > 50_000:
@@ -413,22 +422,26 @@ class StrategyEngine(Service):
         await d.ack()
 
     async def _finish_and_record(self, finish: Callable[[], Awaitable[TradeDecision]], d: Delivery) -> None:
-        try:
-            decision = await finish()
-        except IntentsMMError as exc:  # as a failing handler: redelivered later, then skipped as seen
-            log.warning("%s: command not published: %s", self.name, exc)
-            await d.nak(redelivery_delay_s(d.num_delivered))
-            return
-        await self._record_decision(decision, d)
+        await self._record_decision(await finish(), d)  # finish() records a failed command publish
 
     async def _record_decision(self, decision: TradeDecision, d: Delivery) -> None:
-        try:
-            await self.publish("decision.trade_decision", decision, msg_id=decision.decision_id)
-        except IntentsMMError as exc:
-            log.warning("%s: decision %s not published: %s", self.name, decision.decision_id, exc)
-            await d.nak(redelivery_delay_s(d.num_delivered))
+        """Publish the decision record (retried a few times: every request gets one), then ack."""
+        for attempt in range(DECISION_PUBLISH_ATTEMPTS):
+            try:
+                await self.publish("decision.trade_decision", decision, msg_id=decision.decision_id)
+                break
+            except IntentsMMError as exc:
+                log.warning("%s: decision %s not published: %s", self.name, decision.decision_id, exc)
+                await asyncio.sleep(redelivery_delay_s(attempt + 1))
+        else:  # the bus is down: the record waits here for the request's redelivery
+            self._unpublished[decision.quote_id] = decision
+            while len(self._unpublished) > UNPUBLISHED_DECISIONS_KEPT:
+                self._unpublished.pop(next(iter(self._unpublished)))
+            with contextlib.suppress(IntentsMMError):
+                await d.nak(redelivery_delay_s(d.num_delivered))
             return
-        await d.ack()
+        with contextlib.suppress(IntentsMMError):
+            await d.ack()
 
     def guard_reason(self, req: SwapRequest, now: int) -> tuple[str | None, dict[str, Any]]:
         """The first guard that stops quoting, with the inputs it looked at.
@@ -565,12 +578,22 @@ class StrategyEngine(Service):
         reference_mid = self.reference.mid if self.reference else None
 
         async def finish() -> TradeDecision:
+            nonlocal outcome, reason
             checks: list[LimitCheck] = []
             if command is not None:
-                await self.publish("cmd.execute_trade", command, msg_id=command.command_id)
-                self.counters.commands += 1
-                # Let the executor take the command now; the decision record below is for history.
-                await asyncio.sleep(0)
+                try:
+                    await self.publish("cmd.execute_trade", command, msg_id=command.command_id)
+                except IntentsMMError as exc:
+                    # The decision is recorded all the same, with this outcome. The reservation stays
+                    # until its deadline: the command may still have reached the bus.
+                    outcome, reason = "decline", "command_publish_failed"
+                    inputs["command_error"] = str(exc)[:300]
+                    self.counters.command_publish_failures += 1
+                    log.warning("%s: command %s not published: %s", self.name, command.command_id, exc)
+                else:
+                    self.counters.commands += 1
+                    # Let the executor take the command now; the decision record below is for history.
+                    await asyncio.sleep(0)
             if quote is not None:
                 checks = [
                     LimitCheck(name=c.name, passed=c.passed, value=c.value, limit=c.limit)
