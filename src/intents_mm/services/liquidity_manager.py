@@ -41,12 +41,15 @@ from intents_mm.errors import ContractError, InputError, IntentsMMError, StoreEr
 from intents_mm.messages import (
     LIQUIDITY_ACTION,
     LIQUIDITY_STATE,
+    RESERVATIONS,
     LiquidityAction,
     LiquidityActionKind,
     LiquidityActionStatus,
     LiquidityState,
     PendingDeposit,
+    ReservationSummary,
     TrackedWithdrawal,
+    decode,
 )
 from intents_mm.near.encoding import b58decode
 from intents_mm.near.keys import SigningKey
@@ -78,6 +81,7 @@ BRIDGE_TIMEOUT_S = 5.0
 KEEP_FINAL_RECORDS = 500
 STATE_FINAL_WITHDRAWALS = 20
 BRIDGE_FAILURES_UNHEALTHY = 3
+HOLD_ACK_TIMEOUT_S = 2.0  # strategy-engine must show the withdrawal's hold in its summary within this
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 
 # Record statuses besides the bridge's (``WithdrawalState``): before and around submission.
@@ -223,6 +227,12 @@ class LiquidityManager(Service):
         self.sender: TransactionSender | None = None
         self._poll_lock = asyncio.Lock()
         self._withdraw_lock = asyncio.Lock()
+        # what strategy-engine has promised (risk.reservations), for the withdrawal checks
+        self.reservations_max_age_ns: int = self.config["LIQUIDITY_RESERVATIONS_MAX_AGE_MS"] * MS
+        self.reservations: ReservationSummary | None = None
+        self._reservations_rx_mono_ns = 0
+        self._reservations_event = asyncio.Event()
+        self._reservations_sub: Any = None
 
     # -- life cycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -234,6 +244,9 @@ class LiquidityManager(Service):
         self.verifier = VerifierClient(self.rpc, self.contract_id)
         if self.account is not None and self._key is not None:
             self.sender = TransactionSender(self.rpc, self.account, self._key, clock=self.clock)
+        self._reservations_sub = await self.bus.subscribe(
+            [RESERVATIONS], f"{self.name}-reservations", self._on_reservations
+        )
         await self._load()
         if self.account is not None:
             await self._refresh_addresses()
@@ -250,12 +263,89 @@ class LiquidityManager(Service):
             await asyncio.sleep(self.poll_s)
 
     async def stop(self) -> None:
+        if self._reservations_sub is not None:
+            await self._reservations_sub.stop()
+            self._reservations_sub = None
         if self.rpc is not None:
             await self.rpc.close()
             self.rpc = None
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    # -- reservations ----------------------------------------------------------------------------
+    async def _on_reservations(self, delivery: Any) -> None:
+        try:
+            payload = decode(delivery.data).payload
+        except InputError as exc:
+            log.warning("%s: dropping undecodable reservation summary: %s", self.name, exc)
+            await delivery.ack()
+            return
+        if isinstance(payload, ReservationSummary):
+            known = self.reservations
+            if known is None or (payload.started_ns, payload.seq) >= (known.started_ns, known.seq):
+                self.reservations = payload
+                self._reservations_rx_mono_ns = self.clock.monotonic_ns()
+                self._reservations_event.set()
+        await delivery.ack()
+
+    def reservations_age_ms(self) -> int | None:
+        if self.reservations is None:
+            return None
+        return (self.clock.monotonic_ns() - self._reservations_rx_mono_ns) // MS
+
+    def reservation_problem(
+        self, asset_id: str, amount: int, credited: int, *, own_hold: str | None = None
+    ) -> tuple[str | None, dict[str, str]]:
+        """Why ``amount`` cannot leave ``credited`` given what strategy-engine promised (None: it can),
+        with the figures. ``own_hold``: a withdrawal whose hold the summary may already include."""
+        summary, age_ms = self.reservations, self.reservations_age_ms()
+        if summary is None or age_ms is None:
+            return (
+                "no reservation summary (risk.reservations) from strategy-engine yet: withdrawals wait "
+                "for it so funds promised to live quotes are not withdrawn",
+                {},
+            )
+        if age_ms * MS > self.reservations_max_age_ns:
+            return (
+                f"the reservation summary from strategy-engine is {age_ms} ms old (limit "
+                f"{self.reservations_max_age_ns // MS} ms, LIQUIDITY_RESERVATIONS_MAX_AGE_MS): "
+                "is strategy-engine running?",
+                {},
+            )
+        reserved = summary.reserved_out.get(asset_id, 0)
+        held = summary.held.get(asset_id, 0)
+        if own_hold is not None and own_hold in summary.hold_ids:
+            held -= amount
+        available = credited - reserved - held
+        figures = {
+            "credited": str(credited),
+            "reserved_by_quotes": str(reserved),
+            "held_by_withdrawals": str(held),
+            "available": str(available),
+        }
+        if amount > available:
+            return (
+                f"amount {amount} exceeds credited minus reserved: credited {credited}, reserved by live "
+                f"quotes {reserved}, held by withdrawals in flight {held}, available {available}",
+                figures,
+            )
+        return None, figures
+
+    async def _await_hold(self, request_id: str) -> bool:
+        """Wait until strategy-engine's summary shows the hold of ``request_id`` (True) or time out."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + HOLD_ACK_TIMEOUT_S
+        while self.reservations is None or request_id not in self.reservations.hold_ids:
+            left = end - loop.time()
+            if left <= 0:
+                return False
+            self._reservations_event.clear()
+            try:
+                await asyncio.wait_for(self._reservations_event.wait(), timeout=left)
+            except TimeoutError:
+                return False
+        return True
 
     # -- persistence -----------------------------------------------------------------------------
     async def _load(self) -> None:
@@ -628,6 +718,24 @@ class LiquidityManager(Service):
             problems.append(f"amount is below the bridge minimum withdrawal {minimum}")
         if req.amount <= fee:
             problems.append(f"amount does not exceed the withdrawal fee {fee}")
+        figures: dict[str, str] = {}
+        if self.account is None or self.verifier is None:
+            problems.append("no trading account: the credited balance cannot be checked")
+        else:
+            try:
+                balances, _ = await self.verifier.mt_batch_balance_of(self.account, [req.asset.token_id])
+            except IntentsMMError as exc:
+                problems.append(f"credited balance read failed: {exc}")
+            else:
+                credited = balances[req.asset.token_id]
+                figures = {"credited": str(credited)}
+                if req.amount > credited:
+                    problems.append(f"amount {req.amount} exceeds the credited balance {credited}")
+                else:
+                    problem, figures = self.reservation_problem(req.asset.token_id, req.amount, credited)
+                    figures.setdefault("credited", str(credited))
+                    if problem is not None:
+                        problems.append(problem)
         result = {
             "asset_id": req.asset.token_id,
             "chain": req.asset.chain,
@@ -640,6 +748,7 @@ class LiquidityManager(Service):
             "receive_amount": str(receive),
             "ok": not problems,
             "problems": problems,
+            "balance": figures,
             "human": {
                 "amount": format_units(req.asset, req.amount),
                 "withdrawal_fee": format_units(req.asset, fee),
@@ -712,7 +821,11 @@ class LiquidityManager(Service):
     async def _withdraw(self, request: web.Request) -> web.Response:
         """Checks in order: body (400), known request id (answers the first outcome), frozen (409), signer
         key (503), bridge estimate: amount >= min_withdrawal_amount and > fee (400), fresh credited balance
-        >= amount (409). Then the request id is stored, ``requested`` published, the burn submitted."""
+        >= amount (409), credited minus what strategy-engine reserved and holds >= amount (409; also when
+        its ``risk.reservations`` summary is missing or older than ``LIQUIDITY_RESERVATIONS_MAX_AGE_MS``).
+        Then the request id is stored and ``requested`` published; once strategy-engine's summary shows
+        the hold (within ``HOLD_ACK_TIMEOUT_S``) the reservation check is made again against it and the
+        burn submitted; otherwise the record fails unsent (409) and the hold is released."""
         body = await read_json_object(request)
         req = self._parse_request(body, ("asset_id", "amount", "destination_address", "request_id"))
         request_id = self._request_id(body, req)
@@ -775,6 +888,9 @@ class LiquidityManager(Service):
                 raise await self._refuse(
                     req, request_id, 409, f"amount {req.amount} exceeds the credited balance {credited}"
                 )
+            problem, _figures = self.reservation_problem(req.asset.token_id, req.amount, credited)
+            if problem is not None:
+                raise await self._refuse(req, request_id, 409, problem)
             now = self.clock.now_ns()
             record = WithdrawalRecord(
                 action_id=request_id,
@@ -797,10 +913,35 @@ class LiquidityManager(Service):
                     req, request_id, 503, f"could not store the request id, not withdrawing: {exc}"
                 ) from None
             await self._publish_step(record, {"withdrawal_fee": str(fee), "credited": str(credited)})
+            # strategy-engine holds the amount on seeing "requested"; only once its summary shows the
+            # hold can no new quote promise these funds, so check again against that summary
+            if not await self._await_hold(request_id):
+                problem = (
+                    f"strategy-engine did not show a hold for this withdrawal within {HOLD_ACK_TIMEOUT_S} s; "
+                    "nothing was withdrawn"
+                )
+            else:
+                problem, _figures = self.reservation_problem(
+                    req.asset.token_id, req.amount, credited, own_hold=request_id
+                )
+            if problem is not None:
+                await self._fail_unsent(record, problem)
+                raise HttpError(409, problem, request_id=request_id)
             await self._submit(record, req)
         await self._publish_state(force=True)
         status = 200 if record.status == SUBMITTED else 502
         return json_response(self._view(record, duplicate=False), status=status)
+
+    async def _fail_unsent(self, record: WithdrawalRecord, reason: str) -> None:
+        """A requested withdrawal that is not sent after all: final, nothing withdrawn (hold released)."""
+        record.status, record.error = SUBMIT_FAILED, f"not sent: {reason}"
+        record.updated_ns = self.clock.now_ns()
+        try:
+            await self._save_records()
+        except StoreError as exc:
+            self._error("store", f"could not save withdrawal {record.action_id}: {exc}")
+        await self._publish_step(record)
+        await self._publish_state(force=True)
 
     async def _submit(self, record: WithdrawalRecord, req: _Request) -> None:
         assert self.sender is not None

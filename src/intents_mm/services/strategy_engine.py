@@ -25,27 +25,34 @@ from intents_mm.bus.port import Delivery, redelivery_delay_s
 from intents_mm.domain.amounts import Rounding, format_units, to_decimal, to_units
 from intents_mm.domain.pricing import Inventory, PricedQuote, PricingParams, QuoteRequest, price_quote
 from intents_mm.domain.risk import (
+    Hold,
     Limits,
     LossGuard,
+    RecordedQuote,
     Reservation,
     ReservationBook,
     check_limits,
     first_failure,
+    rebuild_book,
 )
 from intents_mm.errors import InputError, IntentsMMError
 from intents_mm.messages import (
+    RESERVATIONS,
     DecisionOutcome,
     ExecuteTrade,
     InventorySnapshot,
     LimitCheck,
+    LiquidityAction,
     OperatorAction,
     PortfolioMetrics,
     QuoteStatus,
     ReferencePrice,
+    ReservationSummary,
     SwapRequest,
     TradeDecision,
     TradeResult,
     decode,
+    is_live_signed_quote,
 )
 from intents_mm.services.runtime import HttpError, Route, Service, json_response, read_json_object
 
@@ -57,6 +64,9 @@ VENUE_ERROR_STREAK = 3
 VENUE_ERROR_COOLDOWN_NS = 30_000 * MS
 JUMP_COOLDOWN_NS = 10_000 * MS
 RESERVATION_MARGIN_NS = 5_000 * MS
+SUMMARY_HEARTBEAT_S = 1.0  # risk.reservations at least this often
+SUMMARY_COALESCE_S = 0.02  # and at most once per this on changes
+EARLY_FILL_MEMORY = 10_000
 
 # operator-facing limit names (human units) -> how they map onto domain Limits
 LIMIT_FIELDS: dict[str, str] = {
@@ -81,6 +91,9 @@ class Counters:
     commands: int = 0
     declined: int = 0
     fills: int = 0
+    fills_confirmed: int = 0
+    fill_confirm_timeouts: int = 0
+    hold_timeouts: int = 0
 
 
 class StrategyEngine(Service):
@@ -126,7 +139,12 @@ class StrategyEngine(Service):
         self.inventory: InventorySnapshot | None = None
         self.fee_pips: int | None = None
         self.book = ReservationBook()
-        self.command_by_hash: dict[str, str] = {}
+        self.fill_confirm_timeout_ns: int = c["STRATEGY_FILL_CONFIRM_TIMEOUT_MS"] * MS
+        # settlements reported before the result that names their quote hash
+        self.early_fills: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.rebuilt: dict[str, Any] | None = None
+        self.summary_seq = 0
+        self._summary_changed = asyncio.Event()
         self.seen_quotes: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.venue_error_streak = 0
         self.venue_error_until_ns = 0
@@ -201,6 +219,7 @@ class StrategyEngine(Service):
                     )
                 except HttpError as exc:
                     log.warning("ignoring persisted limits: %s", exc)
+        await self._rebuild_reservations()
         bus = self.bus
         self._subs = [
             await bus.subscribe(["market.reference_price"], f"{self.name}-reference", self._on_reference),
@@ -208,14 +227,189 @@ class StrategyEngine(Service):
             await bus.subscribe(["exec.trade_result"], f"{self.name}-results", self._on_result),
             await bus.subscribe(["demand.quote_status"], f"{self.name}-status", self._on_status),
             await bus.subscribe(["portfolio.metrics"], f"{self.name}-metrics", self._on_metrics),
+            await bus.subscribe(["liquidity.action"], f"{self.name}-liquidity", self._on_liquidity),
             await bus.subscribe(["control.operator_action"], f"{self.name}-control", self._on_control),
             await bus.subscribe(["demand.swap_request"], f"{self.name}-demand", self._on_request),
         ]
 
     async def run(self) -> None:
+        self.spawn(self._publish_summaries(), "reservations")
         while True:
             await asyncio.sleep(0.5)
-            self.book.expire(self.clock.now_ns(), grace_ns=RESERVATION_MARGIN_NS)
+            self.expire_reservations()
+
+    def expire_reservations(self) -> None:
+        """Unfilled reservations past their deadline (plus margin) go; filled ones and withdrawal holds
+        no snapshot confirmed within ``STRATEGY_FILL_CONFIRM_TIMEOUT_MS`` go too, logged and counted."""
+        now = self.clock.now_ns()
+        changed = bool(self.book.expire(now, grace_ns=RESERVATION_MARGIN_NS))
+        for res in self.book.expire_filled(now, safety_ns=self.fill_confirm_timeout_ns):
+            self.counters.fill_confirm_timeouts += 1
+            changed = True
+            log.warning(
+                "%s: fill of quote %s (%s) not confirmed by any inventory snapshot within %d ms: "
+                "reservation of %d %s released",
+                self.name,
+                res.quote_hash,
+                res.command_id,
+                self.fill_confirm_timeout_ns // MS,
+                res.amount_out,
+                res.asset_out,
+            )
+        for hold in self.book.expire_holds(now, safety_ns=self.fill_confirm_timeout_ns):
+            self.counters.hold_timeouts += 1
+            changed = True
+            log.warning(
+                "%s: withdrawal %s not shown by any inventory snapshot within %d ms: hold of %d %s released",
+                self.name,
+                hold.hold_id,
+                self.fill_confirm_timeout_ns // MS,
+                hold.amount,
+                hold.asset,
+            )
+        if changed:
+            self._summary_changed.set()
+
+    # -- reservations: restart rebuild and the summary ---------------------------------------------
+    async def _rebuild_reservations(self) -> None:
+        """Rebuild the book from the store (see the module docstring); without a store it starts empty."""
+        store = self.ctx.store
+        if store is None:
+            log.warning("%s: no history store: the reservation book starts empty", self.name)
+            return
+        now = self.clock.now_ns()
+        max_deadline_ns = (int(self.human_limits["max_min_deadline_ms"]) + self.buffer_ms) * MS
+        # a command older than any deadline it could carry (plus margin) can no longer settle
+        commands_since = now - max_deadline_ns - 2 * RESERVATION_MARGIN_NS
+        settled_since = now - self.fill_confirm_timeout_ns
+        try:
+            records = await store.reservation_records(
+                commands_since_ns=commands_since, settled_since_ns=min(settled_since, commands_since)
+            )
+            signed = await store.live_signed_quotes(now - RESERVATION_MARGIN_NS)
+        except IntentsMMError as exc:
+            # Quoting with an empty book after a restart could promise the same funds twice.
+            raise IntentsMMError(f"{self.name}: cannot rebuild the reservation book: {exc}") from None
+        results: dict[str, TradeResult] = {}
+        for r in records.results:
+            if r.command_id not in results or is_live_signed_quote(r):
+                results[r.command_id] = r
+        ledger = {command_id: (qh, deadline) for command_id, qh, _nonce, deadline in signed}
+        status_ns = {st.quote_hash: ts for ts, st in records.statuses}
+        confirmed = set(records.confirmed_settlements)
+        quotes: list[RecordedQuote] = []
+        seen_hashes: set[str] = set()
+        for ts, cmd in records.commands:
+            result = results.get(cmd.command_id)
+            live = result is not None and is_live_signed_quote(result)
+            qh = result.quote_hash if live and result is not None else None
+            deadline = result.deadline_ns if live and result is not None else None
+            if qh is None and cmd.command_id in ledger:  # signed, but its result was never stored
+                qh, deadline = ledger[cmd.command_id]
+                live = True
+            if qh is not None:
+                seen_hashes.add(qh)
+            quotes.append(
+                RecordedQuote(
+                    command_id=cmd.command_id,
+                    quote_id=cmd.quote_id,
+                    asset_in=cmd.asset_in,
+                    amount_in=cmd.amount_in,
+                    asset_out=cmd.asset_out,
+                    amount_out=cmd.amount_out,
+                    notional_eure=self._notional_eure(cmd.asset_in, cmd.amount_in, cmd.amount_out),
+                    latest_deadline_ns=ts + (cmd.min_deadline_ms + self.buffer_ms) * MS,
+                    has_result=result is not None or live,
+                    live_signed=live,
+                    quote_hash=qh,
+                    deadline_ns=deadline,
+                    settled_ns=status_ns.get(qh) if qh is not None else None,
+                    confirmed=qh is not None and qh in confirmed,
+                )
+            )
+        # fills older than the command window, still waiting for a confirming snapshot
+        for st in records.settlements:
+            if st.quote_hash in seen_hashes or st.quote_hash in confirmed:
+                continue
+            seen_hashes.add(st.quote_hash)
+            quotes.append(
+                RecordedQuote(
+                    command_id=st.command_id or f"settlement:{st.quote_hash}",
+                    quote_id=st.quote_id or "",
+                    asset_in=st.asset_in,
+                    amount_in=st.amount_in,
+                    asset_out=st.asset_out,
+                    amount_out=st.amount_out,
+                    notional_eure=Decimal(0),
+                    latest_deadline_ns=st.settled_ts_ns,
+                    has_result=True,
+                    live_signed=True,
+                    quote_hash=st.quote_hash,
+                    settled_ns=st.settled_ts_ns,
+                )
+            )
+        holds = withdrawal_holds(records.withdraw_actions, set(records.landed_withdrawals))
+        self.book = rebuild_book(quotes, holds, now, grace_ns=RESERVATION_MARGIN_NS)
+        for qh, ts in status_ns.items():  # a status whose result comes later (or never was stored)
+            if qh not in seen_hashes and qh not in confirmed:
+                self._remember_fill(qh, ts)
+        self.rebuilt = {
+            "live": len(self.book.live),
+            "filled_unconfirmed": self.book.filled_unconfirmed(),
+            "holds": len(self.book.holds),
+            "commands_read": len(records.commands),
+            "at_ns": now,
+        }
+        log.info(
+            "%s: reservation book rebuilt from the store: %d live (%d filled awaiting a snapshot), "
+            "%d withdrawal holds; reserved out %s",
+            self.name,
+            len(self.book.live),
+            self.book.filled_unconfirmed(),
+            len(self.book.holds),
+            {a.symbol: format_units(a, self.book.promised(a.token_id)) for a in self.pair.assets()},
+        )
+
+    def _notional_eure(self, asset_in: str, amount_in: int, amount_out: int) -> Decimal:
+        quote = self.pair.quote
+        units = amount_in if asset_in == quote.token_id else amount_out
+        return Decimal(units).scaleb(-quote.decimals) / self.pair.quote_per_fiat
+
+    def _remember_fill(self, quote_hash: str, ts_ns: int) -> None:
+        self.early_fills[quote_hash] = ts_ns
+        while len(self.early_fills) > EARLY_FILL_MEMORY:
+            self.early_fills.popitem(last=False)
+
+    def reservation_summary(self) -> ReservationSummary:
+        assets = [a.token_id for a in self.pair.assets()]
+        self.summary_seq += 1
+        return ReservationSummary(
+            reserved_out={a: self.book.reserved_out(a) for a in assets},
+            held={a: self.book.held(a) for a in assets},
+            hold_ids=sorted(self.book.holds),
+            live=len(self.book.live),
+            filled_unconfirmed=self.book.filled_unconfirmed(),
+            seq=self.summary_seq,
+            started_ns=self.started_ns,
+            ts_ns=self.clock.now_ns(),
+        )
+
+    async def _publish_summaries(self) -> None:
+        """``risk.reservations`` on every change (coalesced) and as a heartbeat."""
+        while True:
+            try:
+                await asyncio.wait_for(self._summary_changed.wait(), timeout=SUMMARY_HEARTBEAT_S)
+            except TimeoutError:
+                pass
+            self._summary_changed.clear()
+            summary = self.reservation_summary()
+            try:
+                await self.publish(
+                    RESERVATIONS, summary, msg_id=f"reservations:{self.started_ns}:{summary.seq}"
+                )
+            except IntentsMMError as exc:
+                log.warning("%s: reservation summary not published: %s", self.name, exc)
+            await asyncio.sleep(SUMMARY_COALESCE_S)
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -234,33 +428,63 @@ class StrategyEngine(Service):
     async def _on_inventory(self, d: Delivery) -> None:
         payload = decode(d.data).payload
         if isinstance(payload, InventorySnapshot) and not payload.stale:
+            # The credited balances and the reservations they include change together (no decision
+            # runs in between): a fill is released only by the snapshot whose balances show it.
             self.inventory = payload
             if payload.fee_pips is not None:
                 self.fee_pips = payload.fee_pips
-            self.book.on_inventory(payload.read_ts_ns)
+            confirmed = self.book.confirm(payload.settled_quote_hashes)
+            landed = self.book.confirm_withdrawals(payload.landed_withdrawals)
+            self.counters.fills_confirmed += len(confirmed)
+            if confirmed or landed or payload.settled_quote_hashes:
+                self._summary_changed.set()
         await d.ack()
+
+    def _on_result_reservation(self, result: TradeResult) -> None:
+        """A live signed quote keeps its reservation until its deadline; anything else releases it."""
+        if is_live_signed_quote(result):
+            assert result.quote_hash is not None and result.deadline_ns is not None
+            self.book.bind(result.command_id, result.quote_hash, result.deadline_ns)
+            filled_ns = self.early_fills.pop(result.quote_hash, None)
+            if filled_ns is not None and self.book.fill(result.quote_hash, filled_ns):
+                self.counters.fills += 1
+        else:
+            self.book.release(result.command_id)
+        self._summary_changed.set()
 
     async def _on_result(self, d: Delivery) -> None:
         payload = decode(d.data).payload
         if isinstance(payload, TradeResult):
+            self._on_result_reservation(payload)
             if payload.outcome == "accepted":
                 self.venue_error_streak = 0
-                if payload.quote_hash:
-                    self.command_by_hash[payload.quote_hash] = payload.command_id
-            else:
-                self.book.release(payload.command_id)
-                if payload.outcome in ("rejected", "error"):
-                    self.venue_error_streak += 1
-                    if self.venue_error_streak >= VENUE_ERROR_STREAK:
-                        self.venue_error_until_ns = self.clock.now_ns() + VENUE_ERROR_COOLDOWN_NS
+            elif payload.outcome in ("rejected", "error"):
+                self.venue_error_streak += 1
+                if self.venue_error_streak >= VENUE_ERROR_STREAK:
+                    self.venue_error_until_ns = self.clock.now_ns() + VENUE_ERROR_COOLDOWN_NS
         await d.ack()
 
     async def _on_status(self, d: Delivery) -> None:
         payload = decode(d.data).payload
         if isinstance(payload, QuoteStatus):
-            command_id = self.command_by_hash.pop(payload.quote_hash, None)
-            if command_id is not None and self.book.mark_filled(command_id, self.clock.now_ns()):
+            now = self.clock.now_ns()
+            if self.book.command_for(payload.quote_hash) is None:
+                self._remember_fill(payload.quote_hash, now)  # its result may still come
+            elif self.book.fill(payload.quote_hash, now):
                 self.counters.fills += 1
+        await d.ack()
+
+    async def _on_liquidity(self, d: Delivery) -> None:
+        """A withdrawal holds its amount from its request until a snapshot shows the burn."""
+        try:
+            payload = decode(d.data).payload
+        except InputError:
+            await d.ack()
+            return
+        if isinstance(payload, LiquidityAction) and apply_withdrawal_action(
+            self.book, payload, self.clock.now_ns()
+        ):
+            self._summary_changed.set()
         await d.ack()
 
     async def _on_metrics(self, d: Delivery) -> None:
@@ -457,6 +681,7 @@ class StrategyEngine(Service):
                     expires_ns=now + deadline_ms * MS,
                 )
             )
+            self._summary_changed.set()
         armed = self.armed
         reference_mid = self.reference.mid if self.reference else None
 
@@ -598,10 +823,18 @@ class StrategyEngine(Service):
             "fee_pips": self.fee_pips,
             "reservations": {
                 "live": len(self.book.live),
+                "filled_unconfirmed": self.book.filled_unconfirmed(),
                 "outstanding_eure": self.book.outstanding_eure(),
                 "reserved_out": {
                     a.symbol: format_units(a, self.book.reserved_out(a.token_id)) for a in self.pair.assets()
                 },
+                "withdrawal_holds": {
+                    h.hold_id: {"asset": h.asset, "amount": str(h.amount)} for h in self.book.holds.values()
+                },
+                "held": {a.symbol: format_units(a, self.book.held(a.token_id)) for a in self.pair.assets()},
+                "fill_confirm_timeout_ms": self.fill_confirm_timeout_ns // MS,
+                "summary_seq": self.summary_seq,
+                "rebuilt": self.rebuilt,
             },
             "loss_guard": {"tripped": self.loss_guard.tripped, "last_trade_pnl_eure": self.last_trade_pnl},
             "venue_error_streak": self.venue_error_streak,
@@ -609,3 +842,32 @@ class StrategyEngine(Service):
             "declined_by_reason": dict(self.declines),
             "last_decisions": list(self.last_decisions),
         }
+
+
+def apply_withdrawal_action(book: ReservationBook, action: LiquidityAction, now_ns: int) -> bool:
+    """Hold or release for one ``liquidity.action`` of kind ``withdraw``; True when the book changed.
+
+    ``requested`` holds the amount. ``failed``/``refused`` release it only when no burn can have
+    happened (no ``near_tx_hash`` and the outcome is not unknown); otherwise the hold waits for the
+    snapshot that shows the burn (``InventorySnapshot.landed_withdrawals``)."""
+    if action.kind != "withdraw" or action.asset_id is None or action.amount is None:
+        return False
+    if action.status == "requested":
+        if action.action_id in book.holds:
+            return False
+        return book.hold(Hold(action.action_id, action.asset_id, action.amount, now_ns))
+    if (
+        action.status in ("failed", "refused")
+        and action.near_tx_hash is None
+        and not action.detail.get("outcome_unknown")
+    ):
+        return book.release_hold(action.action_id) is not None
+    return False
+
+
+def withdrawal_holds(actions: list[tuple[int, LiquidityAction]], landed: set[str]) -> list[Hold]:
+    """The holds still in force after replaying stored ``withdraw`` actions (oldest first)."""
+    book = ReservationBook()
+    for ts, action in actions:
+        apply_withdrawal_action(book, action, ts)
+    return [h for h in book.holds.values() if h.hold_id not in landed]
