@@ -29,7 +29,7 @@ def exp(key: str, deltas: dict[str, int], *, confirmed: bool = True, seen: int =
     return Expectation(key, key, deltas, seen, confirmed)
 
 
-def trade(quote_hash: str, btc_in: int, eure_out: int, deadline_ns: int | None = None) -> TradeResult:
+def trade(quote_hash: str, btc_in: int, eure_out: int, deadline_ns: int = 10**18) -> TradeResult:
     return TradeResult(
         command_id=f"c-{quote_hash}",
         quote_id=f"q-{quote_hash}",

@@ -191,9 +191,17 @@ class ReservationBook:
                 self._remember(f"settle:{quote_hash}")
         return done
 
-    def expire(self, now_ns: int, *, grace_ns: int = 0) -> list[Reservation]:
-        """Drop unfilled reservations whose deadline has passed (plus a grace for chain finality)."""
-        gone = [r for r in self.live.values() if r.filled_ns is None and r.expires_ns + grace_ns < now_ns]
+    def expire(
+        self, now_ns: int, *, grace_ns: int = 0, seen_until_ns: int | None = None
+    ) -> list[Reservation]:
+        """Drop unfilled reservations whose deadline has passed (plus a grace for chain finality).
+
+        ``seen_until_ns``: when the balances the caller checks against were read. A quote can settle
+        up to its deadline and its settlement report may be late or lost, so an unfilled reservation
+        goes only once those balances were read more than ``grace_ns`` after its deadline (the grace
+        covers the final view's lag of a few blocks): they include any settlement it had."""
+        horizon = now_ns if seen_until_ns is None else min(now_ns, seen_until_ns)
+        gone = [r for r in self.live.values() if r.filled_ns is None and r.expires_ns + grace_ns < horizon]
         for r in gone:
             self._drop(r.command_id)
         return gone

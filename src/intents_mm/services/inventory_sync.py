@@ -89,7 +89,6 @@ S = 1_000_000_000
 DEBOUNCE_S = 0.2  # quote_status bursts within this window cause one read
 FEE_REFRESH_NS = 60 * S
 MIN_GRACE_NS = 30 * S  # a confirmed change must show up in the balances within max(this, 3 polls)
-SETTLEMENT_CANDIDATE_TTL_NS = 10 * 60 * S  # an accepted quote without deadline may settle this long
 WITHDRAW_CANDIDATE_TTL_NS = 10 * 60 * S
 MAX_SEARCH = 12  # expectations considered by the exact subset search
 RECENT_UNEXPLAINED = 20
@@ -265,18 +264,13 @@ class Reconciler:
             del self.expectations[key]
 
     def on_trade_result(self, result: TradeResult, now_ns: int) -> None:
-        if not is_live_signed_quote(result):
+        if not is_live_signed_quote(result) or result.quote_hash is None or result.deadline_ns is None:
             return
-        assert result.quote_hash is not None
         key = f"settle:{result.quote_hash}"
         deltas = {result.asset_in: result.amount_in}
         deltas[result.asset_out] = deltas.get(result.asset_out, 0) - result.amount_out
         confirmed = self._early_status.pop(result.quote_hash, None) is not None
-        expires = (
-            (result.deadline_ns + self.grace_ns)
-            if result.deadline_ns
-            else now_ns + SETTLEMENT_CANDIDATE_TTL_NS
-        )
+        expires = result.deadline_ns + self.grace_ns
         label = f"settlement of quote {result.quote_hash}"
         self.expect(key, label, deltas, now_ns, confirmed=confirmed, expires_ns=expires)
 

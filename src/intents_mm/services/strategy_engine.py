@@ -23,6 +23,7 @@ from aiohttp import web
 
 from intents_mm.bus.port import Delivery, redelivery_delay_s
 from intents_mm.domain.amounts import Rounding, format_units, to_decimal, to_units
+from intents_mm.domain.assets import Pair
 from intents_mm.domain.pricing import Inventory, PricedQuote, PricingParams, QuoteRequest, price_quote
 from intents_mm.domain.risk import (
     Hold,
@@ -55,6 +56,7 @@ from intents_mm.messages import (
     is_live_signed_quote,
 )
 from intents_mm.services.runtime import HttpError, Route, Service, json_response, read_json_object
+from intents_mm.storage.store import ReservationRecords
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,8 @@ class StrategyEngine(Service):
         # settlements reported before the result that names their quote hash
         self.early_fills: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.rebuilt: dict[str, Any] | None = None
+        # after a rebuild: snapshots from below this block predate confirmations already applied
+        self.min_snapshot_block = 0
         self.summary_seq = 0
         self._summary_changed = asyncio.Event()
         self.seen_quotes: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -242,7 +246,8 @@ class StrategyEngine(Service):
         """Unfilled reservations past their deadline (plus margin) go; filled ones and withdrawal holds
         no snapshot confirmed within ``STRATEGY_FILL_CONFIRM_TIMEOUT_MS`` go too, logged and counted."""
         now = self.clock.now_ns()
-        changed = bool(self.book.expire(now, grace_ns=RESERVATION_MARGIN_NS))
+        seen_until = self.inventory.read_ts_ns if self.inventory is not None else 0
+        changed = bool(self.book.expire(now, grace_ns=RESERVATION_MARGIN_NS, seen_until_ns=seen_until))
         for res in self.book.expire_filled(now, safety_ns=self.fill_confirm_timeout_ns):
             self.counters.fill_confirm_timeouts += 1
             changed = True
@@ -290,69 +295,16 @@ class StrategyEngine(Service):
         except IntentsMMError as exc:
             # Quoting with an empty book after a restart could promise the same funds twice.
             raise IntentsMMError(f"{self.name}: cannot rebuild the reservation book: {exc}") from None
-        results: dict[str, TradeResult] = {}
-        for r in records.results:
-            if r.command_id not in results or is_live_signed_quote(r):
-                results[r.command_id] = r
-        ledger = {command_id: (qh, deadline) for command_id, qh, _nonce, deadline in signed}
-        status_ns = {st.quote_hash: ts for ts, st in records.statuses}
-        confirmed = set(records.confirmed_settlements)
-        quotes: list[RecordedQuote] = []
-        seen_hashes: set[str] = set()
-        for ts, cmd in records.commands:
-            result = results.get(cmd.command_id)
-            live = result is not None and is_live_signed_quote(result)
-            qh = result.quote_hash if live and result is not None else None
-            deadline = result.deadline_ns if live and result is not None else None
-            if qh is None and cmd.command_id in ledger:  # signed, but its result was never stored
-                qh, deadline = ledger[cmd.command_id]
-                live = True
-            if qh is not None:
-                seen_hashes.add(qh)
-            quotes.append(
-                RecordedQuote(
-                    command_id=cmd.command_id,
-                    quote_id=cmd.quote_id,
-                    asset_in=cmd.asset_in,
-                    amount_in=cmd.amount_in,
-                    asset_out=cmd.asset_out,
-                    amount_out=cmd.amount_out,
-                    notional_eure=self._notional_eure(cmd.asset_in, cmd.amount_in, cmd.amount_out),
-                    latest_deadline_ns=ts + (cmd.min_deadline_ms + self.buffer_ms) * MS,
-                    has_result=result is not None or live,
-                    live_signed=live,
-                    quote_hash=qh,
-                    deadline_ns=deadline,
-                    settled_ns=status_ns.get(qh) if qh is not None else None,
-                    confirmed=qh is not None and qh in confirmed,
-                )
-            )
-        # fills older than the command window, still waiting for a confirming snapshot
-        for st in records.settlements:
-            if st.quote_hash in seen_hashes or st.quote_hash in confirmed:
-                continue
-            seen_hashes.add(st.quote_hash)
-            quotes.append(
-                RecordedQuote(
-                    command_id=st.command_id or f"settlement:{st.quote_hash}",
-                    quote_id=st.quote_id or "",
-                    asset_in=st.asset_in,
-                    amount_in=st.amount_in,
-                    asset_out=st.asset_out,
-                    amount_out=st.amount_out,
-                    notional_eure=Decimal(0),
-                    latest_deadline_ns=st.settled_ts_ns,
-                    has_result=True,
-                    live_signed=True,
-                    quote_hash=st.quote_hash,
-                    settled_ns=st.settled_ts_ns,
-                )
-            )
-        holds = withdrawal_holds(records.withdraw_actions, set(records.landed_withdrawals))
-        self.book = rebuild_book(quotes, holds, now, grace_ns=RESERVATION_MARGIN_NS)
-        for qh, ts in status_ns.items():  # a status whose result comes later (or never was stored)
-            if qh not in seen_hashes and qh not in confirmed:
-                self._remember_fill(qh, ts)
+        self.book, unmatched, self.min_snapshot_block = book_from_records(
+            records,
+            signed,
+            now,
+            pair=self.pair,
+            buffer_ms=self.buffer_ms,
+            grace_ns=RESERVATION_MARGIN_NS,
+        )
+        for qh, ts in unmatched.items():  # a status whose result comes later (or never was stored)
+            self._remember_fill(qh, ts)
         self.rebuilt = {
             "live": len(self.book.live),
             "filled_unconfirmed": self.book.filled_unconfirmed(),
@@ -369,11 +321,6 @@ class StrategyEngine(Service):
             len(self.book.holds),
             {a.symbol: format_units(a, self.book.promised(a.token_id)) for a in self.pair.assets()},
         )
-
-    def _notional_eure(self, asset_in: str, amount_in: int, amount_out: int) -> Decimal:
-        quote = self.pair.quote
-        units = amount_in if asset_in == quote.token_id else amount_out
-        return Decimal(units).scaleb(-quote.decimals) / self.pair.quote_per_fiat
 
     def _remember_fill(self, quote_hash: str, ts_ns: int) -> None:
         self.early_fills[quote_hash] = ts_ns
@@ -429,10 +376,13 @@ class StrategyEngine(Service):
         payload = decode(d.data).payload
         if isinstance(payload, InventorySnapshot) and not payload.stale:
             # The credited balances and the reservations they include change together (no decision
-            # runs in between): a fill is released only by the snapshot whose balances show it.
-            self.inventory = payload
-            if payload.fee_pips is not None:
-                self.fee_pips = payload.fee_pips
+            # runs in between): a fill is released only by the snapshot whose balances show it, and
+            # balances from an older block than ones already used never replace them.
+            floor = max(self.min_snapshot_block, self.inventory.block_height if self.inventory else 0)
+            if payload.block_height >= floor:
+                self.inventory = payload
+                if payload.fee_pips is not None:
+                    self.fee_pips = payload.fee_pips
             confirmed = self.book.confirm(payload.settled_quote_hashes)
             landed = self.book.confirm_withdrawals(payload.landed_withdrawals)
             self.counters.fills_confirmed += len(confirmed)
@@ -871,3 +821,84 @@ def withdrawal_holds(actions: list[tuple[int, LiquidityAction]], landed: set[str
     for ts, action in actions:
         apply_withdrawal_action(book, action, ts)
     return [h for h in book.holds.values() if h.hold_id not in landed]
+
+
+def book_from_records(
+    records: ReservationRecords,
+    signed: list[tuple[str, str, str, int]],
+    now_ns: int,
+    *,
+    pair: Pair,
+    buffer_ms: int,
+    grace_ns: int,
+) -> tuple[ReservationBook, dict[str, int], int]:
+    """The reservation book from the store's records (see the module docstring), the settlement
+    reports not matched to any quote (quote hash -> report time: the result may still come) and the
+    highest block of the stored snapshots whose confirmations were applied.
+
+    ``signed``: the executor ledger's live signed quotes ``(command_id, quote_hash, nonce, deadline)``;
+    they name the quote hash of a command whose result was never stored."""
+    results: dict[str, TradeResult] = {}
+    for r in records.results:
+        if r.command_id not in results or is_live_signed_quote(r):
+            results[r.command_id] = r
+    ledger = {command_id: (qh, deadline) for command_id, qh, _nonce, deadline in signed}
+    status_ns = {st.quote_hash: ts for ts, st in records.statuses}
+    confirmed = set(records.confirmed_settlements)
+    quote_asset = pair.quote
+    quotes: list[RecordedQuote] = []
+    seen_hashes: set[str] = set()
+    for ts, cmd in records.commands:
+        result = results.get(cmd.command_id)
+        live = result is not None and is_live_signed_quote(result)
+        qh = result.quote_hash if live and result is not None else None
+        deadline = result.deadline_ns if live and result is not None else None
+        if qh is None and cmd.command_id in ledger:  # signed, but its result was never stored
+            qh, deadline = ledger[cmd.command_id]
+            live = True
+        if qh is not None:
+            seen_hashes.add(qh)
+        units = cmd.amount_in if cmd.asset_in == quote_asset.token_id else cmd.amount_out
+        quotes.append(
+            RecordedQuote(
+                command_id=cmd.command_id,
+                quote_id=cmd.quote_id,
+                asset_in=cmd.asset_in,
+                amount_in=cmd.amount_in,
+                asset_out=cmd.asset_out,
+                amount_out=cmd.amount_out,
+                notional_eure=Decimal(units).scaleb(-quote_asset.decimals) / pair.quote_per_fiat,
+                latest_deadline_ns=ts + (cmd.min_deadline_ms + buffer_ms) * MS,
+                has_result=result is not None or live,
+                live_signed=live,
+                quote_hash=qh,
+                deadline_ns=deadline,
+                settled_ns=status_ns.get(qh) if qh is not None else None,
+                confirmed=qh is not None and qh in confirmed,
+            )
+        )
+    # fills older than the command window, still waiting for a confirming snapshot
+    for st in records.settlements:
+        if st.quote_hash in seen_hashes or st.quote_hash in confirmed:
+            continue
+        seen_hashes.add(st.quote_hash)
+        quotes.append(
+            RecordedQuote(
+                command_id=st.command_id or f"settlement:{st.quote_hash}",
+                quote_id=st.quote_id or "",
+                asset_in=st.asset_in,
+                amount_in=st.amount_in,
+                asset_out=st.asset_out,
+                amount_out=st.amount_out,
+                notional_eure=Decimal(0),
+                latest_deadline_ns=st.settled_ts_ns,
+                has_result=True,
+                live_signed=True,
+                quote_hash=st.quote_hash,
+                settled_ns=st.settled_ts_ns,
+            )
+        )
+    holds = withdrawal_holds(records.withdraw_actions, set(records.landed_withdrawals))
+    book = rebuild_book(quotes, holds, now_ns, grace_ns=grace_ns)
+    unmatched = {qh: ts for qh, ts in status_ns.items() if qh not in seen_hashes and qh not in confirmed}
+    return book, unmatched, records.latest_snapshot_block

@@ -59,6 +59,7 @@ class ReservationRecords(msgspec.Struct, frozen=True, kw_only=True):
     confirmed_settlements: list[str]  # quote hashes some stored snapshot listed as shown
     landed_withdrawals: list[str]  # withdrawal action ids some stored snapshot listed as shown
     withdraw_actions: list[tuple[int, m.LiquidityAction]]  # kind "withdraw"
+    latest_snapshot_block: int = 0  # the highest block_height of those snapshots
 
 
 class StoreRejectedError(StoreError):
@@ -558,6 +559,7 @@ class HistoryStore:
             confirmed_settlements=[h for _, snap in snapshots for h in snap.settled_quote_hashes],
             landed_withdrawals=[a for _, snap in snapshots for a in snap.landed_withdrawals],
             withdraw_actions=actions,
+            latest_snapshot_block=max((snap.block_height for _, snap in snapshots), default=0),
         )
 
     async def latest_inventory(self) -> m.InventorySnapshot | None:
