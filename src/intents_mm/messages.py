@@ -410,6 +410,10 @@ class ReservationSummary(Payload, kw_only=True, frozen=True):
     hold_ids: list[str] = msgspec.field(default_factory=list)
     live: NonNegInt
     filled_unconfirmed: NonNegInt = 0
+    #: The block of the balances the strategy checks against: every claim released so far was
+    #: released because balances at or before this block show it. A balance read older than this
+    #: would count the released funds as still there.
+    balances_block_height: NonNegInt = 0
     seq: NonNegInt
     started_ns: NonNegInt
     ts_ns: NonNegInt

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -295,10 +296,12 @@ class LiquidityManager(Service):
         return (self.clock.monotonic_ns() - self._reservations_rx_mono_ns) // MS
 
     def reservation_problem(
-        self, asset_id: str, amount: int, credited: int, *, own_hold: str | None = None
+        self, asset_id: str, amount: int, credited: int, height: int, *, own_hold: str | None = None
     ) -> tuple[str | None, dict[str, str]]:
-        """Why ``amount`` cannot leave ``credited`` given what strategy-engine promised (None: it can),
-        with the figures. ``own_hold``: a withdrawal whose hold the summary may already include."""
+        """Why ``amount`` cannot leave ``credited`` (read at block ``height``) given what strategy-engine
+        promised (None: it can), with the figures. ``own_hold``: a withdrawal whose hold the summary
+        may already include. A read from before the block the summary's releases are based on is
+        refused (it would count released funds twice)."""
         summary, age_ms = self.reservations, self.reservations_age_ms()
         if summary is None or age_ms is None:
             return (
@@ -311,6 +314,13 @@ class LiquidityManager(Service):
                 f"the reservation summary from strategy-engine is {age_ms} ms old (limit "
                 f"{self.reservations_max_age_ns // MS} ms, LIQUIDITY_RESERVATIONS_MAX_AGE_MS): "
                 "is strategy-engine running?",
+                {},
+            )
+        if height < summary.balances_block_height:
+            return (
+                f"the credited balance was read at block {height}, behind block "
+                f"{summary.balances_block_height} that strategy-engine's reservations are based on "
+                "(a lagging NEAR RPC node): try again",
                 {},
             )
         reserved = summary.reserved_out.get(asset_id, 0)
@@ -331,6 +341,12 @@ class LiquidityManager(Service):
                 figures,
             )
         return None, figures
+
+    async def _await_first_summary(self) -> None:
+        """Right after a start the first summary may not have arrived yet: wait for it a little."""
+        if self.reservations is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reservations_event.wait(), timeout=HOLD_ACK_TIMEOUT_S)
 
     async def _await_hold(self, request_id: str) -> bool:
         """Wait until strategy-engine's summary shows the hold of ``request_id`` (True) or time out."""
@@ -723,7 +739,7 @@ class LiquidityManager(Service):
             problems.append("no trading account: the credited balance cannot be checked")
         else:
             try:
-                balances, _ = await self.verifier.mt_batch_balance_of(self.account, [req.asset.token_id])
+                balances, height = await self.verifier.mt_batch_balance_of(self.account, [req.asset.token_id])
             except IntentsMMError as exc:
                 problems.append(f"credited balance read failed: {exc}")
             else:
@@ -732,7 +748,10 @@ class LiquidityManager(Service):
                 if req.amount > credited:
                     problems.append(f"amount {req.amount} exceeds the credited balance {credited}")
                 else:
-                    problem, figures = self.reservation_problem(req.asset.token_id, req.amount, credited)
+                    await self._await_first_summary()
+                    problem, figures = self.reservation_problem(
+                        req.asset.token_id, req.amount, credited, height
+                    )
                     figures.setdefault("credited", str(credited))
                     if problem is not None:
                         problems.append(problem)
@@ -824,7 +843,8 @@ class LiquidityManager(Service):
         >= amount (409), credited minus what strategy-engine reserved and holds >= amount (409; also when
         its ``risk.reservations`` summary is missing or older than ``LIQUIDITY_RESERVATIONS_MAX_AGE_MS``).
         Then the request id is stored and ``requested`` published; once strategy-engine's summary shows
-        the hold (within ``HOLD_ACK_TIMEOUT_S``) the reservation check is made again against it and the
+        the hold (within ``HOLD_ACK_TIMEOUT_S``) the balance is read again and the reservation check made
+        again against that summary (the read must be at or after its ``balances_block_height``), then the
         burn submitted; otherwise the record fails unsent (409) and the hold is released."""
         body = await read_json_object(request)
         req = self._parse_request(body, ("asset_id", "amount", "destination_address", "request_id"))
@@ -878,7 +898,7 @@ class LiquidityManager(Service):
                     req, request_id, 400, f"amount {req.amount} does not exceed the withdrawal fee {fee}"
                 )
             try:
-                balances, _ = await self.verifier.mt_batch_balance_of(account, [req.asset.token_id])
+                balances, height = await self.verifier.mt_batch_balance_of(account, [req.asset.token_id])
             except IntentsMMError as exc:
                 raise await self._refuse(
                     req, request_id, 502, f"credited balance read failed: {exc}"
@@ -888,7 +908,8 @@ class LiquidityManager(Service):
                 raise await self._refuse(
                     req, request_id, 409, f"amount {req.amount} exceeds the credited balance {credited}"
                 )
-            problem, _figures = self.reservation_problem(req.asset.token_id, req.amount, credited)
+            await self._await_first_summary()
+            problem, _figures = self.reservation_problem(req.asset.token_id, req.amount, credited, height)
             if problem is not None:
                 raise await self._refuse(req, request_id, 409, problem)
             now = self.clock.now_ns()
@@ -914,16 +935,9 @@ class LiquidityManager(Service):
                 ) from None
             await self._publish_step(record, {"withdrawal_fee": str(fee), "credited": str(credited)})
             # strategy-engine holds the amount on seeing "requested"; only once its summary shows the
-            # hold can no new quote promise these funds, so check again against that summary
-            if not await self._await_hold(request_id):
-                problem = (
-                    f"strategy-engine did not show a hold for this withdrawal within {HOLD_ACK_TIMEOUT_S} s; "
-                    "nothing was withdrawn"
-                )
-            else:
-                problem, _figures = self.reservation_problem(
-                    req.asset.token_id, req.amount, credited, own_hold=request_id
-                )
+            # hold can no new quote promise these funds, so check again against that summary, with a
+            # balance read at or after the block its releases are based on
+            problem = await self._recheck_with_hold(req, request_id)
             if problem is not None:
                 await self._fail_unsent(record, problem)
                 raise HttpError(409, problem, request_id=request_id)
@@ -931,6 +945,26 @@ class LiquidityManager(Service):
         await self._publish_state(force=True)
         status = 200 if record.status == SUBMITTED else 502
         return json_response(self._view(record, duplicate=False), status=status)
+
+    async def _recheck_with_hold(self, req: _Request, request_id: str) -> str | None:
+        """The second check of ``/withdraw`` (see :meth:`_withdraw`); the reason to stop, or None."""
+        if not await self._await_hold(request_id):
+            return (
+                f"strategy-engine did not show a hold for this withdrawal within {HOLD_ACK_TIMEOUT_S} s; "
+                "nothing was withdrawn"
+            )
+        assert self.verifier is not None and self.account is not None
+        try:
+            balances, height = await self.verifier.mt_batch_balance_of(self.account, [req.asset.token_id])
+        except IntentsMMError as exc:
+            return f"credited balance read failed: {exc}; nothing was withdrawn"
+        credited = balances[req.asset.token_id]
+        if req.amount > credited:
+            return f"amount {req.amount} exceeds the credited balance {credited}"
+        problem, _figures = self.reservation_problem(
+            req.asset.token_id, req.amount, credited, height, own_hold=request_id
+        )
+        return problem
 
     async def _fail_unsent(self, record: WithdrawalRecord, reason: str) -> None:
         """A requested withdrawal that is not sent after all: final, nothing withdrawn (hold released)."""
@@ -1053,6 +1087,17 @@ class LiquidityManager(Service):
             "contract_id": self.contract_id,
             "withdrawals_frozen": self.frozen,
             "signer_configured": self.sender is not None,
+            "reservations": None
+            if self.reservations is None
+            else {
+                "age_ms": self.reservations_age_ms(),
+                "max_age_ms": self.reservations_max_age_ns // MS,
+                "seq": self.reservations.seq,
+                "reserved_out": {k: str(v) for k, v in self.reservations.reserved_out.items()},
+                "held": {k: str(v) for k, v in self.reservations.held.items()},
+                "hold_ids": self.reservations.hold_ids,
+                "live": self.reservations.live,
+            },
             "deposit_addresses": {
                 chain: {"address": a.address, "memo": a.memo, "assets": by_symbol.get(chain, [])}
                 for chain, a in self.deposit_addresses.items()

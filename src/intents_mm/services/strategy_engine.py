@@ -93,9 +93,6 @@ class Counters:
     commands: int = 0
     declined: int = 0
     fills: int = 0
-    fills_confirmed: int = 0
-    fill_confirm_timeouts: int = 0
-    hold_timeouts: int = 0
 
 
 class StrategyEngine(Service):
@@ -138,17 +135,13 @@ class StrategyEngine(Service):
         self.reference: ReferencePrice | None = None
         self.reference_rx_ns = 0
         self.last_jump_ns: int | None = None
-        self.inventory: InventorySnapshot | None = None
         self.fee_pips: int | None = None
-        self.book = ReservationBook()
         self.fill_confirm_timeout_ns: int = c["STRATEGY_FILL_CONFIRM_TIMEOUT_MS"] * MS
-        # settlements reported before the result that names their quote hash
-        self.early_fills: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.keeper = ReservationKeeper(fill_confirm_timeout_ns=self.fill_confirm_timeout_ns)
         self.rebuilt: dict[str, Any] | None = None
-        # after a rebuild: snapshots from below this block predate confirmations already applied
-        self.min_snapshot_block = 0
         self.summary_seq = 0
         self._summary_changed = asyncio.Event()
+        self._summary_changed.set()  # the first summary goes out as soon as the engine runs
         self.seen_quotes: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.venue_error_streak = 0
         self.venue_error_until_ns = 0
@@ -242,15 +235,20 @@ class StrategyEngine(Service):
             await asyncio.sleep(0.5)
             self.expire_reservations()
 
+    @property
+    def book(self) -> ReservationBook:
+        return self.keeper.book
+
+    @property
+    def inventory(self) -> InventorySnapshot | None:
+        """The latest inventory snapshot in use (see :meth:`ReservationKeeper.on_snapshot`)."""
+        return self.keeper.inventory
+
     def expire_reservations(self) -> None:
         """Unfilled reservations past their deadline (plus margin) go; filled ones and withdrawal holds
         no snapshot confirmed within ``STRATEGY_FILL_CONFIRM_TIMEOUT_MS`` go too, logged and counted."""
-        now = self.clock.now_ns()
-        seen_until = self.inventory.read_ts_ns if self.inventory is not None else 0
-        changed = bool(self.book.expire(now, grace_ns=RESERVATION_MARGIN_NS, seen_until_ns=seen_until))
-        for res in self.book.expire_filled(now, safety_ns=self.fill_confirm_timeout_ns):
-            self.counters.fill_confirm_timeouts += 1
-            changed = True
+        expired, fills, holds = self.keeper.expire(self.clock.now_ns())
+        for res in fills:
             log.warning(
                 "%s: fill of quote %s (%s) not confirmed by any inventory snapshot within %d ms: "
                 "reservation of %d %s released",
@@ -261,9 +259,7 @@ class StrategyEngine(Service):
                 res.amount_out,
                 res.asset_out,
             )
-        for hold in self.book.expire_holds(now, safety_ns=self.fill_confirm_timeout_ns):
-            self.counters.hold_timeouts += 1
-            changed = True
+        for hold in holds:
             log.warning(
                 "%s: withdrawal %s not shown by any inventory snapshot within %d ms: hold of %d %s released",
                 self.name,
@@ -272,7 +268,7 @@ class StrategyEngine(Service):
                 hold.amount,
                 hold.asset,
             )
-        if changed:
+        if expired or fills or holds:
             self._summary_changed.set()
 
     # -- reservations: restart rebuild and the summary ---------------------------------------------
@@ -295,16 +291,7 @@ class StrategyEngine(Service):
         except IntentsMMError as exc:
             # Quoting with an empty book after a restart could promise the same funds twice.
             raise IntentsMMError(f"{self.name}: cannot rebuild the reservation book: {exc}") from None
-        self.book, unmatched, self.min_snapshot_block = book_from_records(
-            records,
-            signed,
-            now,
-            pair=self.pair,
-            buffer_ms=self.buffer_ms,
-            grace_ns=RESERVATION_MARGIN_NS,
-        )
-        for qh, ts in unmatched.items():  # a status whose result comes later (or never was stored)
-            self._remember_fill(qh, ts)
+        self.keeper.rebuild(records, signed, now, pair=self.pair, buffer_ms=self.buffer_ms)
         self.rebuilt = {
             "live": len(self.book.live),
             "filled_unconfirmed": self.book.filled_unconfirmed(),
@@ -322,11 +309,6 @@ class StrategyEngine(Service):
             {a.symbol: format_units(a, self.book.promised(a.token_id)) for a in self.pair.assets()},
         )
 
-    def _remember_fill(self, quote_hash: str, ts_ns: int) -> None:
-        self.early_fills[quote_hash] = ts_ns
-        while len(self.early_fills) > EARLY_FILL_MEMORY:
-            self.early_fills.popitem(last=False)
-
     def reservation_summary(self) -> ReservationSummary:
         assets = [a.token_id for a in self.pair.assets()]
         self.summary_seq += 1
@@ -336,6 +318,7 @@ class StrategyEngine(Service):
             hold_ids=sorted(self.book.holds),
             live=len(self.book.live),
             filled_unconfirmed=self.book.filled_unconfirmed(),
+            balances_block_height=self.keeper.balances_block,
             seq=self.summary_seq,
             started_ns=self.started_ns,
             ts_ns=self.clock.now_ns(),
@@ -374,38 +357,16 @@ class StrategyEngine(Service):
 
     async def _on_inventory(self, d: Delivery) -> None:
         payload = decode(d.data).payload
-        if isinstance(payload, InventorySnapshot) and not payload.stale:
-            # The credited balances and the reservations they include change together (no decision
-            # runs in between): a fill is released only by the snapshot whose balances show it, and
-            # balances from an older block than ones already used never replace them.
-            floor = max(self.min_snapshot_block, self.inventory.block_height if self.inventory else 0)
-            if payload.block_height >= floor:
-                self.inventory = payload
-                if payload.fee_pips is not None:
-                    self.fee_pips = payload.fee_pips
-            confirmed = self.book.confirm(payload.settled_quote_hashes)
-            landed = self.book.confirm_withdrawals(payload.landed_withdrawals)
-            self.counters.fills_confirmed += len(confirmed)
-            if confirmed or landed or payload.settled_quote_hashes:
-                self._summary_changed.set()
+        if isinstance(payload, InventorySnapshot) and self.keeper.on_snapshot(payload):
+            self._summary_changed.set()
         await d.ack()
-
-    def _on_result_reservation(self, result: TradeResult) -> None:
-        """A live signed quote keeps its reservation until its deadline; anything else releases it."""
-        if is_live_signed_quote(result):
-            assert result.quote_hash is not None and result.deadline_ns is not None
-            self.book.bind(result.command_id, result.quote_hash, result.deadline_ns)
-            filled_ns = self.early_fills.pop(result.quote_hash, None)
-            if filled_ns is not None and self.book.fill(result.quote_hash, filled_ns):
-                self.counters.fills += 1
-        else:
-            self.book.release(result.command_id)
-        self._summary_changed.set()
 
     async def _on_result(self, d: Delivery) -> None:
         payload = decode(d.data).payload
         if isinstance(payload, TradeResult):
-            self._on_result_reservation(payload)
+            if self.keeper.on_result(payload):
+                self.counters.fills += 1
+            self._summary_changed.set()
             if payload.outcome == "accepted":
                 self.venue_error_streak = 0
             elif payload.outcome in ("rejected", "error"):
@@ -416,12 +377,9 @@ class StrategyEngine(Service):
 
     async def _on_status(self, d: Delivery) -> None:
         payload = decode(d.data).payload
-        if isinstance(payload, QuoteStatus):
-            now = self.clock.now_ns()
-            if self.book.command_for(payload.quote_hash) is None:
-                self._remember_fill(payload.quote_hash, now)  # its result may still come
-            elif self.book.fill(payload.quote_hash, now):
-                self.counters.fills += 1
+        if isinstance(payload, QuoteStatus) and self.keeper.on_status(payload, self.clock.now_ns()):
+            self.counters.fills += 1
+            self._summary_changed.set()
         await d.ack()
 
     async def _on_liquidity(self, d: Delivery) -> None:
@@ -431,9 +389,7 @@ class StrategyEngine(Service):
         except InputError:
             await d.ack()
             return
-        if isinstance(payload, LiquidityAction) and apply_withdrawal_action(
-            self.book, payload, self.clock.now_ns()
-        ):
+        if isinstance(payload, LiquidityAction) and self.keeper.on_liquidity(payload, self.clock.now_ns()):
             self._summary_changed.set()
         await d.ack()
 
@@ -783,6 +739,9 @@ class StrategyEngine(Service):
                 },
                 "held": {a.symbol: format_units(a, self.book.held(a.token_id)) for a in self.pair.assets()},
                 "fill_confirm_timeout_ms": self.fill_confirm_timeout_ns // MS,
+                "fills_confirmed": self.keeper.fills_confirmed,
+                "fill_confirm_timeouts": self.keeper.fill_confirm_timeouts,
+                "hold_timeouts": self.keeper.hold_timeouts,
                 "summary_seq": self.summary_seq,
                 "rebuilt": self.rebuilt,
             },
@@ -792,6 +751,102 @@ class StrategyEngine(Service):
             "declined_by_reason": dict(self.declines),
             "last_decisions": list(self.last_decisions),
         }
+
+
+class ReservationKeeper:
+    """The strategy's reservation state and how each bus input changes it (no I/O, no clock).
+
+    - ``on_snapshot``: a non-stale snapshot from a block at or after the one in use (and after the
+      rebuild's) becomes the inventory in use; its ``settled_quote_hashes`` / ``landed_withdrawals``
+      release the filled reservations and withdrawal holds its balances now include, in the same
+      step, so no decision sees the new balances with the old claims or the reverse.
+    - ``on_result``: a live signed quote (``messages.is_live_signed_quote``) keeps its reservation
+      until its signed deadline, anything else releases it.
+    - ``on_status``: the reservation of the reported quote hash is marked filled; a report whose result
+      has not arrived yet is remembered and applied when it does.
+    - ``on_liquidity``: withdrawal holds (:func:`apply_withdrawal_action`).
+    - ``expire``: unfilled reservations go once balances read past their deadline plus grace are in use;
+      filled ones and holds no snapshot confirmed within ``fill_confirm_timeout_ns`` go (counted).
+    - ``rebuild``: the book from the store after a restart (:func:`book_from_records`).
+    """
+
+    def __init__(self, *, fill_confirm_timeout_ns: int, grace_ns: int = RESERVATION_MARGIN_NS) -> None:
+        self.book = ReservationBook()
+        self.inventory: InventorySnapshot | None = None
+        self.fill_confirm_timeout_ns = fill_confirm_timeout_ns
+        self.grace_ns = grace_ns
+        self.min_snapshot_block = 0  # after a rebuild: older snapshots predate confirmations applied
+        self.early_fills: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.fills_confirmed = 0
+        self.fill_confirm_timeouts = 0
+        self.hold_timeouts = 0
+
+    @property
+    def balances_block(self) -> int:
+        """The newest block whose balances released claims (``ReservationSummary.balances_block_height``)."""
+        return max(self.min_snapshot_block, self.inventory.block_height if self.inventory else 0)
+
+    def _remember_fill(self, quote_hash: str, ts_ns: int) -> None:
+        self.early_fills[quote_hash] = ts_ns
+        while len(self.early_fills) > EARLY_FILL_MEMORY:
+            self.early_fills.popitem(last=False)
+
+    def on_snapshot(self, snap: InventorySnapshot) -> bool:
+        """Apply a snapshot; True when the claims changed."""
+        if snap.stale:
+            return False
+        if snap.block_height >= self.balances_block:
+            self.inventory = snap
+        confirmed = self.book.confirm(snap.settled_quote_hashes)
+        landed = self.book.confirm_withdrawals(snap.landed_withdrawals)
+        self.fills_confirmed += len(confirmed)
+        return bool(confirmed or landed)
+
+    def on_result(self, result: TradeResult) -> bool:
+        """Apply an executor result; True when it marked a reported settlement filled."""
+        if is_live_signed_quote(result):
+            assert result.quote_hash is not None and result.deadline_ns is not None
+            self.book.bind(result.command_id, result.quote_hash, result.deadline_ns)
+            filled_ns = self.early_fills.pop(result.quote_hash, None)
+            return filled_ns is not None and self.book.fill(result.quote_hash, filled_ns) is not None
+        self.book.release(result.command_id)
+        return False
+
+    def on_status(self, status: QuoteStatus, now_ns: int) -> bool:
+        """Apply a settlement report; True when a reservation was marked filled."""
+        if self.book.command_for(status.quote_hash) is None:
+            self._remember_fill(status.quote_hash, now_ns)  # its result may still come
+            return False
+        return self.book.fill(status.quote_hash, now_ns) is not None
+
+    def on_liquidity(self, action: LiquidityAction, now_ns: int) -> bool:
+        return apply_withdrawal_action(self.book, action, now_ns)
+
+    def expire(self, now_ns: int) -> tuple[list[Reservation], list[Reservation], list[Hold]]:
+        """``(expired unfilled, fills never confirmed, holds never shown)``, all dropped."""
+        seen_until = self.inventory.read_ts_ns if self.inventory is not None else 0
+        expired = self.book.expire(now_ns, grace_ns=self.grace_ns, seen_until_ns=seen_until)
+        fills = self.book.expire_filled(now_ns, safety_ns=self.fill_confirm_timeout_ns)
+        holds = self.book.expire_holds(now_ns, safety_ns=self.fill_confirm_timeout_ns)
+        self.fill_confirm_timeouts += len(fills)
+        self.hold_timeouts += len(holds)
+        return expired, fills, holds
+
+    def rebuild(
+        self,
+        records: ReservationRecords,
+        signed: list[tuple[str, str, str, int]],
+        now_ns: int,
+        *,
+        pair: Pair,
+        buffer_ms: int,
+    ) -> None:
+        self.book, unmatched, self.min_snapshot_block = book_from_records(
+            records, signed, now_ns, pair=pair, buffer_ms=buffer_ms, grace_ns=self.grace_ns
+        )
+        self.early_fills.clear()
+        for quote_hash, ts in unmatched.items():  # a status whose result comes later
+            self._remember_fill(quote_hash, ts)
 
 
 def apply_withdrawal_action(book: ReservationBook, action: LiquidityAction, now_ns: int) -> bool:
