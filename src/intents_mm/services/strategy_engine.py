@@ -357,8 +357,11 @@ class StrategyEngine(Service):
 
     async def _on_inventory(self, d: Delivery) -> None:
         payload = decode(d.data).payload
-        if isinstance(payload, InventorySnapshot) and self.keeper.on_snapshot(payload):
-            self._summary_changed.set()
+        if isinstance(payload, InventorySnapshot):
+            if not payload.stale and payload.fee_pips is not None:
+                self.fee_pips = payload.fee_pips
+            if self.keeper.on_snapshot(payload):
+                self._summary_changed.set()
         await d.ack()
 
     async def _on_result(self, d: Delivery) -> None:
