@@ -19,6 +19,12 @@
   the body, else a hash of asset, amount, destination and the current minute): the record of every
   request that got as far as ``requested`` is stored (``liquidity-manager.withdrawals``) BEFORE the
   transaction is sent, so a retried call answers the first outcome and never withdraws twice.
+- Withdrawals never take funds live quotes could take: ``/withdraw`` and ``/withdrawal-estimate`` check
+  credited minus what strategy-engine's ``risk.reservations`` summary reserves and holds (409 when it is
+  missing or older than ``LIQUIDITY_RESERVATIONS_MAX_AGE_MS``, or the balance read is from a block
+  behind the summary's ``balances_block_height``); after ``requested`` the withdrawal waits until the
+  summary shows strategy-engine's hold, reads the balance again and checks once more, so no quote can
+  be promised the same funds (otherwise it fails unsent, 409).
 - ``POST /track-withdrawal`` follows an existing burn transaction the same way.
 """
 

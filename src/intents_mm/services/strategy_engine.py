@@ -7,6 +7,25 @@ the relay window already passed, a stale or below-quorum reference, stale invent
 protocol fee, a recent price jump, consecutive venue errors from the executor, a tripped loss limit,
 and partner filtering. Limits are changed with ``PUT /limits`` (validated, applied at once, persisted in
 the store so a restart keeps them, audited as ``control.operator_action``).
+
+Reservations (:class:`ReservationKeeper` over ``domain.risk.ReservationBook``; docs/services/strategy-engine.md):
+
+- every command reserves what it could take out; a *live signed quote*
+  (``messages.is_live_signed_quote``: accepted, or an error carrying a quote hash and deadline) keeps
+  it until its signed deadline; any other result releases it;
+- a ``demand.quote_status`` marks it filled, and a filled reservation is released only by the
+  ``inventory.snapshot`` that lists its quote hash in ``settled_quote_hashes`` (inventory-sync lists a
+  settlement once the balance change between two reads, the later at ``block_height``, matched it:
+  block order, never the wall clock); a fill no snapshot confirms within
+  ``STRATEGY_FILL_CONFIRM_TIMEOUT_MS`` is released with a warning and counted;
+- an unfilled reservation expires only once the snapshot in use was read more than the margin after
+  its deadline; a snapshot from a lower block than the one in use never replaces it;
+- a ``liquidity.action`` withdraw ``requested`` holds its amount until a snapshot lists it in
+  ``landed_withdrawals`` (or it failed without a burn);
+- at start the book is rebuilt from the store (:func:`book_from_records`); it refuses to start when the
+  store cannot be read (an empty book could promise the same funds twice);
+- ``risk.reservations`` (:class:`~intents_mm.messages.ReservationSummary`) is published on every
+  change (coalesced) and every second, for liquidity-manager's withdrawal checks.
 """
 
 from __future__ import annotations
