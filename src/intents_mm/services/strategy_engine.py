@@ -8,7 +8,8 @@ protocol fee, a recent price jump, consecutive venue errors from the executor, a
 and partner filtering. Limits are changed with ``PUT /limits`` (validated, applied at once, persisted in
 the store so a restart keeps them, audited as ``control.operator_action``).
 
-Reservations (:class:`ReservationKeeper` over ``domain.risk.ReservationBook``; docs/services/strategy-engine.md):
+Reservations (:class:`ReservationKeeper` over ``domain.risk.ReservationBook``; see
+docs/services/strategy-engine.md):
 
 - every command reserves what it could take out; a *live signed quote*
   (``messages.is_live_signed_quote``: accepted, or an error carrying a quote hash and deadline) keeps
