@@ -10,6 +10,10 @@ records the store query returns), and withdrawals that pass liquidity-manager's 
 minus reserved and held, then again once the hold is acknowledged). Each consumer (results,
 statuses, snapshots, actions) delivers in order but at its own pace.
 
+Below the machine, the measured failures step by step (a final view behind the fill, a lost
+settlement report, an older snapshot in the backlog after a restart): each fails if its rule in
+:class:`ReservationKeeper` is removed.
+
 Invariant after every step, per asset: the balance at the chain head covers every claim that can
 still be taken out: commands the executor may still handle (inside their relay window) and signed
 quotes not settled whose deadline has not passed. Every settlement and burn also asserts it finds the funds.
@@ -396,3 +400,84 @@ class ReservationMachine(RuleBasedStateMachine):
 
 ReservationMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=80, deadline=None)
 TestReservationProperty = ReservationMachine.TestCase
+
+
+# -- the measured failures, step by step (the machine's rules called directly) ---------------------
+
+
+class _Pick:
+    """Stands in for ``st.data()``: draws the given item."""
+
+    def __init__(self, item: Any) -> None:
+        self.item = item
+
+    def draw(self, _strategy: Any) -> Any:
+        return self.item
+
+
+def _machine(btc: int) -> ReservationMachine:
+    machine = ReservationMachine()
+    machine.fund(btc=btc, eure=1_000)
+    return machine
+
+
+def _only_quote(machine: ReservationMachine) -> Quote:
+    (q,) = [q for q in machine.quotes.values() if not q.executed]
+    return q
+
+
+def test_a_final_view_behind_the_fill_does_not_release_it() -> None:
+    """Issue 13 (a): 19,884 of 20,000 sat sold; a snapshot read after the fill but at a block before it
+    must not free them (the old rule compared read time with fill time)."""
+    m = _machine(btc=20_000)
+    m.request(give_btc=True, percent=100, amount_in=1)
+    q = _only_quote(m)
+    m.execute(_Pick(q), "accepted")
+    m.deliver("results")
+    m.settle(_Pick(q), status_lost=False)
+    m.deliver("statuses")
+    m.advance(2)
+    m.read_snapshot(lag=3)  # read now, at a block before the settlement
+    m.deliver("snapshots")
+    book = m.keeper.book
+    assert book.live[q.cmd.command_id].filled_ns is not None and book.reserved_out(BTC.token_id) == 20_000
+    m.request(give_btc=True, percent=100, amount_in=1)  # nothing left to promise: declined
+    assert len(m.quotes) == 1
+    m.read_snapshot(lag=0)  # the block with the settlement: listed, released, balances show 0
+    m.deliver("snapshots")
+    assert book.live == {} and m.keeper.inventory is not None
+    assert m.keeper.inventory.credited[BTC.token_id] == 0
+
+
+def test_a_lost_settlement_report_keeps_the_reservation_until_balances_after_the_deadline() -> None:
+    m = _machine(btc=10_000)
+    m.request(give_btc=True, percent=100, amount_in=1)
+    q = _only_quote(m)
+    m.execute(_Pick(q), "lost_signed")  # signed and sent, no result ever published
+    m.settle(_Pick(q), status_lost=True)  # and the relay's quote_status never arrives
+    m.advance(70)
+    m.expire()
+    assert q.cmd.command_id in m.keeper.book.live  # the balances in use were read before the deadline
+    m.read_snapshot(lag=0)
+    m.deliver("snapshots")
+    m.expire()
+    assert m.keeper.book.live == {}
+    assert m.keeper.inventory is not None and m.keeper.inventory.credited[BTC.token_id] == 0
+    m.promised_never_exceeds_credited()
+
+
+def test_after_a_restart_an_older_snapshot_in_the_backlog_is_not_used() -> None:
+    m = _machine(btc=10_000)
+    m.request(give_btc=True, percent=100, amount_in=1)
+    q = _only_quote(m)
+    m.execute(_Pick(q), "accepted")
+    m.settle(_Pick(q), status_lost=False)
+    m.advance(1)
+    m.read_snapshot(lag=3)  # before the settlement (still in the backlog at the restart)
+    m.read_snapshot(lag=0)  # shows and lists it (stored, also still in the backlog)
+    m.restart()
+    assert m.keeper.book.live == {} and m.keeper.min_snapshot_block == m.head
+    m.deliver("snapshots")  # the older one: its 10,000 sat are gone
+    assert m.keeper.inventory is None
+    m.deliver("snapshots")
+    assert m.keeper.inventory is not None and m.keeper.inventory.credited[BTC.token_id] == 0
