@@ -395,7 +395,14 @@ class ReservationMachine(RuleBasedStateMachine):
                 )
             )
             assert head[asset] >= claims, f"{asset}: {claims} promised, {head[asset]} credited at the head"
-            assert self.keeper.book.reserved_out(asset) >= 0 and self.keeper.book.held(asset) >= 0
+            # the running totals the O(1) checks read equal the sums over the book
+            book = self.keeper.book
+            assert book.reserved_out(asset) == sum(
+                r.amount_out for r in book.live.values() if r.asset_out == asset
+            )
+            assert book.held(asset) == sum(h.amount for h in book.holds.values() if h.asset == asset)
+        book = self.keeper.book
+        assert book.filled_unconfirmed() == sum(1 for r in book.live.values() if r.filled_ns is not None)
 
 
 ReservationMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=80, deadline=None)

@@ -106,6 +106,7 @@ class ReservationBook:
     _by_hash: dict[str, str] = field(default_factory=dict, init=False, repr=False)
     _early: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False, repr=False)
     _unfilled_eure: Decimal = field(default=Decimal(0), init=False, repr=False)
+    _filled: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for res in self.live.values():
@@ -119,6 +120,8 @@ class ReservationBook:
         if res.filled_ns is None:
             notional = res.notional_eure if sign > 0 else -res.notional_eure
             self._unfilled_eure = _EXACT.add(self._unfilled_eure, notional)
+        else:
+            self._filled += sign
         if res.quote_hash is not None:
             if sign > 0:
                 self._by_hash[res.quote_hash] = res.command_id
@@ -208,6 +211,8 @@ class ReservationBook:
 
     def expire_filled(self, now_ns: int, *, safety_ns: int) -> list[Reservation]:
         """Safety net: drop filled reservations no snapshot confirmed within ``safety_ns`` of the fill."""
+        if not self._filled:
+            return []
         gone = [r for r in self.live.values() if r.filled_ns is not None and r.filled_ns + safety_ns < now_ns]
         for r in gone:
             self._drop(r.command_id)
@@ -267,7 +272,8 @@ class ReservationBook:
         return +self._unfilled_eure  # rounded to the current context, like a sum of the notionals
 
     def filled_unconfirmed(self) -> int:
-        return sum(1 for r in self.live.values() if r.filled_ns is not None)
+        """How many live reservations are filled and wait for a snapshot that shows the settlement."""
+        return self._filled
 
     def available(self, asset: str, credited: int) -> int:
         """What a new quote (or withdrawal) may still promise to give out of ``credited``."""
