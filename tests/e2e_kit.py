@@ -174,9 +174,11 @@ class PublishTap:
         return self.inner.describe()
 
     def ids(self) -> dict[str, set[str]]:
+        """What was published, by subject; state broadcasts that have no table are left out."""
         out: dict[str, set[str]] = defaultdict(set)
         for subject, msg_id in self.published:
-            out[subject].add(msg_id)
+            if subject not in m.EPHEMERAL_SUBJECTS:
+                out[subject].add(msg_id)
         return out
 
 
@@ -193,7 +195,8 @@ class ConsumerTap:
         await d.ack()
 
     def ids(self) -> dict[str, set[str]]:
-        return {k: set(v) for k, v in self.got.items()}
+        """What the bus holds, by subject; state broadcasts that have no table are left out."""
+        return {k: set(v) for k, v in self.got.items() if k not in m.EPHEMERAL_SUBJECTS}
 
 
 # ---------------------------------------------------------------------------------------- harnesses

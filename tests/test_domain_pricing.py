@@ -154,10 +154,21 @@ def test_reservations_block_overcommit_and_release() -> None:
     book.reserve(
         Reservation("c9", "q", BTC.token_id, q.amount_in, EURE.token_id, q.amount_out, Decimal(4), 100)
     )
-    book.mark_filled("c9", now_ns=50)
-    assert book.expire(now_ns=1000) == []  # filled ones wait for an inventory read after the fill
-    assert book.on_inventory(read_ts_ns=49) == []
-    assert [r.command_id for r in book.on_inventory(read_ts_ns=51)] == ["c9"]
+    assert book.bind("c9", "h9", deadline_ns=120) is not None  # signed: expiry is the signed deadline
+    assert book.fill("h9", now_ns=50) is not None
+    assert book.expire(now_ns=1000) == []  # filled ones wait for a snapshot that shows the settlement
+    assert book.reserved_out(EURE.token_id) == q.amount_out and book.outstanding_eure() == 0
+    assert book.confirm(["other"]) == []
+    assert [r.command_id for r in book.confirm(["h9"])] == ["c9"]
+    assert book.reserved_out(EURE.token_id) == 0
+    # a confirmation that arrives before the reservation learns its hash still releases it
+    book.reserve(Reservation("c10", "q", BTC.token_id, 1, EURE.token_id, 2, Decimal(1), 100))
+    assert book.confirm(["h10"]) == []
+    assert book.bind("c10", "h10", deadline_ns=120) is None and not book.live
+    # an unfilled reservation past its deadline waits for balances read after deadline + grace
+    book.reserve(Reservation("c11", "q", BTC.token_id, 1, EURE.token_id, 2, Decimal(1), 100))
+    assert book.expire(now_ns=1000, grace_ns=10, seen_until_ns=105) == []
+    assert [r.command_id for r in book.expire(now_ns=1000, grace_ns=10, seen_until_ns=111)] == ["c11"]
 
 
 @settings(max_examples=200, deadline=None)

@@ -372,6 +372,19 @@ async def test_status_first_then_result_and_unknown_hashes(env: Env) -> None:
     assert env.hw.follow.matched == 1
 
 
+async def test_a_quote_whose_reply_timed_out_is_ours_when_it_settles(env: Env) -> None:
+    """An ``error`` result that carries a quote hash (reply timeout, "already signed") is a live signed
+    quote: its settlement is recorded like an accepted one (the store lookup by hash follows the same
+    definition: tests/test_store_reservations.py)."""
+    await env.price("60000", T0)
+    await env.result("c4", "QH4", 5 * EURE_1, 8_000, T0 + 1 * S, buy=False, outcome="error")
+    await env.status("QH4", T0 + 2 * S)
+    await until(lambda: env.hw.follow.settlements_written == 1)
+    s = await env.store.get_settlement("QH4")
+    assert s is not None and s.command_id == "c4" and s.amount_out == 8_000
+    assert env.hw.follow.unknown_quote_hashes == 0
+
+
 async def test_restart_recovers_from_the_store(store: HistoryStore) -> None:
     """Everything before the restart is only in the store; the new process matches and values it."""
     clock = ManualClock(T0 + 20 * S)

@@ -6,6 +6,7 @@ import itertools
 import random
 from collections.abc import Iterable
 
+import msgspec
 import pytest
 
 from intents_mm.domain.assets import BTC, EURE
@@ -29,7 +30,7 @@ def exp(key: str, deltas: dict[str, int], *, confirmed: bool = True, seen: int =
     return Expectation(key, key, deltas, seen, confirmed)
 
 
-def trade(quote_hash: str, btc_in: int, eure_out: int, deadline_ns: int | None = None) -> TradeResult:
+def trade(quote_hash: str, btc_in: int, eure_out: int, deadline_ns: int = 10**18) -> TradeResult:
     return TradeResult(
         command_id=f"c-{quote_hash}",
         quote_id=f"q-{quote_hash}",
@@ -258,3 +259,43 @@ def test_confirmed_changes_from_before_the_baseline_are_part_of_it() -> None:
     assert r.expectations == {}
     rec = r.reconcile({B: 0, E: 0}, {B: 0, E: 0}, now_ns=GRACE * 9)
     assert rec.unexplained == []
+
+
+def test_live_signed_quotes_are_candidates_and_shown_settlements_are_listed_once() -> None:
+    r = Reconciler([B, E], GRACE)
+    timeout = msgspec.structs.replace(trade("q7", 1000, 50), outcome="error")  # reply timed out
+    refused = msgspec.structs.replace(trade("q8", 2000, 60), outcome="rejected")
+    unsigned = msgspec.structs.replace(trade("q9", 3000, 70), outcome="error", quote_hash=None)
+    for result in (timeout, refused, unsigned):
+        r.on_trade_result(result, now_ns=0)
+    assert set(r.expectations) == {"settle:q7"}
+    r.on_quote_status(status("q7"), now_ns=1)
+    # a read whose balances do not show it yet lists nothing
+    r.reconcile({B: 0, E: 100}, {B: 0, E: 100}, now_ns=2)
+    assert r.take_shown() == ([], [])
+    # the read that shows it lists it, once
+    rec = r.reconcile({B: 0, E: 100}, {B: 1000, E: 50}, now_ns=3)
+    assert rec.unexplained == [] and r.take_shown() == (["q7"], [])
+    assert r.take_shown() == ([], [])
+
+
+def test_a_settlement_matched_before_its_status_is_listed_when_the_status_comes() -> None:
+    r = Reconciler([B, E], GRACE)
+    r.on_trade_result(trade("q1", 1000, 50), now_ns=0)
+    r.reconcile({B: 0, E: 100}, {B: 1000, E: 50}, now_ns=1)  # balances first: matched as a candidate
+    assert r.take_shown() == ([], [])  # unconfirmed: not listed (it could be a coincidence)
+    r.on_quote_status(status("q1"), now_ns=2)
+    assert r.take_shown() == (["q1"], [])
+
+
+def test_withdrawal_burn_is_listed_and_overdue_confirmations_are_not() -> None:
+    r = Reconciler([B, E], GRACE)
+    submitted = LiquidityAction(action_id="w1", kind="withdraw", asset_id=E, amount=30, status="submitted")
+    r.on_liquidity_action(submitted, now_ns=0)
+    rec = r.reconcile({B: 0, E: 100}, {B: 0, E: 70}, now_ns=1)
+    assert rec.unexplained == [] and r.take_shown() == ([], ["w1"])
+    # a confirmed settlement the balances never showed is taken as landed once overdue: not listed
+    r.on_trade_result(trade("q2", 10, 20), now_ns=0)
+    r.on_quote_status(status("q2"), now_ns=0)
+    r.reconcile({B: 0, E: 70}, {B: 5, E: 70}, now_ns=GRACE * 2)
+    assert r.take_shown() == ([], [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from intents_mm.clock import SYSTEM_CLOCK
 from intents_mm.messages import InventorySnapshot, QuoteStatus, TradeResult
 from intents_mm.services.inventory_sync import InventorySync
 from liquidity_testkit import BTC_ID, EURE_ID, EURE_UNIT, Services, eventually, run_services, sim_venue
@@ -66,6 +67,7 @@ async def test_settlement_is_explained_and_unknown_change_is_flagged(sqlite_url:
             quote_id="q-1",
             outcome="accepted",
             quote_hash="QH1",
+            deadline_ns=SYSTEM_CLOCK.now_ns() + 70 * 10**9,
             amount_in=3 * EURE_UNIT,
             amount_out=10_000,
             asset_in=EURE_ID,

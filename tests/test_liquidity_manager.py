@@ -28,6 +28,8 @@ from liquidity_testkit import (
 )
 
 NAME = "liquidity-manager"
+#: withdrawals need its reservation summary (risk.reservations) and hold acknowledgement
+STRATEGY = "strategy-engine"
 RUNBOOK = ("inventory-sync", "liquidity-manager")  # ports 8083, 8084
 
 # The runbook's curls for 8084, verbatim except for the placeholders (<...>, 0xYourGnosisAddress).
@@ -77,7 +79,7 @@ def withdraw_body(amount: int = 5 * EURE_UNIT, **extra: Any) -> dict[str, Any]:
 
 
 async def test_deposit_addresses_and_refresh_curl(sqlite_url: str) -> None:
-    async with sim_venue() as venue, run_services([NAME], venue.config(), sqlite_url) as svc:
+    async with sim_venue() as venue, run_services([NAME, STRATEGY], venue.config(), sqlite_url) as svc:
         body = await lm_state(svc)
         expected = {c: derive_deposit_address(venue.account, c) for c in ("btc:mainnet", "eth:100")}
         assert {c: v["address"] for c, v in body["deposit_addresses"].items()} == expected
@@ -100,7 +102,7 @@ async def test_deposit_addresses_and_refresh_curl(sqlite_url: str) -> None:
 async def test_deposit_pending_then_credited_into_inventory(sqlite_url: str) -> None:
     async with (
         sim_venue(btc=0, eure=0) as venue,
-        run_services(["liquidity-manager", "inventory-sync"], venue.config(), sqlite_url) as svc,
+        run_services([NAME, "inventory-sync", STRATEGY], venue.config(), sqlite_url) as svc,
     ):
         await eventually(lambda: bool(svc.payloads("inventory.snapshot")))
         tx = venue.bridge.simulate_deposit(venue.account, "btc:mainnet", 50_000)
@@ -138,7 +140,7 @@ async def test_deposit_pending_then_credited_into_inventory(sqlite_url: str) -> 
 async def test_withdraw_frozen_by_default_then_completes_once(sqlite_url: str) -> None:
     async with (
         sim_venue(eure=20 * EURE_UNIT) as venue,
-        run_services(["liquidity-manager", "inventory-sync"], venue.config(), sqlite_url) as svc,
+        run_services([NAME, "inventory-sync", STRATEGY], venue.config(), sqlite_url) as svc,
     ):
         status, body = await svc.post(NAME, "/withdraw", withdraw_body())
         assert status == 409 and "frozen" in body["error"]
@@ -209,7 +211,7 @@ async def test_withdrawals_come_up_frozen_after_every_restart(
         bus = make_bus(None)
         await bus.start()
         try:
-            async with run_services([NAME], venue.config(), sqlite_url, bus=bus) as svc:
+            async with run_services([NAME, STRATEGY], venue.config(), sqlite_url, bus=bus) as svc:
                 assert (await lm_state(svc))["withdrawals_frozen"] is True
                 status, _ = await svc.post(NAME, "/freeze-withdrawals", {"frozen": False})
                 assert status == 200 and (await lm_state(svc))["withdrawals_frozen"] is False
@@ -220,7 +222,7 @@ async def test_withdrawals_come_up_frozen_after_every_restart(
                 # the change is recorded in the store, but a restart comes up frozen all the same
                 assert await svc.store.get_state("liquidity-manager.withdrawals_frozen") is False
             caplog.clear()
-            async with run_services([NAME], venue.config(), sqlite_url, bus=bus) as svc:
+            async with run_services([NAME, STRATEGY], venue.config(), sqlite_url, bus=bus) as svc:
                 assert (await lm_state(svc))["withdrawals_frozen"] is True
                 await eventually(lambda: bool(states(svc)) and states(svc)[-1].withdrawals_frozen is True)
                 status, body = await svc.post(NAME, "/withdraw", withdraw_body())
@@ -238,11 +240,11 @@ async def test_withdrawals_come_up_frozen_after_every_restart(
 
 async def test_withdraw_request_ids_survive_a_restart(sqlite_url: str) -> None:
     async with sim_venue(eure=10 * EURE_UNIT) as venue:
-        async with run_services([NAME], venue.config(), sqlite_url) as svc:
+        async with run_services([NAME, STRATEGY], venue.config(), sqlite_url) as svc:
             await svc.post(NAME, "/freeze-withdrawals", {"frozen": False})
             status, body = await svc.post(NAME, "/withdraw", withdraw_body(request_id="same-op"))
             assert status == 200 and body["status"] == "SUBMITTED"
-        async with run_services([NAME], venue.config(), sqlite_url) as svc:
+        async with run_services([NAME, STRATEGY], venue.config(), sqlite_url) as svc:
             status, body = await svc.post(NAME, "/withdraw", withdraw_body(request_id="same-op"))
             assert status == 200 and body["duplicate"] is True
             assert venue.verifier.balance_of(venue.account, EURE_ID) == 5 * EURE_UNIT
@@ -311,7 +313,7 @@ async def test_withdraw_request_ids_survive_a_restart(sqlite_url: str) -> None:
     ],
 )
 async def test_bad_withdraw_bodies_are_400(sqlite_url: str, raw: bytes, status: int, needle: str) -> None:
-    async with sim_venue() as venue, run_services([NAME], venue.config(), sqlite_url) as svc:
+    async with sim_venue() as venue, run_services([NAME, STRATEGY], venue.config(), sqlite_url) as svc:
         await svc.post(NAME, "/freeze-withdrawals", {"frozen": False})
         got, body = await svc.post(NAME, "/withdraw", raw=raw)
         assert got == status and needle in body["error"], body
@@ -325,7 +327,7 @@ async def test_bad_withdraw_bodies_are_400(sqlite_url: str, raw: bytes, status: 
 async def test_withdraw_amount_checks_and_default_destination(sqlite_url: str) -> None:
     async with sim_venue(btc=5_000, eure=3 * EURE_UNIT) as venue:
         config = venue.config(TRADING_BTC_WITHDRAW_ADDRESS=BTC_ADDRESS)
-        async with run_services([NAME], config, sqlite_url) as svc:
+        async with run_services([NAME, STRATEGY], config, sqlite_url) as svc:
             await svc.post(NAME, "/freeze-withdrawals", {"frozen": False})
             below_min = await svc.post(NAME, "/withdraw", {"asset_id": BTC_ID, "amount": "600"})
             assert below_min[0] == 400 and "minimum" in below_min[1]["error"]
@@ -345,7 +347,7 @@ async def test_withdraw_amount_checks_and_default_destination(sqlite_url: str) -
 
 
 async def test_withdrawal_estimate_curl(sqlite_url: str) -> None:
-    async with sim_venue() as venue, run_services([NAME], venue.config(), sqlite_url) as svc:
+    async with sim_venue() as venue, run_services([NAME, STRATEGY], venue.config(), sqlite_url) as svc:
         status, body = await svc.curl(
             CURL_ESTIMATE.replace("0xYourGnosisAddress", GNOSIS_ADDRESS.lower()), ports(svc)
         )
@@ -386,7 +388,7 @@ async def _burn(venue: Venue, amount: int) -> str:
 async def test_runbook_curls_for_8084_and_8083(sqlite_url: str) -> None:
     async with (
         sim_venue() as venue,
-        run_services(["liquidity-manager", "inventory-sync"], venue.config(), sqlite_url) as svc,
+        run_services([NAME, "inventory-sync", STRATEGY], venue.config(), sqlite_url) as svc,
     ):
         tx_hash = await _burn(venue, 1000)
         status, body = await svc.curl(CURL_TRACK.replace("<near-burn-tx-hash>", tx_hash), ports(svc))
@@ -439,7 +441,7 @@ async def test_runbook_curls_for_8084_and_8083(sqlite_url: str) -> None:
 async def test_failed_submission_is_recorded_and_not_retried(sqlite_url: str) -> None:
     async with (
         sim_venue(eure=10 * EURE_UNIT) as venue,
-        run_services([NAME], venue.config(), sqlite_url) as svc,
+        run_services([NAME, STRATEGY], venue.config(), sqlite_url) as svc,
     ):
         await svc.post(NAME, "/freeze-withdrawals", {"frozen": False})
         venue.rpc.fail_next(1, "500", method="send_tx")
@@ -456,7 +458,7 @@ async def test_failed_submission_is_recorded_and_not_retried(sqlite_url: str) ->
 async def test_mutating_calls_need_the_token_when_one_is_set(sqlite_url: str) -> None:
     async with sim_venue() as venue:
         config = venue.config(CONTROL_API_TOKEN="s3cret-token")
-        async with run_services([NAME], config, sqlite_url) as svc:
+        async with run_services([NAME, STRATEGY], config, sqlite_url) as svc:
             status, _ = await svc.post(NAME, "/freeze-withdrawals", {"frozen": False})
             assert status == 401 and (await lm_state(svc))["withdrawals_frozen"] is True
             status, _ = await svc.post(NAME, "/withdraw", withdraw_body())
@@ -476,17 +478,17 @@ async def test_mutating_calls_need_the_token_when_one_is_set(sqlite_url: str) ->
 async def test_deposit_credited_while_down_is_still_announced(sqlite_url: str) -> None:
     async with sim_venue(btc=0, eure=0) as venue:
         tx = venue.bridge.simulate_deposit(venue.account, "eth:100", 2 * EURE_UNIT)
-        async with run_services([NAME], venue.config(), sqlite_url) as svc:
+        async with run_services([NAME, STRATEGY], venue.config(), sqlite_url) as svc:
             await eventually(lambda: any(s.pending_deposits for s in states(svc)))
         await eventually(lambda: venue.bridge.deposits[0].status != "PENDING")  # credited while down
-        async with run_services([NAME], venue.config(), sqlite_url) as svc:
+        async with run_services([NAME, STRATEGY], venue.config(), sqlite_url) as svc:
             await eventually(lambda: bool(actions(svc, "deposit_credited")))
             credited = actions(svc, "deposit_credited")
             assert [(a.detail["tx_hash"], a.asset_id, a.amount) for a in credited] == [
                 (tx, EURE_ID, 2 * EURE_UNIT)
             ]
             assert not (await lm_state(svc))["pending_deposits"]
-        async with run_services([NAME], venue.config(), sqlite_url) as svc:  # history, not news
+        async with run_services([NAME, STRATEGY], venue.config(), sqlite_url) as svc:  # history, not news
             await eventually(lambda: bool(states(svc)))
             await svc.post(NAME, "/refresh")
             assert actions(svc, "deposit_credited") == []
@@ -531,7 +533,7 @@ async def test_withdraw_takes_the_minimum_from_supported_tokens(sqlite_url: str)
     minimum comes from supported_tokens, as the SDK takes it."""
     async with (
         sim_venue(eure=10 * EURE_UNIT) as venue,
-        run_services([NAME], venue.config(), sqlite_url) as svc,
+        run_services([NAME, STRATEGY], venue.config(), sqlite_url) as svc,
     ):
         status, est = await svc.post(NAME, "/withdrawal-estimate", withdraw_body(5 * EURE_UNIT))
         assert status == 200 and est["ok"] is True

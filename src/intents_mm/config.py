@@ -359,6 +359,12 @@ VARIABLES: tuple[Var, ...] = (
         "60000",
         "inventory older than this stops quoting",
     ),
+    Var(
+        "STRATEGY_FILL_CONFIRM_TIMEOUT_MS",
+        _int(60_000, 86_400_000),
+        "600000",
+        "a filled reservation no inventory snapshot confirms is released after this (logged, counted)",
+    ),
     Var("STRATEGY_ALLOWED_PARTNER_IDS", _optional_str, "", "comma list of partner ids to serve; empty = all"),
     Var(
         "STRATEGY_FEE_IN_PRICE",
@@ -419,6 +425,12 @@ VARIABLES: tuple[Var, ...] = (
     ),
     Var("INVENTORY_POLL_MS", _int(200, 3_600_000), "5000", "inventory-sync cadence"),
     Var("LIQUIDITY_POLL_MS", _int(200, 3_600_000), "10000", "liquidity-manager bridge polling cadence"),
+    Var(
+        "LIQUIDITY_RESERVATIONS_MAX_AGE_MS",
+        _int(500, 3_600_000),
+        "5000",
+        "withdrawals are refused when strategy-engine's reservation summary is older than this",
+    ),
     Var(
         "INGEST_DISCONNECT_GRACE_MS",
         _int(0, 3_600_000),

@@ -195,6 +195,13 @@ class InventorySnapshot(Payload, kw_only=True, frozen=True):
     stale_reason: str | None = None
     unexplained_changes: list[UnexplainedChange] = msgspec.field(default_factory=list)
     fee_pips: int | None = None  # the Verifier's protocol fee read with the balances (fee() view)
+    #: Quote hashes of confirmed settlements (``demand.quote_status`` seen) that THIS read's balances
+    #: show for the first time: the balance change between the previous read and this one (at
+    #: ``block_height``) matched them. From this snapshot on the credited balances include them.
+    settled_quote_hashes: list[str] = msgspec.field(default_factory=list)
+    #: Action ids of confirmed withdrawals (``liquidity.action`` withdraw ``submitted``) whose burn
+    #: this read's balances show for the first time (same rule as ``settled_quote_hashes``).
+    landed_withdrawals: list[str] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_amounts("credited", self.credited, signed=False)
@@ -369,6 +376,53 @@ class TradeResult(Payload, kw_only=True, frozen=True):
         _check_u128("amount_out", self.amount_out)
 
 
+def is_live_signed_quote(result: TradeResult) -> bool:
+    """True when ``result`` stands for a quote that is (or may be) signed and at the relay.
+
+    The one definition every service uses (strategy-engine reservations, inventory-sync settlement
+    candidates, history-writer settlement matching): ``quote_hash`` and ``deadline_ns`` are set and the
+    outcome is ``accepted`` or ``error`` (an error that carries a quote hash was signed and sent or
+    maybe sent: a relay reply timeout, "already signed" after an executor restart). Such a quote can
+    settle until its deadline. ``rejected`` (the relay refused it), ``skipped_disarmed`` and
+    ``dropped_late`` (never sent), and an error without a quote hash (never signed) cannot.
+    """
+    return (
+        result.quote_hash is not None
+        and result.deadline_ns is not None
+        and result.outcome in ("accepted", "error")
+    )
+
+
+# --------------------------------------------------------------------------------------- risk.*
+
+
+class ReservationSummary(Payload, kw_only=True, frozen=True):
+    """What the strategy has promised out of our inventory (``risk.reservations``).
+
+    Published by strategy-engine on every change (coalesced) and as a heartbeat; not persisted.
+    ``reserved_out`` is what live quotes could still take out per asset (filled ones not yet visible
+    in a snapshot included); ``held`` is what withdrawals in flight hold per asset, ``hold_ids`` their
+    request ids. ``seq`` grows by one per summary of one strategy process (``started_ns``).
+    """
+
+    reserved_out: dict[str, int]
+    held: dict[str, int] = msgspec.field(default_factory=dict)
+    hold_ids: list[str] = msgspec.field(default_factory=list)
+    live: NonNegInt
+    filled_unconfirmed: NonNegInt = 0
+    #: The block of the balances the strategy checks against: every claim released so far was
+    #: released because balances at or before this block show it. A balance read older than this
+    #: would count the released funds as still there.
+    balances_block_height: NonNegInt = 0
+    seq: NonNegInt
+    started_ns: NonNegInt
+    ts_ns: NonNegInt
+
+    def __post_init__(self) -> None:
+        _check_amounts("reserved_out", self.reserved_out, signed=False)
+        _check_amounts("held", self.held, signed=False)
+
+
 # -------------------------------------------------------------------------------------- control.*
 
 OperatorResult = Literal["ok", "refused"]
@@ -539,6 +593,7 @@ TRADE_RESULT: Final = _subjects.TRADE_RESULT
 OPERATOR_ACTION: Final = _subjects.OPERATOR_ACTION
 PORTFOLIO_METRICS: Final = _subjects.PORTFOLIO_METRICS
 DEAD_LETTER: Final = _subjects.DEAD_LETTER
+RESERVATIONS: Final = _subjects.RESERVATIONS
 
 #: subject → (payload type, current schema version).
 SUBJECT_TYPES: Final[dict[str, tuple[type[Payload], int]]] = {
@@ -554,10 +609,13 @@ SUBJECT_TYPES: Final[dict[str, tuple[type[Payload], int]]] = {
     OPERATOR_ACTION: (OperatorAction, 1),
     PORTFOLIO_METRICS: (PortfolioMetrics, 1),
     DEAD_LETTER: (DeadLetter, 1),
+    RESERVATIONS: (ReservationSummary, 1),
 }
 
-#: Every subject, in a stable order.
-ALL_SUBJECTS: Final[tuple[str, ...]] = tuple(SUBJECT_TYPES)
+#: Subjects that are state broadcasts without a history table (see ``bus.subjects``).
+EPHEMERAL_SUBJECTS: Final[tuple[str, ...]] = _subjects.EPHEMERAL_SUBJECTS
+#: Every persisted subject (each has a history table), in a stable order.
+ALL_SUBJECTS: Final[tuple[str, ...]] = tuple(s for s in SUBJECT_TYPES if s not in EPHEMERAL_SUBJECTS)
 
 
 class _Header(msgspec.Struct, frozen=True):

@@ -26,6 +26,7 @@ TRADE_RESULT: Final = "exec.trade_result"
 OPERATOR_ACTION: Final = "control.operator_action"
 PORTFOLIO_METRICS: Final = "portfolio.metrics"
 DEAD_LETTER: Final = "bus.dead_letter"
+RESERVATIONS: Final = "risk.reservations"
 
 ALL_SUBJECTS: Final[tuple[str, ...]] = (
     SWAP_REQUEST,
@@ -41,6 +42,11 @@ ALL_SUBJECTS: Final[tuple[str, ...]] = (
     PORTFOLIO_METRICS,
     DEAD_LETTER,
 )
+"""Every subject history-writer persists (each has its table)."""
+
+#: Subjects that are state broadcasts, not history: no table, the persister acks and skips them.
+#: ``risk.reservations`` is the strategy's reservation summary (on change and as a 1 s heartbeat).
+EPHEMERAL_SUBJECTS: Final[tuple[str, ...]] = (RESERVATIONS,)
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 _DURABLE = re.compile(r"[A-Za-z0-9_-]{1,200}")

@@ -4,9 +4,11 @@
   and limit, so the decision record carries the full reasoning chain; the first failing check is the
   decline reason.
 - :class:`ReservationBook`: every quote we emit reserves what it could take out of our inventory until
-  its deadline. Reservations are released on expiry or a failed submission and marked filled on
-  settlement (a filled reservation keeps counting until an inventory snapshot read after the fill
-  shows the settlement), so many quotes can be live at once without ever promising more than we hold.
+  its deadline, and every withdrawal in flight holds its amount. Reservations are released on expiry
+  or when the quote was never sent or was refused, and marked filled on settlement; a filled
+  reservation keeps counting until an inventory snapshot whose balances (read at a block at or after
+  the settlement) show it, so many quotes can be live at once without ever promising more than we
+  hold. :func:`rebuild_book` restores the book after a restart from the store's records.
 - :class:`LossGuard`: a daily (UTC day) loss limit and a drawdown-from-peak limit on the flow-adjusted
   mark-to-market PnL (both books at the latest price, net of deposits and withdrawals), plus an optional
   limit on the fall of the flow-adjusted portfolio value from its peak (inventory risk; 0 = off). When
@@ -15,7 +17,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from decimal import Context, Decimal
 
 from intents_mm.domain.assets import Pair
@@ -57,30 +61,61 @@ class Reservation:
     asset_out: str
     amount_out: int
     notional_eure: Decimal
-    expires_ns: int  # the signed deadline: after it the quote can no longer settle
-    filled_ns: int | None = None
+    expires_ns: int  # the signed deadline (until known: the latest it can be): then it cannot settle
+    filled_ns: int | None = None  # when its settlement was reported (demand.quote_status)
+    quote_hash: str | None = None  # known once the executor reports the quote signed
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Funds a withdrawal in flight takes out of ``asset``: held from its request until a snapshot
+    shows the burn (or the withdrawal failed before burning)."""
+
+    hold_id: str
+    asset: str
+    amount: int
+    since_ns: int
 
 
 _EXACT = Context(prec=80)  # sums of notionals (28 significant digits each) stay exact
+EARLY_MEMORY = 10_000  # confirmations remembered for reservations/holds not yet known
 
 
 @dataclass
 class ReservationBook:
-    """Live quotes' claims on inventory, keyed by command id.
+    """Live quotes' claims on inventory, keyed by command id, and withdrawal holds, keyed by request id.
 
-    The totals the limit checks read (:meth:`reserved_out`, :meth:`potential_in`,
+    Life of a reservation: :meth:`reserve` when the command is issued (expiry: the latest deadline
+    the quote can get); :meth:`bind` when the executor reports it signed (a *live signed quote*:
+    expiry becomes the signed deadline); :meth:`release` when it was never sent or refused;
+    :meth:`fill` when its settlement is reported; and only :meth:`confirm` (an inventory snapshot
+    whose balances show the settlement, see ``InventorySnapshot.settled_quote_hashes``) drops a
+    filled one, so a filled quote keeps counting until the balances it is checked against include
+    it, however far the balance views lag the fill. :meth:`expire` drops unfilled reservations past
+    their deadline (plus grace); :meth:`expire_filled` is the safety net for a fill no snapshot ever
+    confirms (the caller logs and counts it).
+
+    The totals the limit checks read (:meth:`reserved_out`, :meth:`held`, :meth:`potential_in`,
     :meth:`outstanding_eure`) are kept up to date by every change, so a decision costs O(1) however
-    many quotes are live; ``live`` is read-only for callers (change it through the methods).
+    many quotes are live; ``live`` and ``holds`` are read-only for callers (change them through the
+    methods). :meth:`available` is credited minus everything promised (reservations and holds).
     """
 
     live: dict[str, Reservation] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)
     _out: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _in: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _held: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _by_hash: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    _early: OrderedDict[str, None] = field(default_factory=OrderedDict, init=False, repr=False)
     _unfilled_eure: Decimal = field(default=Decimal(0), init=False, repr=False)
+    _filled: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for res in self.live.values():
             self._count(res, 1)
+        for hold in self.holds.values():
+            self._held[hold.asset] = self._held.get(hold.asset, 0) + hold.amount
 
     def _count(self, res: Reservation, sign: int) -> None:
         self._out[res.asset_out] = self._out.get(res.asset_out, 0) + sign * res.amount_out
@@ -88,6 +123,13 @@ class ReservationBook:
         if res.filled_ns is None:
             notional = res.notional_eure if sign > 0 else -res.notional_eure
             self._unfilled_eure = _EXACT.add(self._unfilled_eure, notional)
+        else:
+            self._filled += sign
+        if res.quote_hash is not None:
+            if sign > 0:
+                self._by_hash[res.quote_hash] = res.command_id
+            elif self._by_hash.get(res.quote_hash) == res.command_id:
+                del self._by_hash[res.quote_hash]
 
     def _drop(self, command_id: str) -> Reservation | None:
         res = self.live.pop(command_id, None)
@@ -95,38 +137,136 @@ class ReservationBook:
             self._count(res, -1)
         return res
 
+    def _remember(self, key: str) -> None:
+        self._early[key] = None
+        while len(self._early) > EARLY_MEMORY:
+            self._early.popitem(last=False)
+
+    # -- quotes ----------------------------------------------------------------------------------
     def reserve(self, reservation: Reservation) -> None:
         self._drop(reservation.command_id)
+        if reservation.quote_hash is not None and f"settle:{reservation.quote_hash}" in self._early:
+            return  # a snapshot already showed its settlement: nothing left to promise
         self.live[reservation.command_id] = reservation
         self._count(reservation, 1)
 
     def release(self, command_id: str) -> Reservation | None:
         return self._drop(command_id)
 
+    def bind(self, command_id: str, quote_hash: str, deadline_ns: int) -> Reservation | None:
+        """The quote of ``command_id`` is signed (a live signed quote) with ``deadline_ns``: it keeps
+        its reservation until that deadline, and a settlement report or confirmation by hash finds it."""
+        res = self.live.get(command_id)
+        if res is None:
+            return None
+        bound = replace(res, quote_hash=quote_hash, expires_ns=deadline_ns)
+        self.reserve(bound)
+        return self.live.get(command_id)
+
+    def command_for(self, quote_hash: str) -> str | None:
+        return self._by_hash.get(quote_hash)
+
+    def fill(self, quote_hash: str, now_ns: int) -> Reservation | None:
+        """A settlement of ``quote_hash`` was reported: its reservation keeps counting (as filled, no
+        longer in the outstanding notional) until :meth:`confirm`."""
+        command_id = self._by_hash.get(quote_hash)
+        return None if command_id is None else self.mark_filled(command_id, now_ns)
+
     def mark_filled(self, command_id: str, now_ns: int) -> Reservation | None:
         res = self.live.get(command_id)
         if res is None:
             return None
-        filled = Reservation(**{**res.__dict__, "filled_ns": now_ns})
+        if res.filled_ns is not None:
+            return res
+        filled = replace(res, filled_ns=now_ns)
         self.reserve(filled)
         return filled
 
-    def expire(self, now_ns: int, *, grace_ns: int = 0) -> list[Reservation]:
-        """Drop unfilled reservations whose deadline has passed (plus a grace for chain finality)."""
-        gone = [r for r in self.live.values() if r.filled_ns is None and r.expires_ns + grace_ns < now_ns]
+    def confirm(self, quote_hashes: Iterable[str]) -> list[Reservation]:
+        """An inventory snapshot's balances include the settlements of ``quote_hashes``: drop them.
+
+        A hash not (yet) in the book is remembered, so a reservation that learns it later is dropped
+        at once (the result or the status may arrive after the snapshot)."""
+        done: list[Reservation] = []
+        for quote_hash in quote_hashes:
+            command_id = self._by_hash.get(quote_hash)
+            res = None if command_id is None else self._drop(command_id)
+            if res is not None:
+                done.append(res)
+            else:
+                self._remember(f"settle:{quote_hash}")
+        return done
+
+    def expire(
+        self, now_ns: int, *, grace_ns: int = 0, seen_until_ns: int | None = None
+    ) -> list[Reservation]:
+        """Drop unfilled reservations whose deadline has passed (plus a grace for chain finality).
+
+        ``seen_until_ns``: when the balances the caller checks against were read. A quote can settle
+        up to its deadline and its settlement report may be late or lost, so an unfilled reservation
+        goes only once those balances were read more than ``grace_ns`` after its deadline (the grace
+        covers the final view's lag of a few blocks): they include any settlement it had."""
+        horizon = now_ns if seen_until_ns is None else min(now_ns, seen_until_ns)
+        gone = [r for r in self.live.values() if r.filled_ns is None and r.expires_ns + grace_ns < horizon]
         for r in gone:
             self._drop(r.command_id)
         return gone
 
-    def on_inventory(self, read_ts_ns: int) -> list[Reservation]:
-        """An inventory snapshot read at ``read_ts_ns`` includes every fill before it: drop those."""
-        done = [r for r in self.live.values() if r.filled_ns is not None and r.filled_ns < read_ts_ns]
-        for r in done:
+    def expire_filled(self, now_ns: int, *, safety_ns: int) -> list[Reservation]:
+        """Safety net: drop filled reservations no snapshot confirmed within ``safety_ns`` of the fill."""
+        if not self._filled:
+            return []
+        gone = [r for r in self.live.values() if r.filled_ns is not None and r.filled_ns + safety_ns < now_ns]
+        for r in gone:
             self._drop(r.command_id)
+        return gone
+
+    # -- withdrawals -----------------------------------------------------------------------------
+    def hold(self, hold: Hold) -> bool:
+        """Hold funds for a withdrawal in flight; False when a snapshot already showed its burn."""
+        if hold.hold_id in self.holds:
+            return True
+        if f"withdraw:{hold.hold_id}" in self._early:
+            return False
+        self.holds[hold.hold_id] = hold
+        self._held[hold.asset] = self._held.get(hold.asset, 0) + hold.amount
+        return True
+
+    def release_hold(self, hold_id: str) -> Hold | None:
+        hold = self.holds.pop(hold_id, None)
+        if hold is not None:
+            self._held[hold.asset] -= hold.amount
+        return hold
+
+    def confirm_withdrawals(self, hold_ids: Iterable[str]) -> list[Hold]:
+        """A snapshot's balances show these withdrawals' burns: release their holds."""
+        done: list[Hold] = []
+        for hold_id in hold_ids:
+            hold = self.release_hold(hold_id)
+            if hold is not None:
+                done.append(hold)
+            else:
+                self._remember(f"withdraw:{hold_id}")
         return done
 
+    def expire_holds(self, now_ns: int, *, safety_ns: int) -> list[Hold]:
+        """Safety net: drop holds older than ``safety_ns`` that no snapshot or failure released."""
+        gone = [h for h in self.holds.values() if h.since_ns + safety_ns < now_ns]
+        for h in gone:
+            self.release_hold(h.hold_id)
+        return gone
+
+    # -- totals ----------------------------------------------------------------------------------
     def reserved_out(self, asset: str) -> int:
+        """What live quotes (filled ones not yet confirmed included) could take out of ``asset``."""
         return self._out.get(asset, 0)
+
+    def held(self, asset: str) -> int:
+        """What withdrawals in flight hold of ``asset``."""
+        return self._held.get(asset, 0)
+
+    def promised(self, asset: str) -> int:
+        return self.reserved_out(asset) + self.held(asset)
 
     def potential_in(self, asset: str) -> int:
         return self._in.get(asset, 0)
@@ -134,9 +274,84 @@ class ReservationBook:
     def outstanding_eure(self) -> Decimal:
         return +self._unfilled_eure  # rounded to the current context, like a sum of the notionals
 
+    def filled_unconfirmed(self) -> int:
+        """How many live reservations are filled and wait for a snapshot that shows the settlement."""
+        return self._filled
+
     def available(self, asset: str, credited: int) -> int:
-        """What a new quote may still promise to give out of ``credited``."""
-        return credited - self.reserved_out(asset)
+        """What a new quote (or withdrawal) may still promise to give out of ``credited``."""
+        return credited - self.promised(asset)
+
+
+@dataclass(frozen=True)
+class RecordedQuote:
+    """One quote as the history store recorded it, for :func:`rebuild_book` after a restart.
+
+    ``latest_deadline_ns``: the latest deadline the quote can carry (command time plus the deadline
+    the strategy asked for), used while no result is recorded. ``live_signed``: the result makes it a
+    live signed quote (``messages.is_live_signed_quote``); ``released``: the result says it was never
+    sent or was refused. ``settled_ns``: when its settlement was reported; ``confirmed``: a stored
+    snapshot's balances already include that settlement.
+    """
+
+    command_id: str
+    quote_id: str
+    asset_in: str
+    amount_in: int
+    asset_out: str
+    amount_out: int
+    notional_eure: Decimal
+    latest_deadline_ns: int
+    has_result: bool = False
+    live_signed: bool = False
+    quote_hash: str | None = None
+    deadline_ns: int | None = None
+    settled_ns: int | None = None
+    confirmed: bool = False
+
+
+def rebuild_book(
+    quotes: Iterable[RecordedQuote], holds: Iterable[Hold], now_ns: int, *, grace_ns: int
+) -> ReservationBook:
+    """The book as it stood, from the store's records (see :class:`RecordedQuote`).
+
+    Kept: a settled quote no snapshot confirmed yet (filled); a live signed quote whose deadline plus
+    ``grace_ns`` has not passed; a command without a result until its latest deadline plus grace (its
+    outcome is unknown: it may be signed and at the relay). Dropped: confirmed settlements, results
+    that never went out or were refused, and anything past its deadline unsettled. ``holds`` are the
+    withdrawals still in flight.
+    """
+    book = ReservationBook()
+    for q in quotes:
+        if q.confirmed:
+            if q.quote_hash is not None:
+                book.confirm([q.quote_hash])
+            continue
+        if q.settled_ns is None:
+            if q.has_result and not q.live_signed:
+                continue
+            deadline = q.deadline_ns if q.live_signed and q.deadline_ns is not None else q.latest_deadline_ns
+            if deadline + grace_ns < now_ns:
+                continue
+        else:
+            deadline = q.deadline_ns if q.deadline_ns is not None else q.latest_deadline_ns
+        book.reserve(
+            Reservation(
+                command_id=q.command_id,
+                quote_id=q.quote_id,
+                asset_in=q.asset_in,
+                amount_in=q.amount_in,
+                asset_out=q.asset_out,
+                amount_out=q.amount_out,
+                notional_eure=q.notional_eure,
+                expires_ns=deadline,
+                filled_ns=q.settled_ns,
+                quote_hash=q.quote_hash,
+            )
+        )
+    for hold in holds:
+        book.hold(hold)
+    return book
 
 
 def check_limits(

@@ -7,7 +7,9 @@ Three jobs, one service:
   database is down). ``/healthz`` fails while the store does not answer (a ping every few seconds,
   and the persister's own write failures), and says so.
 - **Settlement follow-up.** Each ``demand.quote_status`` is matched by ``quote_hash`` to our
-  ``exec.trade_result`` with outcome ``accepted`` (either may arrive first; on start the recent rows
+  ``exec.trade_result`` that makes it a live signed quote (:func:`~intents_mm.messages.is_live_signed_quote`:
+  ``accepted``, or ``error`` carrying a quote hash and deadline, e.g. a reply timeout or "already
+  signed": the quote may be at the relay) (either may arrive first; on start the recent rows
   of both tables are read back from the store, and a status whose result is not in memory is looked
   up in the store by its quote hash, so a restart loses nothing however many quotes were live) and
   recorded as a
@@ -683,7 +685,7 @@ class HistoryWriter(Service):
                 del self._credited[0]  # older ones are found in the store when needed
 
     def _on_result(self, result: m.TradeResult) -> None:
-        if result.outcome != "accepted" or not result.quote_hash:
+        if not m.is_live_signed_quote(result) or result.quote_hash is None:
             return
         qh = result.quote_hash
         if qh in self._settled or qh in self._results:
@@ -840,14 +842,14 @@ class HistoryWriter(Service):
         return stored
 
     async def _find_results(self) -> None:
-        """Look up in the store the accepted result of each status still waiting for one (once per
+        """Look up in the store the live signed result of each status still waiting for one (once per
         status: a result published later arrives on the bus). Results older than what was read back
         on start, or consumed before a restart, are found this way."""
         store = self.store
         if store is None:
             return
         for qh in [qh for qh in self._statuses if qh not in self._looked_up]:
-            result = await store.accepted_trade_result(qh)  # StoreError: tried again next step
+            result = await store.live_signed_trade_result(qh)  # StoreError: tried again next step
             self._looked_up.add(qh)
             if result is not None and qh in self._statuses:
                 self.follow.results_from_store += 1

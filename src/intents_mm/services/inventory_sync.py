@@ -9,7 +9,9 @@ What it does:
   is read with the first balances and then every ``FEE_REFRESH_NS``.
 - Publishes ``inventory.snapshot`` after every successful read: credited balances, pending deposits and
   in-flight withdrawals (from ``liquidity.state``, kept apart from credited inventory), block height,
-  read time, ``fee_pips`` and the changes it could not explain.
+  read time, ``fee_pips``, the changes it could not explain, and which confirmed settlements and
+  withdrawal burns its balances show for the first time (``settled_quote_hashes``,
+  ``landed_withdrawals``; see below).
 - A failed read never publishes a balance it did not read. The inventory is marked stale in ``/state``;
   on the transition into stale ONE snapshot with ``stale=True`` is published that carries the LAST GOOD
   balances, block height and read time (so consumers learn at once; no zeros, no invented numbers),
@@ -24,6 +26,19 @@ What it does:
   :func:`explain_change`. What cannot be explained goes into ``unexplained_changes`` of the snapshot (and
   so into the history store) and is flagged in ``/state``; a confirmed change still unseen after
   ``grace`` is reported too, as a negative unexplained delta.
+- Which balances include a settlement (strategy-engine releases a filled reservation on it): the
+  balance change between two reads is block-ordered evidence. When a change is matched to a
+  confirmed settlement (``demand.quote_status`` seen) or a confirmed withdrawal burn, the read's
+  balances, taken at its ``block_height``, include it, so the settlement's block is at or before
+  that height; the snapshot lists it once. A settlement matched while still a candidate (balances
+  first, status later) is listed in the first snapshot after its status arrives. A confirmed change
+  taken as landed only because it is overdue is NOT listed (the balances may not show it), nor are
+  those folded into the baseline of the first read after a start; their reservations wait for the
+  strategy's safety expiry. (Looking the settlement transaction up instead, ``tx`` by hash, needs
+  the sender account, which the relay's ``quote_status`` does not give, and returns a block hash,
+  not a height.)
+- Live signed quotes (``messages.is_live_signed_quote``: accepted, or an error carrying a quote hash
+  and deadline such as a reply timeout or "already signed") are settlement candidates.
 """
 
 from __future__ import annotations
@@ -56,6 +71,7 @@ from intents_mm.messages import (
     TradeResult,
     UnexplainedChange,
     decode,
+    is_live_signed_quote,
 )
 from intents_mm.near.keys import SigningKey
 from intents_mm.near.rpc import NearRpcClient
@@ -73,7 +89,6 @@ S = 1_000_000_000
 DEBOUNCE_S = 0.2  # quote_status bursts within this window cause one read
 FEE_REFRESH_NS = 60 * S
 MIN_GRACE_NS = 30 * S  # a confirmed change must show up in the balances within max(this, 3 polls)
-SETTLEMENT_CANDIDATE_TTL_NS = 10 * 60 * S  # an accepted quote without deadline may settle this long
 WITHDRAW_CANDIDATE_TTL_NS = 10 * 60 * S
 MAX_SEARCH = 12  # expectations considered by the exact subset search
 RECENT_UNEXPLAINED = 20
@@ -196,7 +211,11 @@ class Reconciler:
         self.expectations: dict[str, Expectation] = {}
         self._consumed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._early_status: collections.OrderedDict[str, int] = collections.OrderedDict()
+        # settle:<hash> keys a balance change matched while still unconfirmed candidates
+        self._matched_candidates: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.baseline_ns: int | None = None
+        #: Keys of confirmed changes the balances showed since the last :meth:`take_shown`.
+        self.shown: list[str] = []
 
     # -- inputs ----------------------------------------------------------------------------------
     def consumed(self, key: str) -> bool:
@@ -245,23 +264,22 @@ class Reconciler:
             del self.expectations[key]
 
     def on_trade_result(self, result: TradeResult, now_ns: int) -> None:
-        if result.outcome != "accepted" or not result.quote_hash:
+        if not is_live_signed_quote(result) or result.quote_hash is None or result.deadline_ns is None:
             return
         key = f"settle:{result.quote_hash}"
         deltas = {result.asset_in: result.amount_in}
         deltas[result.asset_out] = deltas.get(result.asset_out, 0) - result.amount_out
         confirmed = self._early_status.pop(result.quote_hash, None) is not None
-        expires = (
-            (result.deadline_ns + self.grace_ns)
-            if result.deadline_ns
-            else now_ns + SETTLEMENT_CANDIDATE_TTL_NS
-        )
+        expires = result.deadline_ns + self.grace_ns
         label = f"settlement of quote {result.quote_hash}"
         self.expect(key, label, deltas, now_ns, confirmed=confirmed, expires_ns=expires)
 
     def on_quote_status(self, status: QuoteStatus, now_ns: int) -> None:
         key = f"settle:{status.quote_hash}"
         if self.consumed(key):
+            if key in self._matched_candidates:  # the balances showed it before it was confirmed
+                del self._matched_candidates[key]
+                self.shown.append(key)
             return
         known = self.expectations.get(key)
         if known is None:  # the trade result may still come
@@ -315,6 +333,23 @@ class Reconciler:
                 self._consume(key)
 
     # -- explaining ------------------------------------------------------------------------------
+    def _mark_shown(self, exp: Expectation) -> None:
+        if exp.confirmed:
+            self.shown.append(exp.key)
+        elif exp.key.startswith("settle:"):
+            self._matched_candidates[exp.key] = None
+            while len(self._matched_candidates) > CONSUMED_MEMORY:
+                self._matched_candidates.popitem(last=False)
+
+    def take_shown(self) -> tuple[list[str], list[str]]:
+        """``(quote hashes, withdrawal action ids)`` of confirmed settlements and burns the balances
+        showed since the last call (for ``InventorySnapshot.settled_quote_hashes`` /
+        ``landed_withdrawals``); clears the list."""
+        shown, self.shown = self.shown, []
+        hashes = [k.removeprefix("settle:") for k in shown if k.startswith("settle:")]
+        withdrawals = [k.removeprefix("withdraw:") for k in shown if k.startswith("withdraw:")]
+        return hashes, withdrawals
+
     def reconcile(self, before: dict[str, int], after: dict[str, int], now_ns: int) -> Reconciliation:
         """Explain ``after - before``; consumes what explained it. See the module docstring."""
         for key, exp in list(self.expectations.items()):
@@ -331,6 +366,7 @@ class Reconciler:
             explained = match
             for exp in match:
                 self._consume(exp.key)
+                self._mark_shown(exp)
             overdue = [
                 e for e in self.expectations.values() if e.confirmed and now_ns - e.seen_ns > self.grace_ns
             ]
@@ -344,6 +380,8 @@ class Reconciler:
             landed = _sum(explained)
             for exp in explained:
                 self._consume(exp.key)
+                if exp.seen_ns >= now_ns - self.grace_ns:  # it fits the change; an overdue one may not
+                    self._mark_shown(exp)
             for asset in set(delta) | set(landed):
                 rest = delta.get(asset, 0) - landed.get(asset, 0)
                 if rest:
@@ -528,7 +566,8 @@ class InventorySync(Service):
         self.credited, self.block_height, self.read_ts_ns = balances, height, now
         self.stale, self.stale_reason, self.consecutive_failures = False, None, 0
         self.reads_ok += 1
-        snapshot = self._snapshot(stale=False, unexplained=changes)
+        settled, landed = self.reconciler.take_shown()
+        snapshot = self._snapshot(stale=False, unexplained=changes, settled=settled, landed=landed)
         await self._publish(snapshot)
         return snapshot
 
@@ -553,7 +592,14 @@ class InventorySync(Service):
         if not was_stale and self.credited is not None:
             await self._publish(self._snapshot(stale=True, unexplained=[]))
 
-    def _snapshot(self, *, stale: bool, unexplained: list[UnexplainedChange]) -> InventorySnapshot:
+    def _snapshot(
+        self,
+        *,
+        stale: bool,
+        unexplained: list[UnexplainedChange],
+        settled: list[str] | None = None,
+        landed: list[str] | None = None,
+    ) -> InventorySnapshot:
         assert self.account is not None and self.credited is not None
         return InventorySnapshot(
             account_id=self.account,
@@ -566,6 +612,8 @@ class InventorySync(Service):
             stale_reason=self.stale_reason if stale else None,
             unexplained_changes=unexplained,
             fee_pips=self.fee_pips,
+            settled_quote_hashes=settled or [],
+            landed_withdrawals=landed or [],
         )
 
     async def _publish(self, snapshot: InventorySnapshot) -> None:

@@ -27,12 +27,19 @@
   the body, else a hash of asset, amount, destination and the current minute): the record of every
   request that got as far as ``requested`` is stored (``liquidity-manager.withdrawals``) BEFORE the
   transaction is sent, so a retried call answers the first outcome and never withdraws twice.
+- Withdrawals never take funds live quotes could take: ``/withdraw`` and ``/withdrawal-estimate`` check
+  credited minus what strategy-engine's ``risk.reservations`` summary reserves and holds (409 when it is
+  missing or older than ``LIQUIDITY_RESERVATIONS_MAX_AGE_MS``, or the balance read is from a block
+  behind the summary's ``balances_block_height``); after ``requested`` the withdrawal waits until the
+  summary shows strategy-engine's hold, reads the balance again and checks once more, so no quote can
+  be promised the same funds (otherwise it fails unsent, 409).
 - ``POST /track-withdrawal`` follows an existing burn transaction the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -49,12 +56,15 @@ from intents_mm.errors import ContractError, InputError, IntentsMMError, RpcErro
 from intents_mm.messages import (
     LIQUIDITY_ACTION,
     LIQUIDITY_STATE,
+    RESERVATIONS,
     LiquidityAction,
     LiquidityActionKind,
     LiquidityActionStatus,
     LiquidityState,
     PendingDeposit,
+    ReservationSummary,
     TrackedWithdrawal,
+    decode,
 )
 from intents_mm.near.encoding import b58decode
 from intents_mm.near.keys import SigningKey
@@ -95,6 +105,7 @@ STATE_FINAL_WITHDRAWALS = 20
 BRIDGE_FAILURES_UNHEALTHY = 3
 SKIPPED_REASONS_KEPT = 200  # distinct skipped-entry reasons remembered (each is logged once)
 STATE_SKIPPED = 10  # newest distinct reasons shown in /state
+HOLD_ACK_TIMEOUT_S = 2.0  # strategy-engine must show the withdrawal's hold in its summary within this
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _ENTRY_INDEX = re.compile(r"deposits\[[0-9]+\]")
 
@@ -245,6 +256,12 @@ class LiquidityManager(Service):
         self.sender: TransactionSender | None = None
         self._poll_lock = asyncio.Lock()
         self._withdraw_lock = asyncio.Lock()
+        # what strategy-engine has promised (risk.reservations), for the withdrawal checks
+        self.reservations_max_age_ns: int = self.config["LIQUIDITY_RESERVATIONS_MAX_AGE_MS"] * MS
+        self.reservations: ReservationSummary | None = None
+        self._reservations_rx_mono_ns = 0
+        self._reservations_event = asyncio.Event()
+        self._reservations_sub: Any = None
 
     # -- life cycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -257,6 +274,9 @@ class LiquidityManager(Service):
         if self.account is not None and self._key is not None:
             self.sender = TransactionSender(self.rpc, self.account, self._key, clock=self.clock)
         self.frozen = True  # every start, whatever was stored (runbook: withdrawals stay frozen)
+        self._reservations_sub = await self.subscribe(
+            [RESERVATIONS], f"{self.name}-reservations", self._on_reservations
+        )
         await self._load()
         log.info(
             '%s: withdrawals frozen (every start; unfreeze with POST /freeze-withdrawals {"frozen":false})',
@@ -277,12 +297,99 @@ class LiquidityManager(Service):
             await asyncio.sleep(self.poll_s)
 
     async def stop(self) -> None:
+        if self._reservations_sub is not None:
+            await self._reservations_sub.stop()
+            self._reservations_sub = None
         if self.rpc is not None:
             await self.rpc.close()
             self.rpc = None
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    # -- reservations ----------------------------------------------------------------------------
+    async def _on_reservations(self, delivery: Any) -> None:
+        payload = decode(delivery.data).payload  # InputError: a dead letter (Service.subscribe)
+        if isinstance(payload, ReservationSummary):
+            known = self.reservations
+            if known is None or (payload.started_ns, payload.seq) >= (known.started_ns, known.seq):
+                self.reservations = payload
+                self._reservations_rx_mono_ns = self.clock.monotonic_ns()
+                self._reservations_event.set()
+        await delivery.ack()
+
+    def reservations_age_ms(self) -> int | None:
+        if self.reservations is None:
+            return None
+        return (self.clock.monotonic_ns() - self._reservations_rx_mono_ns) // MS
+
+    def reservation_problem(
+        self, asset_id: str, amount: int, credited: int, height: int, *, own_hold: str | None = None
+    ) -> tuple[str | None, dict[str, str]]:
+        """Why ``amount`` cannot leave ``credited`` (read at block ``height``) given what strategy-engine
+        promised (None: it can), with the figures. ``own_hold``: a withdrawal whose hold the summary
+        may already include. A read from before the block the summary's releases are based on is
+        refused (it would count released funds twice)."""
+        summary, age_ms = self.reservations, self.reservations_age_ms()
+        if summary is None or age_ms is None:
+            return (
+                "no reservation summary (risk.reservations) from strategy-engine yet: withdrawals wait "
+                "for it so funds promised to live quotes are not withdrawn",
+                {},
+            )
+        if age_ms * MS > self.reservations_max_age_ns:
+            return (
+                f"the reservation summary from strategy-engine is {age_ms} ms old (limit "
+                f"{self.reservations_max_age_ns // MS} ms, LIQUIDITY_RESERVATIONS_MAX_AGE_MS): "
+                "is strategy-engine running?",
+                {},
+            )
+        if height < summary.balances_block_height:
+            return (
+                f"the credited balance was read at block {height}, behind block "
+                f"{summary.balances_block_height} that strategy-engine's reservations are based on "
+                "(a lagging NEAR RPC node): try again",
+                {},
+            )
+        reserved = summary.reserved_out.get(asset_id, 0)
+        held = summary.held.get(asset_id, 0)
+        if own_hold is not None and own_hold in summary.hold_ids:
+            held -= amount
+        available = credited - reserved - held
+        figures = {
+            "credited": str(credited),
+            "reserved_by_quotes": str(reserved),
+            "held_by_withdrawals": str(held),
+            "available": str(available),
+        }
+        if amount > available:
+            return (
+                f"amount {amount} exceeds credited minus reserved: credited {credited}, reserved by live "
+                f"quotes {reserved}, held by withdrawals in flight {held}, available {available}",
+                figures,
+            )
+        return None, figures
+
+    async def _await_first_summary(self) -> None:
+        """Right after a start the first summary may not have arrived yet: wait for it a little."""
+        if self.reservations is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reservations_event.wait(), timeout=HOLD_ACK_TIMEOUT_S)
+
+    async def _await_hold(self, request_id: str) -> bool:
+        """Wait until strategy-engine's summary shows the hold of ``request_id`` (True) or time out."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + HOLD_ACK_TIMEOUT_S
+        while self.reservations is None or request_id not in self.reservations.hold_ids:
+            left = end - loop.time()
+            if left <= 0:
+                return False
+            self._reservations_event.clear()
+            try:
+                await asyncio.wait_for(self._reservations_event.wait(), timeout=left)
+            except TimeoutError:
+                return False
+        return True
 
     # -- persistence -----------------------------------------------------------------------------
     async def _load(self) -> None:
@@ -687,6 +794,27 @@ class LiquidityManager(Service):
             problems.append(f"amount is below the bridge minimum withdrawal {minimum}")
         if req.amount <= fee:
             problems.append(f"amount does not exceed the withdrawal fee {fee}")
+        figures: dict[str, str] = {}
+        if self.account is None or self.verifier is None:
+            problems.append("no trading account: the credited balance cannot be checked")
+        else:
+            try:
+                balances, height = await self.verifier.mt_batch_balance_of(self.account, [req.asset.token_id])
+            except IntentsMMError as exc:
+                problems.append(f"credited balance read failed: {exc}")
+            else:
+                credited = balances[req.asset.token_id]
+                figures = {"credited": str(credited)}
+                if req.amount > credited:
+                    problems.append(f"amount {req.amount} exceeds the credited balance {credited}")
+                else:
+                    await self._await_first_summary()
+                    problem, figures = self.reservation_problem(
+                        req.asset.token_id, req.amount, credited, height
+                    )
+                    figures.setdefault("credited", str(credited))
+                    if problem is not None:
+                        problems.append(problem)
         result = {
             "asset_id": req.asset.token_id,
             "chain": req.asset.chain,
@@ -699,6 +827,7 @@ class LiquidityManager(Service):
             "receive_amount": str(receive),
             "ok": not problems,
             "problems": problems,
+            "balance": figures,
             "human": {
                 "amount": format_units(req.asset, req.amount),
                 "withdrawal_fee": format_units(req.asset, fee),
@@ -771,7 +900,12 @@ class LiquidityManager(Service):
     async def _withdraw(self, request: web.Request) -> web.Response:
         """Checks in order: body (400), known request id (answers the first outcome), frozen (409), signer
         key (503), bridge estimate: amount >= min_withdrawal_amount and > fee (400), fresh credited balance
-        >= amount (409). Then the request id is stored, ``requested`` published, the burn submitted."""
+        >= amount (409), credited minus what strategy-engine reserved and holds >= amount (409; also when
+        its ``risk.reservations`` summary is missing or older than ``LIQUIDITY_RESERVATIONS_MAX_AGE_MS``).
+        Then the request id is stored and ``requested`` published; once strategy-engine's summary shows
+        the hold (within ``HOLD_ACK_TIMEOUT_S``) the balance is read again and the reservation check made
+        again against that summary (the read must be at or after its ``balances_block_height``), then the
+        burn submitted; otherwise the record fails unsent (409) and the hold is released."""
         body = await read_json_object(request)
         req = self._parse_request(body, ("asset_id", "amount", "destination_address", "request_id"))
         request_id = self._request_id(body, req)
@@ -822,7 +956,7 @@ class LiquidityManager(Service):
                     req, request_id, 400, f"amount {req.amount} does not exceed the withdrawal fee {fee}"
                 )
             try:
-                balances, _ = await self.verifier.mt_batch_balance_of(account, [req.asset.token_id])
+                balances, height = await self.verifier.mt_batch_balance_of(account, [req.asset.token_id])
             except IntentsMMError as exc:
                 raise await self._refuse(
                     req, request_id, 502, f"credited balance read failed: {exc}"
@@ -832,6 +966,10 @@ class LiquidityManager(Service):
                 raise await self._refuse(
                     req, request_id, 409, f"amount {req.amount} exceeds the credited balance {credited}"
                 )
+            await self._await_first_summary()
+            problem, _figures = self.reservation_problem(req.asset.token_id, req.amount, credited, height)
+            if problem is not None:
+                raise await self._refuse(req, request_id, 409, problem)
             now = self.clock.now_ns()
             record = WithdrawalRecord(
                 action_id=request_id,
@@ -854,10 +992,48 @@ class LiquidityManager(Service):
                     req, request_id, 503, f"could not store the request id, not withdrawing: {exc}"
                 ) from None
             await self._publish_step(record, {"withdrawal_fee": str(fee), "credited": str(credited)})
+            # strategy-engine holds the amount on seeing "requested"; only once its summary shows the
+            # hold can no new quote promise these funds, so check again against that summary, with a
+            # balance read at or after the block its releases are based on
+            problem = await self._recheck_with_hold(req, request_id)
+            if problem is not None:
+                await self._fail_unsent(record, problem)
+                raise HttpError(409, problem, request_id=request_id)
             await self._submit(record, req)
         await self._publish_state(force=True)
         status = 200 if record.status == SUBMITTED else 502
         return json_response(self._view(record, duplicate=False), status=status)
+
+    async def _recheck_with_hold(self, req: _Request, request_id: str) -> str | None:
+        """The second check of ``/withdraw`` (see :meth:`_withdraw`); the reason to stop, or None."""
+        if not await self._await_hold(request_id):
+            return (
+                f"strategy-engine did not show a hold for this withdrawal within {HOLD_ACK_TIMEOUT_S} s; "
+                "nothing was withdrawn"
+            )
+        assert self.verifier is not None and self.account is not None
+        try:
+            balances, height = await self.verifier.mt_batch_balance_of(self.account, [req.asset.token_id])
+        except IntentsMMError as exc:
+            return f"credited balance read failed: {exc}; nothing was withdrawn"
+        credited = balances[req.asset.token_id]
+        if req.amount > credited:
+            return f"amount {req.amount} exceeds the credited balance {credited}"
+        problem, _figures = self.reservation_problem(
+            req.asset.token_id, req.amount, credited, height, own_hold=request_id
+        )
+        return problem
+
+    async def _fail_unsent(self, record: WithdrawalRecord, reason: str) -> None:
+        """A requested withdrawal that is not sent after all: final, nothing withdrawn (hold released)."""
+        record.status, record.error = SUBMIT_FAILED, f"not sent: {reason}"
+        record.updated_ns = self.clock.now_ns()
+        try:
+            await self._save_records()
+        except StoreError as exc:
+            self._error("store", f"could not save withdrawal {record.action_id}: {exc}")
+        await self._publish_step(record)
+        await self._publish_state(force=True)
 
     async def _submit(self, record: WithdrawalRecord, req: _Request) -> None:
         assert self.sender is not None
@@ -1046,6 +1222,17 @@ class LiquidityManager(Service):
             "contract_id": self.contract_id,
             "withdrawals_frozen": self.frozen,
             "signer_configured": self.sender is not None,
+            "reservations": None
+            if self.reservations is None
+            else {
+                "age_ms": self.reservations_age_ms(),
+                "max_age_ms": self.reservations_max_age_ns // MS,
+                "seq": self.reservations.seq,
+                "reserved_out": {k: str(v) for k, v in self.reservations.reserved_out.items()},
+                "held": {k: str(v) for k, v in self.reservations.held.items()},
+                "hold_ids": self.reservations.hold_ids,
+                "live": self.reservations.live,
+            },
             "deposit_addresses": {
                 chain: {"address": a.address, "memo": a.memo, "assets": by_symbol.get(chain, [])}
                 for chain, a in self.deposit_addresses.items()

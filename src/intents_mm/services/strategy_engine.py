@@ -21,6 +21,26 @@ Limit sources: each limit comes from its ``STRATEGY_*`` variable (``environment`
 value wins over the environment after a restart). Every start logs one INFO line listing each
 limit with its source; ``/state`` shows them (``limit_sources``). A stored record written before
 sources were recorded (no ``_set`` list) applies every stored limit, each shown as stored.
+
+Reservations (:class:`ReservationKeeper` over ``domain.risk.ReservationBook``; see
+docs/services/strategy-engine.md):
+
+- every command reserves what it could take out; a *live signed quote*
+  (``messages.is_live_signed_quote``: accepted, or an error carrying a quote hash and deadline) keeps
+  it until its signed deadline; any other result releases it;
+- a ``demand.quote_status`` marks it filled, and a filled reservation is released only by the
+  ``inventory.snapshot`` that lists its quote hash in ``settled_quote_hashes`` (inventory-sync lists a
+  settlement once the balance change between two reads, the later at ``block_height``, matched it:
+  block order, never the wall clock); a fill no snapshot confirms within
+  ``STRATEGY_FILL_CONFIRM_TIMEOUT_MS`` is released with a warning and counted;
+- an unfilled reservation expires only once the snapshot in use was read more than the margin after
+  its deadline; a snapshot from a lower block than the one in use never replaces it;
+- a ``liquidity.action`` withdraw ``requested`` holds its amount until a snapshot lists it in
+  ``landed_withdrawals`` (or it failed without a burn);
+- at start the book is rebuilt from the store (:func:`book_from_records`); it refuses to start when the
+  store cannot be read (an empty book could promise the same funds twice);
+- ``risk.reservations`` (:class:`~intents_mm.messages.ReservationSummary`) is published on every
+  change (coalesced) and every second, for liquidity-manager's withdrawal checks.
 """
 
 from __future__ import annotations
@@ -38,32 +58,41 @@ from aiohttp import web
 
 from intents_mm.bus.port import Delivery, redelivery_delay_s
 from intents_mm.domain.amounts import Rounding, format_units, parse_plain_decimal, to_units
+from intents_mm.domain.assets import Pair
 from intents_mm.domain.pricing import Inventory, PricedQuote, PricingParams, QuoteRequest, price_quote
 from intents_mm.domain.risk import (
+    Hold,
     Limits,
     LossGuard,
+    RecordedQuote,
     Reservation,
     ReservationBook,
     check_limits,
     first_failure,
+    rebuild_book,
 )
 from intents_mm.errors import InputError, IntentsMMError
 from intents_mm.messages import (
+    RESERVATIONS,
     DecisionOutcome,
     ExecuteTrade,
     InventorySnapshot,
     LimitCheck,
+    LiquidityAction,
     OperatorAction,
     PortfolioMetrics,
     QuoteStatus,
     ReferencePrice,
+    ReservationSummary,
     SwapRequest,
     TradeDecision,
     TradeResult,
     decode,
+    is_live_signed_quote,
 )
 from intents_mm.services.near_intents_ingest import SIGN_SEND_ALLOWANCE_NS, AgeShedder
 from intents_mm.services.runtime import HttpError, Route, Service, json_response, read_json_object
+from intents_mm.storage.store import ReservationRecords
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +113,9 @@ LATE_REJECTION_MARKERS = (
 )
 JUMP_COOLDOWN_NS = 10_000 * MS
 RESERVATION_MARGIN_NS = 5_000 * MS
+SUMMARY_HEARTBEAT_S = 1.0  # risk.reservations at least this often
+SUMMARY_COALESCE_S = 0.02  # and at most once per this on changes
+EARLY_FILL_MEMORY = 10_000
 
 # operator-facing limit names (human units) -> how they map onto domain Limits
 LIMIT_FIELDS: dict[str, str] = {
@@ -185,10 +217,13 @@ class StrategyEngine(Service):
         self.reference: ReferencePrice | None = None
         self.reference_rx_ns = 0
         self.last_jump_ns: int | None = None
-        self.inventory: InventorySnapshot | None = None
         self.fee_pips: int | None = None
-        self.book = ReservationBook()
-        self.command_by_hash: dict[str, str] = {}
+        self.fill_confirm_timeout_ns: int = c["STRATEGY_FILL_CONFIRM_TIMEOUT_MS"] * MS
+        self.keeper = ReservationKeeper(fill_confirm_timeout_ns=self.fill_confirm_timeout_ns)
+        self.rebuilt: dict[str, Any] | None = None
+        self.summary_seq = 0
+        self._summary_changed = asyncio.Event()
+        self._summary_changed.set()  # the first summary goes out as soon as the engine runs
         self.seen_quotes: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._unpublished: dict[str, TradeDecision] = {}  # quote id -> decision the bus refused
         self.venue_error_streak = 0
@@ -278,20 +313,129 @@ class StrategyEngine(Service):
             self.name,
             ", ".join(f"{k}={self.human_limits[k]} ({self.limit_sources[k]})" for k in LIMIT_FIELDS),
         )
+        await self._rebuild_reservations()
         self._subs = [
             await self.subscribe(["market.reference_price"], f"{self.name}-reference", self._on_reference),
             await self.subscribe(["inventory.snapshot"], f"{self.name}-inventory", self._on_inventory),
             await self.subscribe(["exec.trade_result"], f"{self.name}-results", self._on_result),
             await self.subscribe(["demand.quote_status"], f"{self.name}-status", self._on_status),
             await self.subscribe(["portfolio.metrics"], f"{self.name}-metrics", self._on_metrics),
+            await self.subscribe(["liquidity.action"], f"{self.name}-liquidity", self._on_liquidity),
             await self.subscribe(["control.operator_action"], f"{self.name}-control", self._on_control),
             await self.subscribe(["demand.swap_request"], f"{self.name}-demand", self._on_request),
         ]
 
     async def run(self) -> None:
+        self.spawn(self._publish_summaries(), "reservations")
         while True:
             await asyncio.sleep(0.5)
-            self.book.expire(self.clock.now_ns(), grace_ns=RESERVATION_MARGIN_NS)
+            self.expire_reservations()
+
+    @property
+    def book(self) -> ReservationBook:
+        return self.keeper.book
+
+    @property
+    def inventory(self) -> InventorySnapshot | None:
+        """The latest inventory snapshot in use (see :meth:`ReservationKeeper.on_snapshot`)."""
+        return self.keeper.inventory
+
+    def expire_reservations(self) -> None:
+        """Unfilled reservations past their deadline (plus margin) go; filled ones and withdrawal holds
+        no snapshot confirmed within ``STRATEGY_FILL_CONFIRM_TIMEOUT_MS`` go too, logged and counted."""
+        expired, fills, holds = self.keeper.expire(self.clock.now_ns())
+        for res in fills:
+            log.warning(
+                "%s: fill of quote %s (%s) not confirmed by any inventory snapshot within %d ms: "
+                "reservation of %d %s released",
+                self.name,
+                res.quote_hash,
+                res.command_id,
+                self.fill_confirm_timeout_ns // MS,
+                res.amount_out,
+                res.asset_out,
+            )
+        for hold in holds:
+            log.warning(
+                "%s: withdrawal %s not shown by any inventory snapshot within %d ms: hold of %d %s released",
+                self.name,
+                hold.hold_id,
+                self.fill_confirm_timeout_ns // MS,
+                hold.amount,
+                hold.asset,
+            )
+        if expired or fills or holds:
+            self._summary_changed.set()
+
+    # -- reservations: restart rebuild and the summary ---------------------------------------------
+    async def _rebuild_reservations(self) -> None:
+        """Rebuild the book from the store (see the module docstring); without a store it starts empty."""
+        store = self.ctx.store
+        if store is None:
+            log.warning("%s: no history store: the reservation book starts empty", self.name)
+            return
+        now = self.clock.now_ns()
+        max_deadline_ns = (int(self.human_limits["max_min_deadline_ms"]) + self.buffer_ms) * MS
+        # a command older than any deadline it could carry (plus margin) can no longer settle
+        commands_since = now - max_deadline_ns - 2 * RESERVATION_MARGIN_NS
+        settled_since = now - self.fill_confirm_timeout_ns
+        try:
+            records = await store.reservation_records(
+                commands_since_ns=commands_since, settled_since_ns=min(settled_since, commands_since)
+            )
+            signed = await store.live_signed_quotes(now - RESERVATION_MARGIN_NS)
+        except IntentsMMError as exc:
+            # Quoting with an empty book after a restart could promise the same funds twice.
+            raise IntentsMMError(f"{self.name}: cannot rebuild the reservation book: {exc}") from None
+        self.keeper.rebuild(records, signed, now, pair=self.pair, buffer_ms=self.buffer_ms)
+        self.rebuilt = {
+            "live": len(self.book.live),
+            "filled_unconfirmed": self.book.filled_unconfirmed(),
+            "holds": len(self.book.holds),
+            "commands_read": len(records.commands),
+            "at_ns": now,
+        }
+        log.info(
+            "%s: reservation book rebuilt from the store: %d live (%d filled awaiting a snapshot), "
+            "%d withdrawal holds; reserved out %s",
+            self.name,
+            len(self.book.live),
+            self.book.filled_unconfirmed(),
+            len(self.book.holds),
+            {a.symbol: format_units(a, self.book.promised(a.token_id)) for a in self.pair.assets()},
+        )
+
+    def reservation_summary(self) -> ReservationSummary:
+        assets = [a.token_id for a in self.pair.assets()]
+        self.summary_seq += 1
+        return ReservationSummary(
+            reserved_out={a: self.book.reserved_out(a) for a in assets},
+            held={a: self.book.held(a) for a in assets},
+            hold_ids=sorted(self.book.holds),
+            live=len(self.book.live),
+            filled_unconfirmed=self.book.filled_unconfirmed(),
+            balances_block_height=self.keeper.balances_block,
+            seq=self.summary_seq,
+            started_ns=self.started_ns,
+            ts_ns=self.clock.now_ns(),
+        )
+
+    async def _publish_summaries(self) -> None:
+        """``risk.reservations`` on every change (coalesced) and as a heartbeat."""
+        while True:
+            try:
+                await asyncio.wait_for(self._summary_changed.wait(), timeout=SUMMARY_HEARTBEAT_S)
+            except TimeoutError:
+                pass
+            self._summary_changed.clear()
+            summary = self.reservation_summary()
+            try:
+                await self.publish(
+                    RESERVATIONS, summary, msg_id=f"reservations:{self.started_ns}:{summary.seq}"
+                )
+            except IntentsMMError as exc:
+                log.warning("%s: reservation summary not published: %s", self.name, exc)
+            await asyncio.sleep(SUMMARY_COALESCE_S)
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -309,40 +453,45 @@ class StrategyEngine(Service):
 
     async def _on_inventory(self, d: Delivery) -> None:
         payload = decode(d.data).payload
-        if isinstance(payload, InventorySnapshot) and not payload.stale:
-            self.inventory = payload
-            if payload.fee_pips is not None:
+        if isinstance(payload, InventorySnapshot):
+            if not payload.stale and payload.fee_pips is not None:
                 self.fee_pips = payload.fee_pips
-            self.book.on_inventory(payload.read_ts_ns)
+            if self.keeper.on_snapshot(payload):
+                self._summary_changed.set()
         await d.ack()
 
     async def _on_result(self, d: Delivery) -> None:
         payload = decode(d.data).payload
         if isinstance(payload, TradeResult):
+            if self.keeper.on_result(payload):
+                self.counters.fills += 1
+            self._summary_changed.set()
             if payload.outcome == "accepted":
                 self.venue_error_streak = 0
-                if payload.quote_hash:
-                    self.command_by_hash[payload.quote_hash] = payload.command_id
-            else:
-                self.book.release(payload.command_id)
-                if payload.outcome == "dropped_late":
-                    self.counters.late_drops += 1  # our lateness: neither counts nor breaks the streak
-                elif payload.outcome == "rejected" and is_late_rejection(payload.error):
-                    self.counters.late_rejections += 1
-                elif payload.outcome in ("rejected", "error"):
-                    self.venue_error_streak += 1
-                    if self.venue_error_streak == VENUE_ERROR_STREAK:
-                        self.counters.venue_error_pauses += 1
-                    if self.venue_error_streak >= VENUE_ERROR_STREAK:
-                        self.venue_error_until_ns = self.clock.now_ns() + VENUE_ERROR_COOLDOWN_NS
+            elif payload.outcome == "dropped_late":
+                self.counters.late_drops += 1  # our lateness: neither counts nor breaks the streak
+            elif payload.outcome == "rejected" and is_late_rejection(payload.error):
+                self.counters.late_rejections += 1
+            elif payload.outcome in ("rejected", "error"):
+                self.venue_error_streak += 1
+                if self.venue_error_streak == VENUE_ERROR_STREAK:
+                    self.counters.venue_error_pauses += 1
+                if self.venue_error_streak >= VENUE_ERROR_STREAK:
+                    self.venue_error_until_ns = self.clock.now_ns() + VENUE_ERROR_COOLDOWN_NS
         await d.ack()
 
     async def _on_status(self, d: Delivery) -> None:
         payload = decode(d.data).payload
-        if isinstance(payload, QuoteStatus):
-            command_id = self.command_by_hash.pop(payload.quote_hash, None)
-            if command_id is not None and self.book.mark_filled(command_id, self.clock.now_ns()):
-                self.counters.fills += 1
+        if isinstance(payload, QuoteStatus) and self.keeper.on_status(payload, self.clock.now_ns()):
+            self.counters.fills += 1
+            self._summary_changed.set()
+        await d.ack()
+
+    async def _on_liquidity(self, d: Delivery) -> None:
+        """A withdrawal holds its amount from its request until a snapshot shows the burn."""
+        payload = decode(d.data).payload  # InputError: a dead letter (Service.subscribe)
+        if isinstance(payload, LiquidityAction) and self.keeper.on_liquidity(payload, self.clock.now_ns()):
+            self._summary_changed.set()
         await d.ack()
 
     async def _on_metrics(self, d: Delivery) -> None:
@@ -574,6 +723,7 @@ class StrategyEngine(Service):
                     expires_ns=now + deadline_ms * MS,
                 )
             )
+            self._summary_changed.set()
         armed = self.armed
         reference_mid = self.reference.mid if self.reference else None
 
@@ -747,10 +897,21 @@ class StrategyEngine(Service):
             "fee_pips": self.fee_pips,
             "reservations": {
                 "live": len(self.book.live),
+                "filled_unconfirmed": self.book.filled_unconfirmed(),
                 "outstanding_eure": self.book.outstanding_eure(),
                 "reserved_out": {
                     a.symbol: format_units(a, self.book.reserved_out(a.token_id)) for a in self.pair.assets()
                 },
+                "withdrawal_holds": {
+                    h.hold_id: {"asset": h.asset, "amount": str(h.amount)} for h in self.book.holds.values()
+                },
+                "held": {a.symbol: format_units(a, self.book.held(a.token_id)) for a in self.pair.assets()},
+                "fill_confirm_timeout_ms": self.fill_confirm_timeout_ns // MS,
+                "fills_confirmed": self.keeper.fills_confirmed,
+                "fill_confirm_timeouts": self.keeper.fill_confirm_timeouts,
+                "hold_timeouts": self.keeper.hold_timeouts,
+                "summary_seq": self.summary_seq,
+                "rebuilt": self.rebuilt,
             },
             "limit_sources": dict(self.limit_sources),
             "loss_guard": self._loss_guard_state(),
@@ -763,3 +924,209 @@ class StrategyEngine(Service):
             "declined_by_reason": dict(self.declines),
             "last_decisions": list(self.last_decisions),
         }
+
+
+class ReservationKeeper:
+    """The strategy's reservation state and how each bus input changes it (no I/O, no clock).
+
+    - ``on_snapshot``: a non-stale snapshot from a block at or after the one in use (and after the
+      rebuild's) becomes the inventory in use; its ``settled_quote_hashes`` / ``landed_withdrawals``
+      release the filled reservations and withdrawal holds its balances now include, in the same
+      step, so no decision sees the new balances with the old claims or the reverse.
+    - ``on_result``: a live signed quote (``messages.is_live_signed_quote``) keeps its reservation
+      until its signed deadline, anything else releases it.
+    - ``on_status``: the reservation of the reported quote hash is marked filled; a report whose result
+      has not arrived yet is remembered and applied when it does.
+    - ``on_liquidity``: withdrawal holds (:func:`apply_withdrawal_action`).
+    - ``expire``: unfilled reservations go once balances read past their deadline plus grace are in use;
+      filled ones and holds no snapshot confirmed within ``fill_confirm_timeout_ns`` go (counted).
+    - ``rebuild``: the book from the store after a restart (:func:`book_from_records`).
+    """
+
+    def __init__(self, *, fill_confirm_timeout_ns: int, grace_ns: int = RESERVATION_MARGIN_NS) -> None:
+        self.book = ReservationBook()
+        self.inventory: InventorySnapshot | None = None
+        self.fill_confirm_timeout_ns = fill_confirm_timeout_ns
+        self.grace_ns = grace_ns
+        self.min_snapshot_block = 0  # after a rebuild: older snapshots predate confirmations applied
+        self.early_fills: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.fills_confirmed = 0
+        self.fill_confirm_timeouts = 0
+        self.hold_timeouts = 0
+
+    @property
+    def balances_block(self) -> int:
+        """The newest block whose balances released claims (``ReservationSummary.balances_block_height``)."""
+        return max(self.min_snapshot_block, self.inventory.block_height if self.inventory else 0)
+
+    def _remember_fill(self, quote_hash: str, ts_ns: int) -> None:
+        self.early_fills[quote_hash] = ts_ns
+        while len(self.early_fills) > EARLY_FILL_MEMORY:
+            self.early_fills.popitem(last=False)
+
+    def on_snapshot(self, snap: InventorySnapshot) -> bool:
+        """Apply a snapshot; True when the claims changed."""
+        if snap.stale:
+            return False
+        if snap.block_height >= self.balances_block:
+            self.inventory = snap
+        confirmed = self.book.confirm(snap.settled_quote_hashes)
+        landed = self.book.confirm_withdrawals(snap.landed_withdrawals)
+        self.fills_confirmed += len(confirmed)
+        return bool(confirmed or landed)
+
+    def on_result(self, result: TradeResult) -> bool:
+        """Apply an executor result; True when it marked a reported settlement filled."""
+        if is_live_signed_quote(result):
+            assert result.quote_hash is not None and result.deadline_ns is not None
+            self.book.bind(result.command_id, result.quote_hash, result.deadline_ns)
+            filled_ns = self.early_fills.pop(result.quote_hash, None)
+            return filled_ns is not None and self.book.fill(result.quote_hash, filled_ns) is not None
+        self.book.release(result.command_id)
+        return False
+
+    def on_status(self, status: QuoteStatus, now_ns: int) -> bool:
+        """Apply a settlement report; True when a reservation was marked filled."""
+        if self.book.command_for(status.quote_hash) is None:
+            self._remember_fill(status.quote_hash, now_ns)  # its result may still come
+            return False
+        return self.book.fill(status.quote_hash, now_ns) is not None
+
+    def on_liquidity(self, action: LiquidityAction, now_ns: int) -> bool:
+        return apply_withdrawal_action(self.book, action, now_ns)
+
+    def expire(self, now_ns: int) -> tuple[list[Reservation], list[Reservation], list[Hold]]:
+        """``(expired unfilled, fills never confirmed, holds never shown)``, all dropped."""
+        seen_until = self.inventory.read_ts_ns if self.inventory is not None else 0
+        expired = self.book.expire(now_ns, grace_ns=self.grace_ns, seen_until_ns=seen_until)
+        fills = self.book.expire_filled(now_ns, safety_ns=self.fill_confirm_timeout_ns)
+        holds = self.book.expire_holds(now_ns, safety_ns=self.fill_confirm_timeout_ns)
+        self.fill_confirm_timeouts += len(fills)
+        self.hold_timeouts += len(holds)
+        return expired, fills, holds
+
+    def rebuild(
+        self,
+        records: ReservationRecords,
+        signed: list[tuple[str, str, str, int]],
+        now_ns: int,
+        *,
+        pair: Pair,
+        buffer_ms: int,
+    ) -> None:
+        self.book, unmatched, self.min_snapshot_block = book_from_records(
+            records, signed, now_ns, pair=pair, buffer_ms=buffer_ms, grace_ns=self.grace_ns
+        )
+        self.early_fills.clear()
+        for quote_hash, ts in unmatched.items():  # a status whose result comes later
+            self._remember_fill(quote_hash, ts)
+
+
+def apply_withdrawal_action(book: ReservationBook, action: LiquidityAction, now_ns: int) -> bool:
+    """Hold or release for one ``liquidity.action`` of kind ``withdraw``; True when the book changed.
+
+    ``requested`` holds the amount. ``failed``/``refused`` release it only when no burn can have
+    happened (no ``near_tx_hash`` and the outcome is not unknown); otherwise the hold waits for the
+    snapshot that shows the burn (``InventorySnapshot.landed_withdrawals``)."""
+    if action.kind != "withdraw" or action.asset_id is None or action.amount is None:
+        return False
+    if action.status == "requested":
+        if action.action_id in book.holds:
+            return False
+        return book.hold(Hold(action.action_id, action.asset_id, action.amount, now_ns))
+    if (
+        action.status in ("failed", "refused")
+        and action.near_tx_hash is None
+        and not action.detail.get("outcome_unknown")
+    ):
+        return book.release_hold(action.action_id) is not None
+    return False
+
+
+def withdrawal_holds(actions: list[tuple[int, LiquidityAction]], landed: set[str]) -> list[Hold]:
+    """The holds still in force after replaying stored ``withdraw`` actions (oldest first)."""
+    book = ReservationBook()
+    for ts, action in actions:
+        apply_withdrawal_action(book, action, ts)
+    return [h for h in book.holds.values() if h.hold_id not in landed]
+
+
+def book_from_records(
+    records: ReservationRecords,
+    signed: list[tuple[str, str, str, int]],
+    now_ns: int,
+    *,
+    pair: Pair,
+    buffer_ms: int,
+    grace_ns: int,
+) -> tuple[ReservationBook, dict[str, int], int]:
+    """The reservation book from the store's records (see the module docstring), the settlement
+    reports not matched to any quote (quote hash -> report time: the result may still come) and the
+    highest block of the stored snapshots whose confirmations were applied.
+
+    ``signed``: the executor ledger's live signed quotes ``(command_id, quote_hash, nonce, deadline)``;
+    they name the quote hash of a command whose result was never stored."""
+    results: dict[str, TradeResult] = {}
+    for r in records.results:
+        if r.command_id not in results or is_live_signed_quote(r):
+            results[r.command_id] = r
+    ledger = {command_id: (qh, deadline) for command_id, qh, _nonce, deadline in signed}
+    status_ns = {st.quote_hash: ts for ts, st in records.statuses}
+    confirmed = set(records.confirmed_settlements)
+    quote_asset = pair.quote
+    quotes: list[RecordedQuote] = []
+    seen_hashes: set[str] = set()
+    for ts, cmd in records.commands:
+        result = results.get(cmd.command_id)
+        live = result is not None and is_live_signed_quote(result)
+        qh = result.quote_hash if live and result is not None else None
+        deadline = result.deadline_ns if live and result is not None else None
+        if qh is None and cmd.command_id in ledger:  # signed, but its result was never stored
+            qh, deadline = ledger[cmd.command_id]
+            live = True
+        if qh is not None:
+            seen_hashes.add(qh)
+        units = cmd.amount_in if cmd.asset_in == quote_asset.token_id else cmd.amount_out
+        quotes.append(
+            RecordedQuote(
+                command_id=cmd.command_id,
+                quote_id=cmd.quote_id,
+                asset_in=cmd.asset_in,
+                amount_in=cmd.amount_in,
+                asset_out=cmd.asset_out,
+                amount_out=cmd.amount_out,
+                notional_eure=Decimal(units).scaleb(-quote_asset.decimals) / pair.quote_per_fiat,
+                latest_deadline_ns=ts + (cmd.min_deadline_ms + buffer_ms) * MS,
+                has_result=result is not None or live,
+                live_signed=live,
+                quote_hash=qh,
+                deadline_ns=deadline,
+                settled_ns=status_ns.get(qh) if qh is not None else None,
+                confirmed=qh is not None and qh in confirmed,
+            )
+        )
+    # fills older than the command window, still waiting for a confirming snapshot
+    for st in records.settlements:
+        if st.quote_hash in seen_hashes or st.quote_hash in confirmed:
+            continue
+        seen_hashes.add(st.quote_hash)
+        quotes.append(
+            RecordedQuote(
+                command_id=st.command_id or f"settlement:{st.quote_hash}",
+                quote_id=st.quote_id or "",
+                asset_in=st.asset_in,
+                amount_in=st.amount_in,
+                asset_out=st.asset_out,
+                amount_out=st.amount_out,
+                notional_eure=Decimal(0),
+                latest_deadline_ns=st.settled_ts_ns,
+                has_result=True,
+                live_signed=True,
+                quote_hash=st.quote_hash,
+                settled_ns=st.settled_ts_ns,
+            )
+        )
+    holds = withdrawal_holds(records.withdraw_actions, set(records.landed_withdrawals))
+    book = rebuild_book(quotes, holds, now_ns, grace_ns=grace_ns)
+    unmatched = {qh: ts for qh, ts in status_ns.items() if qh not in seen_hashes and qh not in confirmed}
+    return book, unmatched, records.latest_snapshot_block

@@ -12,6 +12,8 @@ Failure handling:
   ``retry_max_s``) while new deliveries wait in a bounded queue (which pushes back on the bus).
   ``healthy`` turns False and ``last_error`` says why; once the database is back the backlog
   drains. Writes are idempotent by ``msg_id``, so a redelivered message is never stored twice.
+- a state broadcast without a table (``messages.EPHEMERAL_SUBJECTS``: ``risk.reservations``) is
+  acked and skipped (not counted).
 - malformed message (not a valid envelope for its subject): acked and counted as poison, never
   retried. The same holds for a message the database refuses for its content
   (:class:`StoreRejectedError`): the batch is split in halves until the refused message is isolated,
@@ -214,6 +216,9 @@ class HistoryPersister:
     async def _on_delivery(self, delivery: Delivery) -> None:
         if self._stopping:
             return  # left un-acked: redelivered after the restart
+        if delivery.subject in m.EPHEMERAL_SUBJECTS:
+            await self._ack(delivery)  # a state broadcast (heartbeat), not history: no table
+            return
         self.received += 1
         try:
             env = m.decode(delivery.data, subject=delivery.subject)

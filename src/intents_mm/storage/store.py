@@ -47,6 +47,21 @@ YIELD_EVERY: Final = 16
 MARKOUT_HORIZONS_S: Final = (1, 10, 60, 300)
 
 
+class ReservationRecords(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`HistoryStore.reservation_records` read back for strategy-engine's start-up rebuild.
+
+    Lists hold ``(envelope ts_ns, payload)`` pairs in insertion order."""
+
+    commands: list[tuple[int, m.ExecuteTrade]]
+    results: list[m.TradeResult]
+    statuses: list[tuple[int, m.QuoteStatus]]
+    settlements: list[m.Settlement]
+    confirmed_settlements: list[str]  # quote hashes some stored snapshot listed as shown
+    landed_withdrawals: list[str]  # withdrawal action ids some stored snapshot listed as shown
+    withdraw_actions: list[tuple[int, m.LiquidityAction]]  # kind "withdraw"
+    latest_snapshot_block: int = 0  # the highest block_height of those snapshots
+
+
 class StoreRejectedError(StoreError):
     """The database refused the data itself (out-of-range value, invalid text); retrying won't help."""
 
@@ -505,11 +520,66 @@ class HistoryStore:
             raise StoreError(f"{t.name} holds a {type(payload).__name__}, expected {payload_type.__name__}")
         return payload
 
-    async def accepted_trade_result(self, quote_hash: str) -> m.TradeResult | None:
-        """Our accepted ``exec.trade_result`` carrying ``quote_hash`` (indexed lookup), or None."""
+    async def live_signed_trade_result(self, quote_hash: str) -> m.TradeResult | None:
+        """Our newest ``exec.trade_result`` carrying ``quote_hash`` that makes it a live signed quote
+        (:func:`intents_mm.messages.is_live_signed_quote`: accepted, or an error with a quote hash and
+        deadline), by an indexed lookup; None when there is none."""
         t = s.trade_execution_results
-        return await self._latest_payload(
-            t, m.TradeResult, t.c.quote_hash == quote_hash, t.c.outcome == "accepted"
+        result = await self._latest_payload(
+            t, m.TradeResult, t.c.quote_hash == quote_hash, t.c.outcome.in_(("accepted", "error"))
+        )
+        return result if result is not None and m.is_live_signed_quote(result) else None
+
+    async def _payloads_since(
+        self, t: sa.Table, payload_type: type[P], since_ns: int, *where: sa.ColumnElement[bool]
+    ) -> list[tuple[int, P]]:
+        """``(ts_ns, payload)`` of the rows of ``t`` with an envelope time at or after ``since_ns``
+        (the ts index narrows the scan), in insertion order."""
+        stmt = (
+            sa.select(t.c.id, sa.cast(t.c.payload, sa.Text), t.c.ts_ns)
+            .where(t.c.ts >= ns_to_datetime(since_ns), t.c.ts_ns >= since_ns, *where)
+            .order_by(t.c.id)
+        )
+        out: list[tuple[int, P]] = []
+        for row in await self._fetch(stmt, f"read of {t.name}"):
+            payload = self._to_event(t, row).envelope.payload
+            if not isinstance(payload, payload_type):
+                raise StoreError(
+                    f"{t.name} holds a {type(payload).__name__}, expected {payload_type.__name__}"
+                )
+            out.append((int(row[2]), payload))
+        return out
+
+    async def reservation_records(
+        self, *, commands_since_ns: int, settled_since_ns: int
+    ) -> ReservationRecords:
+        """Everything strategy-engine needs to rebuild its reservation book after a restart.
+
+        Commands and results published at or after ``commands_since_ns`` (a command older than that is
+        past any deadline it could carry); quote statuses, settlements, withdrawals and the inventory
+        snapshots' confirmations since ``settled_since_ns`` (the fill-confirmation safety window).
+        Every read is narrowed by an indexed ``ts`` (``settled_ts`` for settlements)."""
+        commands = await self._payloads_since(s.execute_trade_commands, m.ExecuteTrade, commands_since_ns)
+        results = await self._payloads_since(s.trade_execution_results, m.TradeResult, commands_since_ns)
+        statuses = await self._payloads_since(s.quote_status_events, m.QuoteStatus, settled_since_ns)
+        snaps = s.intent_inventory_snapshots
+        snapshots = await self._payloads_since(
+            snaps, m.InventorySnapshot, settled_since_ns, snaps.c.stale.is_(False)
+        )
+        actions_t = s.liquidity_actions
+        actions = await self._payloads_since(
+            actions_t, m.LiquidityAction, settled_since_ns, actions_t.c.kind == "withdraw"
+        )
+        settled = await self.settlements(limit=1_000_000, since_ts_ns=settled_since_ns)
+        return ReservationRecords(
+            commands=commands,
+            results=[r for _, r in results],
+            statuses=statuses,
+            settlements=settled,
+            confirmed_settlements=[h for _, snap in snapshots for h in snap.settled_quote_hashes],
+            landed_withdrawals=[a for _, snap in snapshots for a in snap.landed_withdrawals],
+            withdraw_actions=actions,
+            latest_snapshot_block=max((snap.block_height for _, snap in snapshots), default=0),
         )
 
     async def latest_inventory(self) -> m.InventorySnapshot | None:
