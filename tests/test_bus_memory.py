@@ -191,7 +191,7 @@ def test_subject_patterns_follow_nats_rules() -> None:
     assert pattern_matches("*.snapshot", "inventory.snapshot")
     m = matcher(["exec.*", "control.operator_action"])
     assert [s for s in ALL_SUBJECTS if m(s)] == ["exec.trade_result", "control.operator_action"]
-    assert len(ALL_SUBJECTS) == 11
+    assert len(ALL_SUBJECTS) == 12
     for subject in ALL_SUBJECTS:
         assert validate_subject(subject) == subject
 
