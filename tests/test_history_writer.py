@@ -9,6 +9,7 @@ settlement with its markouts and the exact portfolio figures, including
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -170,7 +171,9 @@ class Env:
 
 
 async def make_env(store: HistoryStore, clock: ManualClock, bus: Bus | None = None) -> Env:
-    config = load_config({"HISTORY_METRICS_MS": "600000"}, dotenv=None)
+    # a private var directory: the spill journal of one test must never be replayed into another's store
+    var_dir = tempfile.mkdtemp(prefix="hw-var-")
+    config = load_config({"HISTORY_METRICS_MS": "600000", "INTENTS_MM_VAR_DIR": var_dir}, dotenv=None)
     bus = bus or make_bus(None)
     await bus.start()
     running = await start_services(

@@ -4,8 +4,13 @@ Three jobs, one service:
 
 - **Persistence.** :class:`~intents_mm.storage.persistence.HistoryPersister` stores every bus subject in
   its table (batches, idempotent by ``msg_id``, acked only after commit, holds and retries while the
-  database is down). ``/healthz`` fails while the store does not answer (a ping every few seconds,
-  and the persister's own write failures), and says so.
+  database is down). While the store cannot be written the persister spills what it received to the
+  local journal ``<INTENTS_MM_VAR_DIR>/history-writer/journal/`` (fsynced, then acked) and replays it
+  into the store at the next start and once the store is back, so a crash during an outage loses
+  nothing (:mod:`intents_mm.storage.journal`). ``/healthz`` fails (503) while the store does not answer
+  (a ping every few seconds, and the persister's own write failures), saying why and how many rows
+  the journal holds; ``/state`` shows the journal (``persister.journal``) and the messages the store
+  refused, which are put aside in ``journal/rejected.jsonl``.
 - **Settlement follow-up.** Each ``demand.quote_status`` is matched by ``quote_hash`` to our
   ``exec.trade_result`` with outcome ``accepted`` (either may arrive first; on start the recent rows
   of both tables are read back from the store, and a status whose result is not in memory is looked
@@ -32,8 +37,10 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal, localcontext
+from pathlib import Path
 from typing import Any, Final, Literal
 
+import msgspec
 from aiohttp import web
 
 from intents_mm import messages as m
@@ -42,6 +49,7 @@ from intents_mm.domain.assets import Pair
 from intents_mm.domain.pnl import compute_pnl, markout_bps
 from intents_mm.errors import BusError, InputError, IntentsMMError, StoreError
 from intents_mm.services.runtime import Check, Route, Service, ServiceContext, json_response
+from intents_mm.storage.journal import SpillJournal
 from intents_mm.storage.persistence import HistoryPersister
 from intents_mm.storage.store import MARKOUT_HORIZONS_S, HistoryStore
 
@@ -77,6 +85,9 @@ STORE_PING_S: Final = 5.0
 STORE_COUNTS_S: Final = 15.0
 STEP_S: Final = 1.0
 PUBLISH_TIMEOUT_S: Final = 10.0
+#: ``ctx.overrides`` key: the spill journal's directory
+#: (default ``<INTENTS_MM_VAR_DIR>/history-writer/journal``).
+JOURNAL_DIR_OVERRIDE: Final = "history_journal_dir"
 
 FLOW_IN_KINDS: Final = frozenset({"deposit_credited"})
 FLOW_OUT_KINDS: Final = frozenset({"withdraw", "track_withdrawal"})
@@ -443,8 +454,15 @@ class HistoryWriter(Service):
         self.store: HistoryStore | None = self.ctx.store
         self.metrics_interval_s = self.config["HISTORY_METRICS_MS"] / 1000
         self.stale_after_ns = int(self.config["REFERENCE_STALE_MS"]) * MS_NS
+        journal_dir = self.ctx.overrides.get(JOURNAL_DIR_OVERRIDE)
+        self.journal = SpillJournal(
+            Path(journal_dir)
+            if journal_dir is not None
+            else Path(self.config["INTENTS_MM_VAR_DIR"]) / "history-writer" / "journal",
+            clock=self.clock,
+        )
         self.persister: HistoryPersister | None = (
-            HistoryPersister(self.bus, self.store) if self.store is not None else None
+            HistoryPersister(self.bus, self.store, journal=self.journal) if self.store is not None else None
         )
         self._subscription: Subscription | None = None
         self._lock = asyncio.Lock()  # one step() at a time
@@ -939,10 +957,12 @@ class HistoryWriter(Service):
         if self.store_ok is False or not persister_ok:
             error = self.store_error or (self.persister.last_error if self.persister else None)
             held = self.persister.backlog if self.persister else 0
+            journal = self.persister.journal if self.persister else None
+            spilled = f", {journal.rows_pending} in the spill journal" if journal is not None else ""
             checks["store"] = Check(
                 False,
                 f"history store unreachable ({self._store_label()}): {error or 'unknown error'}; "
-                f"{held} messages held",
+                f"{held} messages held{spilled}",
             )
         else:
             checks["store"] = Check(True, f"connected to {self._store_label()}")
@@ -971,6 +991,12 @@ class HistoryWriter(Service):
                 "batches": stats.batches,
                 "last_error": stats.last_error,
                 "last_poison": stats.last_poison,
+                "rejected": stats.rejected,
+                "last_rejected": stats.last_rejected,
+                "spilled": stats.spilled,
+                "spill_failures": stats.spill_failures,
+                "failing_since_ns": stats.failing_since_ns,
+                "journal": msgspec.to_builtins(stats.journal) if stats.journal is not None else None,
             }
             if stats
             else None,
