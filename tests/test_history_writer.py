@@ -551,8 +551,17 @@ async def test_healthz_fails_while_the_store_is_unreachable() -> None:
         assert "sekret" not in detail
         status, state = await e.get("/state")
         assert state["store"]["reachable"] is False
-        assert state["backlog"] >= 1 and state["last_error"]
+        assert state["last_error"]
         assert "sekret" not in str(state)
+        # what cannot be stored is held or, once a write failed, spilled to the local journal
+        await until(lambda: hw.persister is not None and hw.persister.spilled >= 1)
+        status, body = await e.get("/healthz")
+        assert status == 503 and "in the spill journal" in body["failing"]["store"]
+        status, state = await e.get("/state")
+        journal = state["persister"]["journal"]
+        assert journal["rows_pending"] >= 1 and journal["segments"] == 1
+        assert journal["dir"].endswith("history-writer/journal")
+        assert state["persister"]["spilled"] >= 1 and state["persister"]["failing_since_ns"] is not None
     finally:
         await stop_services(e.running, close_bus=False)
         await e.bus.close()

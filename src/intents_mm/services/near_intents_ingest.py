@@ -23,7 +23,7 @@ answers). A quote id already published (a replay after a reconnect) is counted a
 not published again; the bus also drops a repeated ``msg_id``.
 
 Quote statuses are published as ``demand.quote_status`` with ``msg_id = "status:<quote_hash>"``; the
-three hashes must be identifiers (as above), else the status is counted as malformed. On a
+three hashes must be identifiers (as above), else the status is counted as invalid. On a
 guaranteed subscription an event is acknowledged only after the bus publish returned (or when it is a
 duplicate or malformed, so that it is not redelivered for ever); when publishing fails it stays
 unacknowledged and the relay redelivers it after the next reconnect.
