@@ -17,8 +17,9 @@ Contract
      (:mod:`intents_mm.services.executor_ledger`, one ``O_APPEND`` ``write()``) BEFORE anything is sent,
      and mirrored asynchronously, in batches, into the store's ``signed_commands`` table (a row the
      store refuses is skipped and counted, ``mirror_rejected``; a mirror failing for
-     ``MIRROR_UNHEALTHY_S`` turns ``/healthz`` to 503); at start both are read back (the last 15 minutes). A command the ledger already holds is not signed again
-     (``error``); an unwritable ledger file sends nothing (``error``). An in-memory set and the results
+     ``MIRROR_UNHEALTHY_S`` turns ``/healthz`` to 503); at start both are read back (the last 15
+     minutes). A command the ledger already holds is not signed again (``error``); an unwritable
+     ledger file sends nothing (``error``). An in-memory set and the results
      of this process are the fast path: a redelivered command gets its first result republished, never
      a second signature. Why a crash cannot lead to a second signature: ``docs/services/trade-executor.md``;
   4. the signed ``token_diff`` is from our side: ``{asset_in: +amount_in, asset_out: -amount_out}``,
