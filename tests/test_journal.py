@@ -314,3 +314,37 @@ async def test_an_envelope_with_newlines_is_journaled_on_one_line(tmp_path: Path
     assert decoded == env
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+async def test_segments_spilled_for_another_store_are_moved_aside_not_replayed(
+    store: HistoryStore, bus: MemoryBus, tmp_path: Path
+) -> None:
+    directory = tmp_path / "j"
+    other = SpillJournal(directory, store="postgresql+psycopg://mm:***@prod-db/intents")
+    foreign_envs = _many(5, "prod")
+    await other.spill([m.encode(e) for e in foreign_envs])
+    other.close()
+    journal = SpillJournal(directory, store=store.url)
+    persister = HistoryPersister(bus, store, journal=journal, batch_interval_s=0.01)
+    envs = _many(5, "mine")
+    async with running(persister):
+        await asyncio.wait_for(persister.subscribed.wait(), 5)
+        await _publish(bus, envs)
+        await _wait_for(lambda: persister.acked == 5, 10)
+    assert await _stored(store) == {e.msg_id: e for e in envs}  # nothing of the other store's
+    [aside] = list(directory.glob("foreign-*"))
+    assert len(_segments(aside)) == 1
+    assert (aside / "STORE").read_text().strip() == "postgresql+psycopg://mm:***@prod-db/intents"
+    assert (directory / "STORE").read_text().strip() == store.url
+    stats = journal.stats()
+    assert (
+        stats.foreign_segments == 1
+        and stats.last_error is not None
+        and "moved to foreign-" in stats.last_error
+    )
+    # the same store again: its own segments are kept for replay
+    await journal.spill([m.encode(_many(1, "again")[0])])
+    journal.close()
+    reopened = SpillJournal(directory, store=store.url)
+    reopened.open()
+    assert reopened.rows_pending == 1 and reopened.foreign_segments == 0

@@ -460,6 +460,7 @@ class HistoryWriter(Service):
             if journal_dir is not None
             else Path(self.config["INTENTS_MM_VAR_DIR"]) / "history-writer" / "journal",
             clock=self.clock,
+            store=self.store.url if self.store is not None else None,
         )
         self.persister: HistoryPersister | None = (
             HistoryPersister(self.bus, self.store, journal=self.journal) if self.store is not None else None

@@ -20,6 +20,10 @@ Contract
   ``{"ts_ns", "subject", "msg_id", "error", "data"}`` to ``rejected.jsonl`` in the same directory, ``data``
   being the bytes as a string (invalid UTF-8 replaced). Nothing in ``rejected.jsonl`` is replayed; it is
   for the operator (``docs/operations.md``).
+* The journal belongs to one store: ``STORE`` in the directory names it (the redacted store URL).
+  Segments a previous process spilled for another store (the same var directory used with another
+  ``POSTGRES_URL``, e.g. a simulation and a live run) are moved to ``foreign-<ns>/`` at open and never
+  replayed into this one (``foreign_segments``; the operator decides, ``docs/operations.md``).
 * Every file-system failure surfaces as :class:`JournalError` (one line); the persister then falls back to
   holding the batch unacked and retrying, as without a journal.
 * One process per journal directory (one history-writer replica).
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +49,10 @@ SEGMENT_BYTES: Final = 64 * 1024 * 1024
 SEGMENT_PREFIX: Final = "spill-"
 SEGMENT_SUFFIX: Final = ".jnl"
 REJECTED_FILE: Final = "rejected.jsonl"
+STORE_FILE: Final = "STORE"
+FOREIGN_PREFIX: Final = "foreign-"
+
+log = logging.getLogger(__name__)
 
 
 class JournalError(StoreError):
@@ -63,6 +72,7 @@ class JournalStats(msgspec.Struct, frozen=True, kw_only=True):
     replays: int
     set_aside: int
     bad_lines: int
+    foreign_segments: int
     last_spill_ts_ns: int | None
     last_replay_ts_ns: int | None
     last_replay_error: str | None
@@ -88,7 +98,12 @@ class SpillJournal:
     """The spill journal in ``directory``; see the module docstring for the contract."""
 
     def __init__(
-        self, directory: Path, *, clock: Clock = SYSTEM_CLOCK, segment_bytes: int = SEGMENT_BYTES
+        self,
+        directory: Path,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        segment_bytes: int = SEGMENT_BYTES,
+        store: str | None = None,
     ) -> None:
         if segment_bytes < 1:
             raise InputError("segment_bytes must be at least 1")
@@ -101,6 +116,8 @@ class SpillJournal:
         self._rows: dict[Path, int] = {}  # every segment on disk (sealed and current) -> its lines
         self._bytes: dict[Path, int] = {}
         self._opened = False
+        self._store = store  # the store the journal is for (its redacted URL), see open()
+        self.foreign_segments = 0
         self.spilled = 0
         self.replayed = 0
         self.replay_duplicates = 0
@@ -115,11 +132,15 @@ class SpillJournal:
     # ------------------------------------------------------------------ state
 
     def open(self) -> None:
-        """Create the directory and count the segments a previous process left (idempotent)."""
+        """Create the directory and count the segments a previous process left (idempotent).
+
+        With a ``store`` label, segments spilled for another store (``STORE`` names it) are moved
+        to ``foreign-<ns>/`` (with their ``STORE`` file) and never replayed here."""
         if self._opened:
             return
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self._check_store()
             for path in sorted(self.directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}")):
                 data = path.read_bytes()
                 self._rows[path] = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
@@ -150,6 +171,7 @@ class SpillJournal:
             replays=self.replays,
             set_aside=self.set_aside_count,
             bad_lines=self.bad_lines,
+            foreign_segments=self.foreign_segments,
             last_spill_ts_ns=self.last_spill_ts_ns,
             last_replay_ts_ns=self.last_replay_ts_ns,
             last_replay_error=self.last_replay_error,
@@ -280,6 +302,34 @@ class SpillJournal:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)  # opened, never written
             self._forget(path)
+
+    def _check_store(self) -> None:
+        label = self._store
+        if label is None:
+            return
+        marker = self.directory / STORE_FILE
+        try:
+            previous = marker.read_text().strip()
+        except FileNotFoundError:
+            previous = None
+        segments = sorted(self.directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"))
+        if previous is not None and previous != label and segments:
+            aside = self.directory / f"{FOREIGN_PREFIX}{self._clock.now_ns():020d}"
+            aside.mkdir()
+            for path in segments:
+                path.rename(aside / path.name)
+            (aside / STORE_FILE).write_text(previous + "\n")
+            self.foreign_segments += len(segments)
+            self.last_error = (
+                f"{len(segments)} journal segments spilled for {previous} moved to {aside.name}/, "
+                f"not replayed into {label}"
+            )
+            log.warning("history-writer: %s", self.last_error)
+        if previous != label:
+            tmp = marker.with_name(STORE_FILE + ".tmp")
+            tmp.write_text(label + "\n")
+            os.replace(tmp, marker)
+            self._fsync_dir()
 
     def _forget(self, path: Path) -> None:
         self._rows.pop(path, None)
