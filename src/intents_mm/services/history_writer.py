@@ -3,10 +3,11 @@
 Three jobs, one service:
 
 - **Persistence.** :class:`~intents_mm.storage.persistence.HistoryPersister` stores every bus subject in
-  its table (batches, idempotent by ``msg_id``, acked only after commit, holds and retries while the
-  database is down). While the store cannot be written the persister spills what it received to the
-  local journal ``<INTENTS_MM_VAR_DIR>/history-writer/journal/`` (fsynced, then acked) and replays it
-  into the store at the next start and once the store is back, so a crash during an outage loses
+  its table (batches, idempotent by ``msg_id``, acked only after commit or a durable spill).
+  While the store cannot be written the persister spills what it received to the local journal
+  ``<INTENTS_MM_VAR_DIR>/history-writer/journal/`` (fsynced, then acked) and replays it
+  into the store at the next start (before the start-up read-back below, waiting at most
+  :data:`STARTUP_REPLAY_WAIT_S`) and once the store is back, so a crash during an outage loses
   nothing (:mod:`intents_mm.storage.journal`). ``/healthz`` fails (503) while the store does not answer
   (a ping every few seconds, and the persister's own write failures), saying why and how many rows
   the journal holds; ``/state`` shows the journal (``persister.journal``) and the messages the store
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -85,6 +87,8 @@ STORE_PING_S: Final = 5.0
 STORE_COUNTS_S: Final = 15.0
 STEP_S: Final = 1.0
 PUBLISH_TIMEOUT_S: Final = 10.0
+#: start() waits at most this long for the spill journal's replay before reading the store back.
+STARTUP_REPLAY_WAIT_S: Final = 15.0
 #: ``ctx.overrides`` key: the spill journal's directory
 #: (default ``<INTENTS_MM_VAR_DIR>/history-writer/journal``).
 JOURNAL_DIR_OVERRIDE: Final = "history_journal_dir"
@@ -506,6 +510,9 @@ class HistoryWriter(Service):
             self.spawn(self.persister.run(), "persister")
             async with asyncio.timeout(30):
                 await self.persister.subscribed.wait()
+            with contextlib.suppress(TimeoutError):  # what a crash left in the journal, stored first
+                async with asyncio.timeout(STARTUP_REPLAY_WAIT_S):
+                    await self.persister.startup_replayed.wait()
             await self.seed()  # before the follow-up consumer, so replays find what is settled
         self._subscription = await self.bus.subscribe(
             list(FOLLOW_SUBJECTS), FOLLOW_DURABLE, self._on_delivery, max_in_flight=64

@@ -148,6 +148,8 @@ class HistoryPersister:
         self._max_in_flight = max_in_flight
         #: Set once the durable consumer is attached (messages published from then on are persisted).
         self.subscribed = asyncio.Event()
+        #: Set once the journal left by a previous process has been replayed (or the attempt failed).
+        self.startup_replayed = asyncio.Event()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_max or 4 * batch_max)
         self._inflight = 0
         self._putting = 0
@@ -245,6 +247,7 @@ class HistoryPersister:
         try:
             while True:
                 await self._replay_if_due()
+                self.startup_replayed.set()
                 batch = await self._next_batch(self._replay_wait())
                 if batch is None:
                     continue  # nothing arrived before the next replay attempt
