@@ -267,7 +267,7 @@ async def test_store_down_kill_9_store_up_restart_every_signed_command_has_its_r
         ledger = var_dir / "trade-executor" / FILE_NAME
         signed = signed_ids(ledger)
         during = [c for c, e in signed.items() if e.signed_ts_ns >= outage_ns]
-        assert len(during) >= 10, f"only {len(during)} commands signed during the outage"
+        assert len(during) >= 8, f"only {len(during)} commands signed during the outage"
         journal_dir = var_dir / "history-writer" / "journal"
         assert list(journal_dir.glob("spill-*.jnl")), "nothing in the journal before the kill"
 
