@@ -348,3 +348,25 @@ async def test_segments_spilled_for_another_store_are_moved_aside_not_replayed(
     reopened = SpillJournal(directory, store=store.url)
     reopened.open()
     assert reopened.rows_pending == 1 and reopened.foreign_segments == 0
+
+
+async def test_every_id_the_edge_accepts_can_be_stored_and_nothing_else_is_accepted(
+    store: HistoryStore,
+) -> None:
+    every_allowed = "".join(chr(c) for c in range(0x21, 0x7F))
+    assert m.is_valid_id(every_allowed) and m.is_valid_id("x" * m.MAX_ID_CHARS)
+    refused = [chr(c) for c in range(0x80) if not 0x21 <= c <= 0x7E] + [
+        "\x80",
+        "\xa0",
+        "é",
+        "\ud800",
+        "\u2028",
+    ]
+    assert not [ch for ch in refused if m.is_valid_id(f"q{ch}q")]
+    env = _many(1, "edge")[0]
+    assert isinstance(env.payload, m.SwapRequest)
+    payload = msgspec.structs.replace(env.payload, quote_id=every_allowed, partner_id=every_allowed)
+    edge = msgspec.structs.replace(env, msg_id="swap:" + every_allowed[:150], payload=payload)
+    assert await store.write_batch([edge], [m.encode(edge)]) == 1
+    [row] = await store.recent("swap_demand_events", limit=10)
+    assert row.envelope == edge
