@@ -8,7 +8,7 @@ closed). It subscribes ``quote`` with the active pair's token filter (both asset
 Quote requests (``quote`` events) are validated once, then published as ``demand.swap_request`` with
 ``msg_id = "swap:<quote_id>"``:
 
-- ``quote_id`` an identifier (:func:`intents_mm.messages.check_id`: 1 to 200 printable ASCII
+- ``quote_id`` an identifier (:func:`intents_mm.messages.is_valid_id`: 1 to 200 printable ASCII
   characters, no space, so no NUL or control character ever reaches the bus or the store);
 - ``metadata.partner_id`` and ``metadata.traceparent``, when they are strings, identifiers too (else
   the request is rejected as ``metadata``);

@@ -1258,6 +1258,10 @@ class TradeExecutor(Service):
                 f"signed commands not mirrored to the store for {failing_s:.0f} s "
                 f"({len(self._mirror)} waiting): {self.mirror_error}",
             )
+        else:
+            checks["ledger_mirror"] = Check(
+                True, f"failing: {self.mirror_error}" if since is not None else ""
+            )
         return checks
 
     def state(self) -> dict[str, Any]:
