@@ -11,9 +11,11 @@ Contract
   acks after a spill survives a process crash (``kill -9``) and a machine crash alike. A segment is
   closed ("sealed") before a replay and once it is larger than ``segment_bytes``; appends after that go to
   a new one. Segments found at start are sealed.
-* :meth:`SpillJournal.sealed_segments` / :meth:`SpillJournal.read_segment` give the persister what to
-  replay, oldest first; it writes them with ``HistoryStore.write_batch`` (idempotent by ``msg_id``: a
-  segment replayed twice, or a message both spilled and stored, is stored once) and calls
+* :meth:`SpillJournal.sealed_segments` / :meth:`SpillJournal.segment_lines` /
+  :meth:`SpillJournal.decode_lines` give the persister what to replay, oldest first (decoded chunk by
+  chunk, so a large segment does not hold the event loop); it writes them with
+  ``HistoryStore.write_batch`` (idempotent by ``msg_id``: a segment replayed twice, or a message both
+  spilled and stored, is stored once) and calls
   :meth:`SpillJournal.drop_segment` once every line of a segment is in the store.
 * A line that does not decode (the torn tail of a crash, a damaged disk) is counted (``bad_lines``) and
   put aside like a message the store refuses: :meth:`SpillJournal.set_aside` appends one JSON line
@@ -45,7 +47,7 @@ from intents_mm import messages as m
 from intents_mm.clock import SYSTEM_CLOCK, Clock
 from intents_mm.errors import InputError, StoreError
 
-SEGMENT_BYTES: Final = 64 * 1024 * 1024
+SEGMENT_BYTES: Final = 16 * 1024 * 1024
 SEGMENT_PREFIX: Final = "spill-"
 SEGMENT_SUFFIX: Final = ".jnl"
 REJECTED_FILE: Final = "rejected.jsonl"
@@ -234,6 +236,10 @@ class SpillJournal:
 
     def read_segment(self, path: Path) -> list[tuple[m.Envelope[m.Payload], bytes]]:
         """Every decodable line of ``path`` as (envelope, bytes); bad lines are counted and set aside."""
+        return self.decode_lines(path, self.segment_lines(path))
+
+    def segment_lines(self, path: Path) -> list[bytes]:
+        """The non-empty lines of ``path``, undecoded (``[]`` for a segment gone meanwhile)."""
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -242,10 +248,12 @@ class SpillJournal:
         except OSError as exc:
             self.last_error = f"spill journal {path}: {_strerror(exc)}"
             raise JournalError(self.last_error) from None
+        return [line for line in data.split(b"\n") if line]
+
+    def decode_lines(self, path: Path, lines: Sequence[bytes]) -> list[tuple[m.Envelope[m.Payload], bytes]]:
+        """``lines`` of ``path`` decoded; a line that does not decode is counted and set aside."""
         out: list[tuple[m.Envelope[m.Payload], bytes]] = []
-        for line in data.split(b"\n"):
-            if not line:
-                continue
+        for line in lines:
             try:
                 out.append((m.decode(line), line))
             except InputError as exc:

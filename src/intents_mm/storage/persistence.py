@@ -444,16 +444,19 @@ class HistoryPersister:
         inflight = self._inflight
         try:
             for path in journal.sealed_segments():
-                lines = journal.read_segment(path)
-                inserted = 0
+                lines = journal.segment_lines(path)
+                inserted = decoded = 0
                 for start in range(0, len(lines), self._batch_max):
                     chunk = [
                         _Item(env=env, delivery=None, raw=raw)
-                        for env, raw in lines[start : start + self._batch_max]
+                        for env, raw in journal.decode_lines(path, lines[start : start + self._batch_max])
                     ]
+                    decoded += len(chunk)
                     self._inflight = inflight + len(chunk)
-                    inserted += await self._store_items(chunk)
-                journal.drop_segment(path, inserted=inserted, lines=len(lines))
+                    if chunk:
+                        inserted += await self._store_items(chunk)
+                    await asyncio.sleep(0)  # a large segment does not hold up a quote
+                journal.drop_segment(path, inserted=inserted, lines=decoded)
                 self.stored += inserted
         except JournalError as exc:
             journal.last_replay_error = str(exc)
