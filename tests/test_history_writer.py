@@ -170,9 +170,13 @@ class Env:
             return resp.status, await resp.json()
 
 
+#: Parent of the tests' var directories, removed when the test process exits.
+_VAR_ROOT = tempfile.TemporaryDirectory(prefix="hw-tests-")
+
+
 async def make_env(store: HistoryStore, clock: ManualClock, bus: Bus | None = None) -> Env:
     # a private var directory: the spill journal of one test must never be replayed into another's store
-    var_dir = tempfile.mkdtemp(prefix="hw-var-")
+    var_dir = tempfile.mkdtemp(prefix="hw-var-", dir=_VAR_ROOT.name)
     config = load_config({"HISTORY_METRICS_MS": "600000", "INTENTS_MM_VAR_DIR": var_dir}, dotenv=None)
     bus = bus or make_bus(None)
     await bus.start()
