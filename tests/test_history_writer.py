@@ -9,6 +9,7 @@ settlement with its markouts and the exact portfolio figures, including
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -169,8 +170,14 @@ class Env:
             return resp.status, await resp.json()
 
 
+#: Parent of the tests' var directories, removed when the test process exits.
+_VAR_ROOT = tempfile.TemporaryDirectory(prefix="hw-tests-")
+
+
 async def make_env(store: HistoryStore, clock: ManualClock, bus: Bus | None = None) -> Env:
-    config = load_config({"HISTORY_METRICS_MS": "600000"}, dotenv=None)
+    # a private var directory: the spill journal of one test must never be replayed into another's store
+    var_dir = tempfile.mkdtemp(prefix="hw-var-", dir=_VAR_ROOT.name)
+    config = load_config({"HISTORY_METRICS_MS": "600000", "INTENTS_MM_VAR_DIR": var_dir}, dotenv=None)
     bus = bus or make_bus(None)
     await bus.start()
     running = await start_services(
@@ -561,8 +568,17 @@ async def test_healthz_fails_while_the_store_is_unreachable() -> None:
         assert "sekret" not in detail
         status, state = await e.get("/state")
         assert state["store"]["reachable"] is False
-        assert state["backlog"] >= 1 and state["last_error"]
+        assert state["last_error"]
         assert "sekret" not in str(state)
+        # what cannot be stored is held or, once a write failed, spilled to the local journal
+        await until(lambda: hw.persister is not None and hw.persister.spilled >= 1)
+        status, body = await e.get("/healthz")
+        assert status == 503 and "in the spill journal" in body["failing"]["store"]
+        status, state = await e.get("/state")
+        journal = state["persister"]["journal"]
+        assert journal["rows_pending"] >= 1 and journal["segments"] == 1
+        assert journal["dir"].endswith("history-writer/journal")
+        assert state["persister"]["spilled"] >= 1 and state["persister"]["failing_since_ns"] is not None
     finally:
         await stop_services(e.running, close_bus=False)
         await e.bus.close()

@@ -140,6 +140,13 @@ INVALID_CASES: list[tuple[str, dict[str, Any]]] = [
     ("quote_id", {"quote_id": ""}),
     ("quote_id", {"quote_id": 12}),
     ("quote_id", {"quote_id": "x" * 201}),
+    # ids are checked at the edge: no NUL, control character, space or non-ASCII text gets through
+    ("quote_id", {"quote_id": "q\x00id"}),
+    ("quote_id", {"quote_id": "q\x1bid"}),
+    ("quote_id", {"quote_id": "q\nid"}),
+    ("quote_id", {"quote_id": "q id"}),
+    ("quote_id", {"quote_id": "q\u00e9"}),
+    ("quote_id", {"quote_id": "q\u2028"}),
     ("min_deadline", {"min_deadline_ms": 0}),
     ("min_deadline", {"min_deadline_ms": -5}),
     ("min_deadline", {"min_deadline_ms": "60000"}),
@@ -430,3 +437,31 @@ async def test_metrics_expose_the_counters(relay: ScriptedRelay, ingest: Ingest)
     assert 'ingest_quote_requests_total{outcome="published",reason=""} 1.0' in text
     assert 'ingest_quote_requests_total{outcome="invalid",reason="amount_not_digits"} 1.0' in text
     assert "ingest_relay_connected 1.0" in text
+
+
+async def test_metadata_ids_and_status_hashes_are_checked_at_the_edge(
+    relay: ScriptedRelay, ingest: Ingest
+) -> None:
+    def with_metadata(quote_id: str, metadata: dict[str, Any]) -> str:
+        frame = json.loads(quote_frame(relay, quote_id))
+        frame["params"]["metadata"] = metadata
+        return json.dumps(frame)
+
+    await relay.push(with_metadata("m-1", {"partner_id": "1cl\u0000ick"}))
+    await relay.push(with_metadata("m-2", {"partner_id": "1click", "traceparent": "00-\u0007-01"}))
+    await relay.push(with_metadata("m-3", {"partner_id": "x" * 201}))
+    await relay.push(with_metadata("m-ok", {"partner_id": "router-solver"}))
+    [ok] = await ingest.wait_published(SWAP_REQUEST, 1)
+    assert ok.quote_id == "m-ok" and ok.partner_id == "router-solver"
+    for bad in ("QH\u0000", "Q H", "\u00e9"):
+        await relay.push(status_frame(relay, bad))
+    await relay.push(status_frame(relay, "QHgood"))
+    [status] = await ingest.wait_published(QUOTE_STATUS, 1)
+    assert status.quote_hash == "QHgood"
+    await asyncio.sleep(0.1)
+    assert len(ingest.published) == 2
+    _, state = await ingest.get("/state")
+    assert state["quotes"]["invalid_by_reason"] == {"metadata": 3}
+    assert state["statuses"]["invalid"] == 3
+    details = [r["detail"] for r in state["recent_rejections"] if r["kind"] == "quote"]
+    assert any("metadata.partner_id" in d and "\\x00" in d for d in details)

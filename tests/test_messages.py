@@ -302,3 +302,37 @@ def test_settlement_struct_validates_and_encodes() -> None:
             amount_out=1,
             settled_ts_ns=T0,
         )
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["6f1bd0a4-1a8e-4b47-9b55-0d2b8e1b4c21", "q", "q-1", "1click", "router-solver", "x" * 200, "a:b/c~!"],
+)
+def test_check_id_accepts_printable_ascii_ids(value: str) -> None:
+    assert m.is_valid_id(value) and m.check_id("quote_id", value) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "x" * 201, "a\x00b", "a\tb", "a\nb", "a b", "é", "\ud800", "\x7f", "ａ", 12, None, b"q"],
+)
+def test_check_id_refuses_anything_else_with_an_escaped_reason(value: object) -> None:
+    assert not m.is_valid_id(value)
+    with pytest.raises(InputError, match="quote_id must be 1 to 200 printable ASCII") as info:
+        m.check_id("quote_id", value)
+    assert "\x00" not in str(info.value) and "\ud800" not in str(info.value)
+
+
+@given(st.text(max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_safe_text_leaves_nothing_unprintable(text: str) -> None:
+    out = m.safe_text(text)
+    assert out.isprintable() or all(ch.isprintable() or ch == " " for ch in out)
+    assert "\x00" not in out
+    out.encode("utf-8")  # no lone surrogate left: storable everywhere
+    if text.isprintable():
+        assert out == text
+
+
+def test_safe_text_escapes() -> None:
+    assert m.safe_text("a\x00b\x1b\ud800\u2028c\td") == "a\\x00b\\x1b\\ud800 c d"

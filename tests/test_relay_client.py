@@ -429,3 +429,9 @@ async def test_socket_closed_during_subscribe_reconnects_without_waiting_for_the
         assert "lost" in (client.last_error or "") or "closed" in (client.last_error or "")
     finally:
         await client.close()
+
+
+def test_rpc_error_parts_escape_nul_and_control_characters() -> None:
+    message, code, _ = rpc_error_parts({"code": "E\x00", "message": "bad\x00thing\x07"})
+    assert message == "bad\\x00thing\\x07" and code == "E\\x00"
+    assert rpc_error_parts("nul\x00") == ("nul\\x00", None, None)

@@ -767,3 +767,65 @@ def test_docs_name_every_route() -> None:
     doc = (Path(__file__).parent.parent / "docs" / "services" / "trade-executor.md").read_text()
     for route in ("POST /arm", "POST /disarm", "POST /kill", "GET /state"):
         assert route in doc
+
+
+async def test_a_ledger_row_the_store_refuses_does_not_stop_the_mirror(h_any_store: Harness) -> None:
+    h = h_any_store
+    executor = await h.start_executor()
+    await h.arm()
+    cmds = []
+    for i, command_id in enumerate(["cmd-before", "cmd-\x00-nul", "cmd-after"]):
+        event = await h.ask(exact_in=5000 + i)
+        cmd = h.command(event, amount_in=5000 + i, amount_out=EUR, command_id=command_id)
+        await h.send(cmd)
+        cmds.append(cmd)
+    results = await h.collector.wait_results(3)
+    assert [r.outcome for r in results] == ["accepted"] * 3
+    refused = 1 if h.store.dialect == "postgresql" else 0  # PostgreSQL text cannot hold NUL
+    for _ in range(200):
+        if executor.mirrored == 3 and not executor._mirror:
+            break
+        await asyncio.sleep(0.05)
+    recorded = dict(await h.store.signed_commands_since(0))
+    assert {"cmd-before", "cmd-after"} <= set(recorded)  # the refused row did not block the others
+    assert ("cmd-\x00-nul" in recorded) is (refused == 0)
+    state = await h.get_state()
+    assert state["ledger"]["mirror_rejected"] == refused
+    assert state["ledger"]["mirror_backlog"] == 0 and state["ledger"]["mirror_error"] is None
+    assert "cmd-\x00-nul" in executor.ledger  # the local file still holds it: never signed again
+    async with h.http.get(h.url + "/healthz") as resp:
+        assert resp.status == 200
+
+
+async def test_a_mirror_failing_for_long_fails_healthz(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from intents_mm.errors import StoreError
+    from intents_mm.services import trade_executor as te
+
+    executor = await h.start_executor()
+    await h.arm()
+
+    async def down(entries: Any) -> int:
+        raise StoreError("history store signed command records (1) failed: connection refused")
+
+    monkeypatch.setattr(h.store, "record_signed_commands", down)
+    monkeypatch.setattr(te, "MIRROR_UNHEALTHY_S", 0.3)
+    event = await h.ask(exact_in=5000)
+    await h.send(h.command(event, amount_in=5000, amount_out=EUR))
+    assert (await h.collector.wait_results(1))[0].outcome == "accepted"  # signing does not wait for it
+    for _ in range(100):
+        if executor.mirror_failing_since is not None:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.4)
+    async with h.http.get(h.url + "/healthz") as resp:
+        assert resp.status == 503
+        body = await resp.json()
+    detail = body["failing"]["ledger_mirror"]
+    assert "not mirrored to the store" in detail and "connection refused" in detail and "1 waiting" in detail
+    monkeypatch.undo()  # the store is back
+    for _ in range(200):
+        if executor.mirror_failing_since is None:
+            break
+        await asyncio.sleep(0.05)
+    async with h.http.get(h.url + "/healthz") as resp:
+        assert resp.status == 200

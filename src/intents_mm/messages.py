@@ -11,6 +11,11 @@ in the name (``_ms``, ``_us``, ``_ns``), assets are Verifier token ids (``nep141
 Payloads ignore unknown fields, so producers may add optional fields without a version bump; any
 change that removes or retypes a field bumps the subject's version.
 
+Identifiers that enter from outside (relay quote ids, partner ids and hashes, operator-given ids) are
+checked once where they enter with :func:`check_id`: 1 to :data:`MAX_ID_CHARS` characters of printable
+ASCII without spaces (``!`` to ``~``), so no NUL, control character, space or non-ASCII text ever
+reaches the bus or the history store (PostgreSQL text cannot hold NUL).
+
 See ``docs/messages.md`` for producers, consumers and every field.
 """
 
@@ -36,6 +41,46 @@ NonNegInt = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 """A non-negative integer that fits a signed 64-bit column (counts, durations, timestamps)."""
 I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 """A signed 64-bit integer."""
+
+
+#: Longest identifier accepted at the edge (relay quote ids are 36-character UUIDs).
+MAX_ID_CHARS: Final = 200
+
+
+def is_valid_id(value: object, *, max_chars: int = MAX_ID_CHARS) -> bool:
+    """True when ``value`` is a str of 1..``max_chars`` printable ASCII characters, space excluded."""
+    if type(value) is not str or not 0 < len(value) <= max_chars:
+        return False
+    return value.isascii() and value.isprintable() and " " not in value
+
+
+def check_id(name: str, value: object, *, max_chars: int = MAX_ID_CHARS) -> str:
+    """``value`` when it is a valid identifier (see :func:`is_valid_id`), else :class:`InputError`
+    naming ``name`` and showing the value escaped (``repr``, cut to 60 characters)."""
+    if not is_valid_id(value, max_chars=max_chars):
+        raise InputError(
+            f"{name} must be 1 to {max_chars} printable ASCII characters without spaces, got {value!r:.60}"
+        )
+    assert isinstance(value, str)
+    return value
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every character that is not printable escaped: whitespace becomes a space, any
+    other control character, NUL or lone surrogate becomes ``\\xNN`` / ``\\uNNNN``. For free text from
+    outside (relay error messages) that is stored and shown, so storage never meets NUL."""
+    if text.isprintable():
+        return text
+    out: list[str] = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ch.isspace():
+            out.append(" ")
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+    return "".join(out)
 
 
 def _check_u128(name: str, value: int | None) -> None:

@@ -3,9 +3,15 @@
 Three jobs, one service:
 
 - **Persistence.** :class:`~intents_mm.storage.persistence.HistoryPersister` stores every bus subject in
-  its table (batches, idempotent by ``msg_id``, acked only after commit, holds and retries while the
-  database is down). ``/healthz`` fails while the store does not answer (a ping every few seconds,
-  and the persister's own write failures), and says so.
+  its table (batches, idempotent by ``msg_id``, acked only after commit or a durable spill).
+  While the store cannot be written the persister spills what it received to the local journal
+  ``<INTENTS_MM_VAR_DIR>/history-writer/journal/`` (fsynced, then acked) and replays it
+  into the store at the next start (before the start-up read-back below, waiting at most
+  :data:`STARTUP_REPLAY_WAIT_S`) and once the store is back, so a crash during an outage loses
+  nothing (:mod:`intents_mm.storage.journal`). ``/healthz`` fails (503) while the store does not answer
+  (a ping every few seconds, and the persister's own write failures), saying why and how many rows
+  the journal holds; ``/state`` shows the journal (``persister.journal``) and the messages the store
+  refused, which are put aside in ``journal/rejected.jsonl``.
 - **Settlement follow-up.** Each ``demand.quote_status`` is matched by ``quote_hash`` to our
   ``exec.trade_result`` that makes it a live signed quote (:func:`~intents_mm.messages.is_live_signed_quote`:
   ``accepted``, or ``error`` carrying a quote hash and deadline, e.g. a reply timeout or "already
@@ -49,11 +55,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal, localcontext
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import msgspec
@@ -66,6 +74,7 @@ from intents_mm.domain.pnl import compute_pnl, markout_bps
 from intents_mm.errors import BusError, IntentsMMError, StoreError
 from intents_mm.services.inventory_sync import MIN_GRACE_NS, Reconciler
 from intents_mm.services.runtime import Check, Route, Service, ServiceContext, json_response
+from intents_mm.storage.journal import SpillJournal
 from intents_mm.storage.persistence import HistoryPersister
 from intents_mm.storage.store import MARKOUT_HORIZONS_S, HistoryStore
 
@@ -102,6 +111,11 @@ STORE_PING_S: Final = 5.0
 STORE_COUNTS_S: Final = 15.0
 STEP_S: Final = 1.0
 PUBLISH_TIMEOUT_S: Final = 10.0
+#: start() waits at most this long for the spill journal's replay before reading the store back.
+STARTUP_REPLAY_WAIT_S: Final = 15.0
+#: ``ctx.overrides`` key: the spill journal's directory
+#: (default ``<INTENTS_MM_VAR_DIR>/history-writer/journal``).
+JOURNAL_DIR_OVERRIDE: Final = "history_journal_dir"
 
 #: Where the counted funding flows are kept (store key-value state).
 FUNDING_STATE_KEY: Final = "history-writer.funding"
@@ -568,8 +582,16 @@ class HistoryWriter(Service):
         self.store: HistoryStore | None = self.ctx.store
         self.metrics_interval_s = self.config["HISTORY_METRICS_MS"] / 1000
         self.stale_after_ns = int(self.config["REFERENCE_STALE_MS"]) * MS_NS
+        journal_dir = self.ctx.overrides.get(JOURNAL_DIR_OVERRIDE)
+        self.journal = SpillJournal(
+            Path(journal_dir)
+            if journal_dir is not None
+            else Path(self.config["INTENTS_MM_VAR_DIR"]) / "history-writer" / "journal",
+            clock=self.clock,
+            store=self.store.url if self.store is not None else None,
+        )
         self.persister: HistoryPersister | None = (
-            HistoryPersister(self.bus, self.store) if self.store is not None else None
+            HistoryPersister(self.bus, self.store, journal=self.journal) if self.store is not None else None
         )
         self._subscription: Subscription | None = None
         self._lock = asyncio.Lock()  # one step() at a time
@@ -614,6 +636,9 @@ class HistoryWriter(Service):
             self.spawn(self.persister.run(), "persister")
             async with asyncio.timeout(30):
                 await self.persister.subscribed.wait()
+            with contextlib.suppress(TimeoutError):  # what a crash left in the journal, stored first
+                async with asyncio.timeout(STARTUP_REPLAY_WAIT_S):
+                    await self.persister.startup_replayed.wait()
             await self.seed()  # before the follow-up consumer, so replays find what is settled
         self._subscription = await self.subscribe(
             list(FOLLOW_SUBJECTS), FOLLOW_DURABLE, self._on_delivery, max_in_flight=64
@@ -1094,10 +1119,12 @@ class HistoryWriter(Service):
         if self.store_ok is False or not persister_ok:
             error = self.store_error or (self.persister.last_error if self.persister else None)
             held = self.persister.backlog if self.persister else 0
+            journal = self.persister.journal if self.persister else None
+            spilled = f", {journal.rows_pending} in the spill journal" if journal is not None else ""
             checks["store"] = Check(
                 False,
                 f"history store unreachable ({self._store_label()}): {error or 'unknown error'}; "
-                f"{held} messages held",
+                f"{held} messages held{spilled}",
             )
         else:
             checks["store"] = Check(True, f"connected to {self._store_label()}")
@@ -1126,6 +1153,12 @@ class HistoryWriter(Service):
                 "batches": stats.batches,
                 "last_error": stats.last_error,
                 "last_poison": stats.last_poison,
+                "rejected": stats.rejected,
+                "last_rejected": stats.last_rejected,
+                "spilled": stats.spilled,
+                "spill_failures": stats.spill_failures,
+                "failing_since_ns": stats.failing_since_ns,
+                "journal": msgspec.to_builtins(stats.journal) if stats.journal is not None else None,
             }
             if stats
             else None,

@@ -8,7 +8,10 @@ closed). It subscribes ``quote`` with the active pair's token filter (both asset
 Quote requests (``quote`` events) are validated once, then published as ``demand.swap_request`` with
 ``msg_id = "swap:<quote_id>"``:
 
-- ``quote_id`` a non-empty string (at most 200 characters);
+- ``quote_id`` an identifier (:func:`intents_mm.messages.is_valid_id`: 1 to 200 printable ASCII
+  characters, no space, so no NUL or control character ever reaches the bus or the store);
+- ``metadata.partner_id`` and ``metadata.traceparent``, when they are strings, identifiers too (else
+  the request is rejected as ``metadata``);
 - both assets present, different, and both in the active pair (else ``off_pair``);
 - exactly one of ``exact_amount_in`` / ``exact_amount_out``, a string of ASCII digits, > 0, <= u128;
 - ``min_deadline_ms`` an integer with 0 < value <= ``INGEST_MAX_MIN_DEADLINE_MS`` (the strategy applies
@@ -30,7 +33,8 @@ and the largest age shed. The strategy applies the same bounds to what reaches i
 record then names the reason and the age), and the executor drops (``dropped_late``) a command whose
 request waited longer than the bound by the time it is taken up.
 
-Quote statuses are published as ``demand.quote_status`` with ``msg_id = "status:<quote_hash>"``. On a
+Quote statuses are published as ``demand.quote_status`` with ``msg_id = "status:<quote_hash>"``; the
+three hashes must be identifiers (as above), else the status is counted as invalid. On a
 guaranteed subscription an event is acknowledged only after the bus publish returned (or when it is a
 duplicate or malformed, so that it is not redelivered for ever); when publishing fails it stays
 unacknowledged and the relay redelivers it after the next reconnect.
@@ -53,7 +57,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from intents_mm.domain.amounts import parse_u128
 from intents_mm.errors import InputError, IntentsMMError
-from intents_mm.messages import QUOTE_STATUS, SWAP_REQUEST, QuoteStatus, SwapRequest
+from intents_mm.messages import (
+    MAX_ID_CHARS,
+    QUOTE_STATUS,
+    SWAP_REQUEST,
+    QuoteStatus,
+    SwapRequest,
+    is_valid_id,
+    safe_text,
+)
 from intents_mm.services.runtime import Check, Service, ServiceContext
 from intents_mm.venues.relay import QuoteRequestEvent, QuoteStatusEvent, SolverRelayClient
 
@@ -61,7 +73,6 @@ log = logging.getLogger("intents_mm.services.near_intents_ingest")
 
 NS_PER_MS: Final = 1_000_000
 START_WAIT_S: Final = 5.0  # start() waits this long for the first subscription, then goes on
-MAX_ID_CHARS: Final = 200
 SEEN_KEPT: Final = 100_000  # quote ids / quote hashes remembered against replays
 RECENT_REJECTIONS: Final = 20
 MAX_PUBLISHING: Final = 256  # quote requests being published at once (bus acknowledgement pending)
@@ -82,6 +93,7 @@ INVALID_REASONS: Final = (
     "amount_zero",
     "amount_over_u128",
     "min_deadline",
+    "metadata",
 )
 
 
@@ -145,8 +157,20 @@ def swap_request_from_event(
 ) -> SwapRequest:
     """The ``demand.swap_request`` payload for a relay quote request, or :class:`RequestRejected`."""
     quote_id = event.quote_id
-    if type(quote_id) is not str or not quote_id.strip() or len(quote_id) > MAX_ID_CHARS:
-        raise RequestRejected("quote_id", f"quote_id must be a non-empty string, got {quote_id!r:.60}")
+    if not is_valid_id(quote_id):
+        raise RequestRejected(
+            "quote_id",
+            f"quote_id must be 1 to {MAX_ID_CHARS} printable ASCII characters without spaces, "
+            f"got {quote_id!r:.60}",
+        )
+    assert isinstance(quote_id, str)
+    for name, value in (("partner_id", event.partner_id), ("traceparent", event.traceparent)):
+        if value is not None and not is_valid_id(value):
+            raise RequestRejected(
+                "metadata",
+                f"metadata.{name} must be 1 to {MAX_ID_CHARS} printable ASCII characters without spaces, "
+                f"got {value!r:.60}",
+            )
     asset_in, asset_out = event.asset_in, event.asset_out
     if type(asset_in) is not str or type(asset_out) is not str or not asset_in or not asset_out:
         raise RequestRejected(
@@ -188,8 +212,11 @@ def quote_status_from_event(event: QuoteStatusEvent) -> QuoteStatus:
     """The ``demand.quote_status`` payload, or :class:`InputError` when a hash is missing or malformed."""
     hashes = (event.quote_hash, event.intent_hash, event.tx_hash)
     for name, value in zip(("quote_hash", "intent_hash", "tx_hash"), hashes, strict=True):
-        if type(value) is not str or not value or len(value) > MAX_ID_CHARS:
-            raise InputError(f"quote_status {name} must be a non-empty string, got {value!r:.60}")
+        if not is_valid_id(value):
+            raise InputError(
+                f"quote_status {name} must be 1 to {MAX_ID_CHARS} printable ASCII characters "
+                f"without spaces, got {value!r:.60}"
+            )
     quote_hash, intent_hash, tx_hash = hashes
     assert isinstance(quote_hash, str) and isinstance(intent_hash, str) and isinstance(tx_hash, str)
     return QuoteStatus(
@@ -419,7 +446,7 @@ class NearIntentsIngest(Service):
         self.recent_rejections.append(
             {
                 "kind": "quote",
-                "quote_id": quote_id and quote_id[:MAX_ID_CHARS],
+                "quote_id": quote_id and safe_text(quote_id[:MAX_ID_CHARS]),
                 "reason": exc.reason,
                 "detail": str(exc),
             }

@@ -19,9 +19,11 @@ Contract
      in ``error`` (the strategy does not count our lateness as a venue error);
   3. signed at most once: the command id is written to the executor's append-only ledger file
      (:mod:`intents_mm.services.executor_ledger`, one ``O_APPEND`` ``write()``) BEFORE anything is sent,
-     and mirrored asynchronously, in batches, into the store's ``signed_commands`` table; at start both
-     are read back (the last 15 minutes). A command the ledger already holds is not signed again
-     (``error``); an unwritable ledger file sends nothing (``error``). An in-memory set and the results
+     and mirrored asynchronously, in batches, into the store's ``signed_commands`` table (a row the
+     store refuses is skipped and counted, ``mirror_rejected``; a mirror failing for
+     ``MIRROR_UNHEALTHY_S`` turns ``/healthz`` to 503); at start both are read back (the last 15
+     minutes). A command the ledger already holds is not signed again (``error``); an unwritable
+     ledger file sends nothing (``error``). An in-memory set and the results
      of this process are the fast path: a redelivered command gets its first result republished, never
      a second signature. Why a crash cannot lead to a second signature: ``docs/services/trade-executor.md``;
   4. the signed ``token_diff`` is from our side: ``{asset_in: +amount_in, asset_out: -amount_out}``,
@@ -97,6 +99,7 @@ from intents_mm.near.verifier import VerifierClient
 from intents_mm.services.executor_ledger import FILE_NAME, LedgerEntry, LedgerError, SignedLedger
 from intents_mm.services.quote_canceller import CancelOutcome, CancelTarget, QuoteCanceller
 from intents_mm.services.runtime import Check, HttpError, Route, Service, json_response, read_json_object
+from intents_mm.storage.store import StoreRejectedError
 from intents_mm.venues.relay import RelayReply, SolverRelayClient
 from intents_mm.venues.relay_rpc import RelayRpcClient
 
@@ -120,6 +123,7 @@ MIRROR_BATCH: Final = 500
 MIRROR_DELAY_S: Final = 0.25  # gather a batch this long after the first new entry (like the fdatasync)
 MIRROR_RETRY_MAX_S: Final = 5.0
 MIRROR_FLUSH_TIMEOUT_S: Final = 5.0
+MIRROR_UNHEALTHY_S: Final = 30.0  # /healthz fails once the ledger mirror has been failing this long
 OUTCOMES: Final[tuple[TradeOutcome, ...]] = (
     "accepted",
     "rejected",
@@ -301,6 +305,8 @@ class TradeExecutor(Service):
         self._mirror_wake = asyncio.Event()
         self.mirrored = 0
         self.mirror_error: str | None = None
+        self.mirror_failing_since: float | None = None  # monotonic s of the first failure in a row
+        self.mirror_rejected = 0  # entries the store refuses (they stay in the local ledger file)
         # live signed quotes, the emergency stop and cancel-on-move
         self.outstanding: dict[str, Outstanding] = {}  # nonce -> quote
         self._by_command: dict[str, str] = {}  # command id -> nonce, over outstanding
@@ -728,16 +734,28 @@ class TradeExecutor(Service):
             self._mirror.clear()
             return True
         batch = self._mirror[:MIRROR_BATCH]
+        rows = [(e.command_id, e.quote_hash, e.nonce_b64, e.signed_ts_ns, e.deadline_ns) for e in batch]
         try:
-            await store.record_signed_commands(
-                [(e.command_id, e.quote_hash, e.nonce_b64, e.signed_ts_ns, e.deadline_ns) for e in batch]
-            )
+            try:
+                await store.record_signed_commands(rows)
+            except StoreRejectedError:  # one row the store cannot hold must not block the others
+                for row in rows:
+                    try:
+                        await store.record_signed_commands([row])
+                    except StoreRejectedError as exc:
+                        self.mirror_rejected += 1
+                        log.error(
+                            "%s: ledger entry %r not mirrored (kept in the file): %s", self.name, row[0], exc
+                        )
         except StoreError as exc:
             self.mirror_error = str(exc)
+            if self.mirror_failing_since is None:
+                self.mirror_failing_since = self.clock.monotonic_ns() / 1e9
             return False
         del self._mirror[: len(batch)]
         self.mirrored += len(batch)
         self.mirror_error = None
+        self.mirror_failing_since = None
         return True
 
     async def _mirror_forever(self) -> None:
@@ -1243,6 +1261,18 @@ class TradeExecutor(Service):
             checks["ledger"] = Check(False, self.ledger.last_error or "signed-command ledger write failed")
         else:
             checks["ledger"] = Check(True)
+        since = self.mirror_failing_since
+        failing_s = self.clock.monotonic_ns() / 1e9 - since if since is not None else 0.0
+        if since is not None and failing_s >= MIRROR_UNHEALTHY_S:
+            checks["ledger_mirror"] = Check(
+                False,
+                f"signed commands not mirrored to the store for {failing_s:.0f} s "
+                f"({len(self._mirror)} waiting): {self.mirror_error}",
+            )
+        else:
+            checks["ledger_mirror"] = Check(
+                True, f"failing: {self.mirror_error}" if since is not None else ""
+            )
         return checks
 
     def state(self) -> dict[str, Any]:
@@ -1312,6 +1342,7 @@ class TradeExecutor(Service):
                 "mirrored_to_store": self.mirrored,
                 "mirror_backlog": len(self._mirror),
                 "mirror_error": self.mirror_error,
+                "mirror_rejected": self.mirror_rejected,
             },
         }
 

@@ -3,21 +3,36 @@
 :class:`HistoryPersister` subscribes a durable consumer to every subject, decodes each delivery,
 collects deliveries into batches (up to ``batch_max`` messages, waiting at most
 ``batch_interval_s`` after the first) and writes each batch in one transaction with
-:meth:`HistoryStore.write_batch`. Deliveries are acked only after their batch is committed.
+:meth:`HistoryStore.write_batch`. Deliveries are acked only after their batch is committed, or, with
+a spill journal, once it is durably in the journal.
 
 Failure handling:
 
-- database unreachable, or a write slower than ``write_timeout_s`` (:class:`StoreError`): nothing
-  is acked; the same batch is retried with exponential backoff (``retry_initial_s`` doubling up to
-  ``retry_max_s``) while new deliveries wait in a bounded queue (which pushes back on the bus).
-  ``healthy`` turns False and ``last_error`` says why; once the database is back the backlog
-  drains. Writes are idempotent by ``msg_id``, so a redelivered message is never stored twice.
+- database unreachable, or a write slower than ``write_timeout_s`` (:class:`StoreError`): ``healthy``
+  turns False at once and ``last_error`` says why (history-writer's ``/healthz`` answers 503 with it).
+
+  * With a :class:`~intents_mm.storage.journal.SpillJournal` (the service always has one, under
+    ``<INTENTS_MM_VAR_DIR>/history-writer/journal/``): after ``spill_after_failures`` failed attempts
+    (1 by default) the batch is appended to the journal, fsynced and acked, so nothing is lost even if
+    the process then dies (``kill -9``) before the store is back. While the journal holds anything,
+    every new batch goes behind it (to the journal) until a replay has emptied it: replays are tried at
+    start, then with exponential backoff (``retry_initial_s`` doubling up to ``retry_max_s``), also
+    when no message arrives. A replay writes the segments oldest first with ``write_batch`` and deletes
+    each one once all of it is stored; it is idempotent (``msg_id``), so a segment replayed twice or a
+    message both spilled and stored is stored once. If the journal itself cannot be written the batch
+    is held as below.
+  * Without a journal (or when it fails): nothing is acked; the same batch is retried with
+    exponential backoff while new deliveries wait in a bounded queue (which pushes back on the bus).
+
+  Once a write or a replay succeeds ``healthy`` is True again. Writes are idempotent by ``msg_id``, so
+  a redelivered message is never stored twice.
 - a state broadcast without a table (``messages.EPHEMERAL_SUBJECTS``: ``risk.reservations``) is
   acked and skipped (not counted).
 - malformed message (not a valid envelope for its subject): acked and counted as poison, never
   retried. The same holds for a message the database refuses for its content
-  (:class:`StoreRejectedError`): the batch is split in halves until the refused message is isolated,
-  and every other message of the batch is still stored.
+  (:class:`StoreRejectedError`, counted also as ``rejected``): the batch is split in halves until the
+  refused message is isolated, every other message of the batch is still stored, and the refused one
+  is put aside with the error in the journal's ``rejected.jsonl`` (also when it came from a replay).
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Final, Protocol, cast
 
@@ -33,6 +49,7 @@ import msgspec
 from intents_mm import messages as m
 from intents_mm.bus.port import Bus, Delivery, Handler, Subscription
 from intents_mm.errors import BusError, InputError, StoreError
+from intents_mm.storage.journal import JournalError, JournalStats, SpillJournal
 from intents_mm.storage.store import StoreRejectedError
 
 log = logging.getLogger(__name__)
@@ -69,11 +86,17 @@ class PersisterStats(msgspec.Struct, frozen=True, kw_only=True):
     ack_failures: int
     write_failures: int
     batches: int
+    rejected: int
+    last_rejected: str | None
+    spilled: int
+    spill_failures: int
+    failing_since_ns: int | None
+    journal: JournalStats | None
 
 
 class _Item(msgspec.Struct):
     env: m.Envelope[m.Payload]
-    delivery: Delivery
+    delivery: Delivery | None  # None for a line replayed from the journal (nothing to ack)
     raw: bytes  # the envelope as it travelled: stored as is (no second encoding)
 
 
@@ -95,6 +118,8 @@ class HistoryPersister:
         write_timeout_s: float = 30.0,
         ack_wait_s: float | None = None,
         max_in_flight: int | None = None,
+        journal: SpillJournal | None = None,
+        spill_after_failures: int = 1,
     ) -> None:
         if batch_max < 1:
             raise InputError("batch_max must be at least 1")
@@ -115,10 +140,18 @@ class HistoryPersister:
         self._write_timeout_s = write_timeout_s
         if max_in_flight is not None and max_in_flight < 1:
             raise InputError("max_in_flight must be at least 1")
+        if spill_after_failures < 1:
+            raise InputError("spill_after_failures must be at least 1")
+        self._journal = journal
+        self._spill_after_failures = spill_after_failures
+        self._next_replay_at = 0.0  # loop time of the next replay attempt
+        self._replay_delay = retry_initial_s
         self._ack_wait_s = ack_wait_s
         self._max_in_flight = max_in_flight
         #: Set once the durable consumer is attached (messages published from then on are persisted).
         self.subscribed = asyncio.Event()
+        #: Set once the journal left by a previous process has been replayed (or the attempt failed).
+        self.startup_replayed = asyncio.Event()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_max or 4 * batch_max)
         self._inflight = 0
         self._putting = 0
@@ -137,6 +170,11 @@ class HistoryPersister:
         self.ack_failures = 0
         self.write_failures = 0
         self.batches = 0
+        self.rejected = 0
+        self.last_rejected: str | None = None
+        self.spilled = 0
+        self.spill_failures = 0
+        self.failing_since_ns: int | None = None  # wall clock of the first failure of the outage
 
     # ------------------------------------------------------------------------------ state
 
@@ -159,7 +197,17 @@ class HistoryPersister:
             ack_failures=self.ack_failures,
             write_failures=self.write_failures,
             batches=self.batches,
+            rejected=self.rejected,
+            last_rejected=self.last_rejected,
+            spilled=self.spilled,
+            spill_failures=self.spill_failures,
+            failing_since_ns=self.failing_since_ns,
+            journal=self._journal.stats() if self._journal is not None else None,
         )
+
+    @property
+    def journal(self) -> SpillJournal | None:
+        return self._journal
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until nothing is queued or being written; False if ``timeout_s`` passes first."""
@@ -191,15 +239,28 @@ class HistoryPersister:
         self._subscription = subscription
         self._stopping = False
         self.subscribed.set()
+        journal = self._journal
+        if journal is not None:
+            try:
+                journal.open()
+            except JournalError as exc:
+                log.error("history-writer: spill journal unusable, holding instead: %s", exc)
+                self._journal = journal = None
         try:
             while True:
-                batch = await self._next_batch()
+                await self._replay_if_due()
+                self.startup_replayed.set()
+                batch = await self._next_batch(self._replay_wait())
+                if batch is None:
+                    continue  # nothing arrived before the next replay attempt
                 try:
                     await self._commit(batch)
                 finally:
                     self._inflight = 0
                     self._progress.set()
         finally:
+            if journal is not None:
+                journal.close()
             await self._unsubscribe()
 
     async def _unsubscribe(self) -> None:
@@ -239,12 +300,21 @@ class HistoryPersister:
         finally:
             self._putting -= 1
 
-    async def _next_batch(self) -> list[_Item]:
+    async def _next_batch(self, wait_s: float | None = None) -> list[_Item] | None:
         """Take up to ``batch_max`` items; items taken count as in flight (``backlog``) at once.
 
         After the first item it waits until ``batch_interval_s`` has passed or ``batch_max`` items are
-        queued, then takes them all at once: one wake-up per batch, not one per message."""
-        batch = [await self._queue.get()]
+        queued, then takes them all at once: one wake-up per batch, not one per message. ``None`` when
+        no first item arrives within ``wait_s`` (when given)."""
+        if wait_s is None:
+            first = await self._queue.get()
+        else:
+            try:
+                async with asyncio.timeout(wait_s):
+                    first = await self._queue.get()
+            except TimeoutError:
+                return None
+        batch = [first]
         self._inflight = 1
         if self._queue.qsize() + 1 < self._batch_max and self._batch_interval_s > 0:
             self._full.clear()
@@ -258,52 +328,157 @@ class HistoryPersister:
         return batch
 
     async def _commit(self, batch: list[_Item]) -> None:
-        """Store ``batch`` (retrying while the database is down), then ack every delivery in it."""
+        """Store ``batch`` (or spill it to the journal while the database is down), then ack it."""
         delay = self._retry_initial_s
+        failures = 0
+        journal = self._journal
+        rejected = self.rejected
         while True:
+            behind = journal is not None and journal.pending and not await self._replay_if_due()
+            if behind and await self._spill(batch):
+                break  # the journal is not empty and the store not back: this batch goes behind it
             try:
-                try:
-                    async with asyncio.timeout(self._write_timeout_s):
-                        inserted = await self._store.write_batch(
-                            [item.env for item in batch], [item.raw for item in batch]
-                        )
-                except TimeoutError:
-                    raise StoreError(
-                        f"history store write timed out after {self._write_timeout_s:g} s"
-                    ) from None
-            except StoreRejectedError as exc:
-                if len(batch) == 1:
-                    self.poison += 1
-                    self.last_poison = f"{batch[0].env.subject} {batch[0].env.msg_id}: {exc}"
-                    log.warning("history-writer: message refused by the store, dropped: %s", self.last_poison)
-                    await self._ack(batch[0].delivery)
-                    return
-                middle = len(batch) // 2
-                await self._commit(batch[:middle])
-                await self._commit(batch[middle:])
-                return
+                inserted = await self._store_items(batch)
             except StoreError as exc:
-                self.write_failures += 1
-                self.last_error = str(exc)
-                if self.healthy:
-                    log.warning(
-                        "history-writer: store unavailable, holding %d messages: %s", self.backlog, exc
-                    )
-                self.healthy = False
+                failures += 1
+                self._note_failure(exc)
+                if (
+                    journal is not None
+                    and failures >= self._spill_after_failures
+                    and await self._spill(batch)
+                ):
+                    break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
                 continue
+            self._note_success()
+            self.batches += 1
+            self.stored += inserted
+            self.duplicates += len(batch) - inserted - (self.rejected - rejected)
             break
-        if not self.healthy:
-            log.info("history-writer: store available again, draining %d messages", self.backlog)
-        self.healthy = True
-        self.batches += 1
-        self.stored += inserted
-        self.duplicates += len(batch) - inserted
         for i, item in enumerate(batch):
             if i and not i % 32:
                 await asyncio.sleep(0)  # a large batch does not hold the event loop
-            await self._ack(item.delivery)
+            if item.delivery is not None:
+                await self._ack(item.delivery)
+
+    async def _write(self, items: Sequence[_Item]) -> int:
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                return await self._store.write_batch(
+                    [item.env for item in items], [item.raw for item in items]
+                )
+        except TimeoutError:
+            raise StoreError(f"history store write timed out after {self._write_timeout_s:g} s") from None
+
+    async def _store_items(self, items: list[_Item]) -> int:
+        """Write ``items``; a message the store refuses is isolated (halving) and put aside, the rest
+        are stored. Returns the rows inserted; :class:`StoreError` when the store is unavailable."""
+        try:
+            return await self._write(items)
+        except StoreRejectedError as exc:
+            if len(items) == 1:
+                self._reject(items[0], exc)
+                return 0
+        middle = len(items) // 2
+        return await self._store_items(items[:middle]) + await self._store_items(items[middle:])
+
+    def _reject(self, item: _Item, exc: StoreRejectedError) -> None:
+        self.poison += 1
+        self.rejected += 1
+        self.last_poison = self.last_rejected = f"{item.env.subject} {item.env.msg_id}: {exc}"
+        log.warning("history-writer: message refused by the store, set aside: %s", self.last_poison)
+        if self._journal is not None:
+            self._journal.set_aside(item.raw, str(exc), subject=item.env.subject, msg_id=item.env.msg_id)
+
+    def _note_failure(self, exc: StoreError) -> None:
+        self.write_failures += 1
+        self.last_error = str(exc)
+        if self.healthy:
+            log.warning("history-writer: store unavailable, holding %d messages: %s", self.backlog, exc)
+            self.failing_since_ns = time.time_ns()
+        self.healthy = False
+
+    def _note_success(self) -> None:
+        if not self.healthy:
+            log.info("history-writer: store available again, draining %d messages", self.backlog)
+        self.healthy = True
+        self.failing_since_ns = None
+
+    async def _spill(self, batch: list[_Item]) -> bool:
+        journal = self._journal
+        assert journal is not None
+        live = [item for item in batch if item.delivery is not None]
+        was_empty = not journal.pending
+        try:
+            await journal.spill([item.raw for item in live])
+        except JournalError as exc:
+            self.spill_failures += 1
+            self.last_error = f"{self.last_error or 'history store unavailable'}; and {exc}"
+            log.error("history-writer: could not spill %d messages, holding them: %s", len(live), exc)
+            return False
+        if was_empty:
+            log.warning("history-writer: store unavailable, spilling to the journal %s", journal.directory)
+        self.spilled += len(live)
+        return True
+
+    def _replay_wait(self) -> float | None:
+        """How long the batch loop may wait for a message before the next replay attempt is due."""
+        journal = self._journal
+        if journal is None or not journal.pending:
+            return None
+        return max(self._next_replay_at - asyncio.get_running_loop().time(), 0.01)
+
+    async def _replay_if_due(self) -> bool:
+        """Replay the journal into the store when an attempt is due; True when the journal is empty."""
+        journal = self._journal
+        if journal is None or not journal.pending:
+            return True
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_replay_at:
+            return False
+        if await self._replay(journal):
+            self._replay_delay = self._retry_initial_s
+            return True
+        self._next_replay_at = loop.time() + self._replay_delay
+        self._replay_delay = min(self._replay_delay * 2, self._retry_max_s)
+        return False
+
+    async def _replay(self, journal: SpillJournal) -> bool:
+        """Write every journal segment to the store, oldest first, deleting each once stored."""
+        inflight = self._inflight
+        try:
+            for path in journal.sealed_segments():
+                lines = journal.segment_lines(path)
+                inserted = decoded = 0
+                for start in range(0, len(lines), self._batch_max):
+                    chunk = [
+                        _Item(env=env, delivery=None, raw=raw)
+                        for env, raw in journal.decode_lines(path, lines[start : start + self._batch_max])
+                    ]
+                    decoded += len(chunk)
+                    self._inflight = inflight + len(chunk)
+                    if chunk:
+                        inserted += await self._store_items(chunk)
+                    await asyncio.sleep(0)  # a large segment does not hold up a quote
+                journal.drop_segment(path, inserted=inserted, lines=decoded)
+                self.stored += inserted
+        except JournalError as exc:
+            journal.last_replay_error = str(exc)
+            log.error("history-writer: journal replay failed: %s", exc)
+            return False
+        except StoreError as exc:
+            journal.last_replay_error = str(exc)
+            self._note_failure(exc)
+            return False
+        finally:
+            self._inflight = inflight
+        journal.replays += 1
+        journal.last_replay_ts_ns = time.time_ns()
+        journal.last_replay_error = None
+        self._note_success()
+        log.info("history-writer: spill journal replayed into the store (%d rows so far)", journal.replayed)
+        return True
 
     async def _ack(self, delivery: Delivery) -> None:
         try:

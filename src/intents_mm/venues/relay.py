@@ -23,7 +23,9 @@ One :class:`SolverRelayClient` keeps one solver socket open for as long as it ru
   does, and counts every rejection by reason).
 * aiohttp and socket failures surface as :class:`TransportError`; relay error replies to ``subscribe`` /
   ``unsubscribe`` as :class:`RpcError`. :meth:`send_quote_response` returns a :class:`RelayReply` for any
-  relay answer (accepted or rejected) and raises :class:`TransportError` when it cannot get one.
+  relay answer (accepted or rejected) and raises :class:`TransportError` when it cannot get one. The
+  relay's free text in a reply (error message, string code, string result) is passed through
+  :func:`intents_mm.messages.safe_text`: NUL and control characters arrive escaped, never raw.
 
 The API key never appears in logs, errors or :meth:`snapshot`.
 """
@@ -46,6 +48,7 @@ from yarl import URL
 
 from intents_mm.clock import SYSTEM_CLOCK, Clock
 from intents_mm.errors import InputError, RpcError, TransportError
+from intents_mm.messages import safe_text
 
 __all__ = [
     "ConnectionState",
@@ -157,7 +160,7 @@ class _AuthRefused(Exception):
 
 
 def _one_line(text: str) -> str:
-    line = " ".join(text.split())
+    line = " ".join(safe_text(text).split())  # no NUL or control character reaches a record
     return line if len(line) <= _MAX_MESSAGE_CHARS else line[: _MAX_MESSAGE_CHARS - 3] + "..."
 
 
@@ -169,6 +172,7 @@ def rpc_error_parts(error: object) -> tuple[str, int | str | None, object]:
         message = error.get("message")
         code = error.get("code")
         code = code if isinstance(code, (int, str)) and not isinstance(code, bool) else None
+        code = safe_text(code)[:_MAX_MESSAGE_CHARS] if isinstance(code, str) else code
         text = message if isinstance(message, str) and message else _ENCODER.encode(error).decode()
         return _one_line(text), code, error.get("data")
     return _one_line(_ENCODER.encode(error).decode()), None, None
@@ -443,7 +447,8 @@ class SolverRelayClient:
             self.counts["quote_responses_rejected"] += 1
             return RelayReply(ok=False, result=None, error_message=message, error_code=code)
         self.counts["quote_responses_ok"] += 1
-        return RelayReply(ok=True, result=reply.get("result"))
+        result = reply.get("result")
+        return RelayReply(ok=True, result=safe_text(result) if isinstance(result, str) else result)
 
     # ------------------------------------------------------------------ internals: requests
 
