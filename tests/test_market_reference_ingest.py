@@ -68,7 +68,7 @@ class Harness:
         payload = decode(delivery.data).payload
         if isinstance(payload, ReferencePrice):
             self.refs.append(payload)
-        elif isinstance(payload, OperatorAction):
+        elif isinstance(payload, OperatorAction) and payload.result != "attempt":  # outcomes only
             self.actions.append(payload)
         await delivery.ack()
 
