@@ -276,6 +276,7 @@ def test_a_fuzzed_storm_is_refused_audited_and_changes_nothing(storm: Storm) -> 
             bad.append(f"{case.endpoint[:3]} {case.headers} {case.body[:60]!r} -> {status} {text[:160]}")
 
     one()
+    assert len(sent) >= 100 and {case.expect for case, _ in sent} == {400, 403, 415}
     assert not bad, f"{len(bad)} of {len(sent)} bad answers:\n" + "\n".join(bad[:30])
 
     # the HTTP server's own errors, on every endpoint
