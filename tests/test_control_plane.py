@@ -567,3 +567,18 @@ async def test_any_json_string_is_audited_escaped_in_the_store(store_url: str) -
     finally:
         await stop_services(running)
         await store.close()
+
+
+def test_parsed_bodies_hold_only_storable_strings() -> None:
+    from intents_mm.services.runtime import HttpError, parse_json_object
+
+    assert parse_json_object(b'{"a": "\\ud800", "\\u0000": ["x\\udfffy", {"k": "\\u0000"}]}') == {
+        "a": "\\ud800",
+        "\\u0000": ["x\\udfffy", {"k": "\\u0000"}],
+    }
+    assert parse_json_object('{"a": "\\ud83d\\ude00é"}'.encode()) == {"a": "😀é"}  # a pair is one character
+    assert parse_json_object(b'{"a": "\xed\xa0\x80"}') == {"a": "\\ud800"}  # raw surrogate bytes too
+    for bad in (b'{"a": "\x00"}', b"[" * 50_000, b'{"a": NaN}'):
+        with pytest.raises(HttpError) as info:
+            parse_json_object(bad)
+        assert info.value.status == 400

@@ -322,3 +322,90 @@ def test_a_fuzzed_storm_is_refused_audited_and_changes_nothing(storm: Storm) -> 
 
 def _action(path: str) -> str:
     return path.strip("/")  # every audited route here is named after its path
+
+
+#: (service, method, path, body): bodies holding lone surrogates and NUL, to every mutating route
+UNSTORABLE_CALLS: list[tuple[str, str, str, str]] = [
+    ("strategy-engine", "POST", "/disarm", '{"reason": "\\ud800"}'),
+    ("strategy-engine", "POST", "/arm", '{"note": "a\\u0000b"}'),
+    ("strategy-engine", "PUT", "/limits", '{"\\ud800": 1}'),
+    ("strategy-engine", "PUT", "/limits", '{"max_notional_eure": "\\u0000"}'),
+    ("trade-executor", "POST", "/disarm", '{"reason": "\\udfff\\u0000"}'),
+    ("trade-executor", "POST", "/arm", '{"note": "\\ud800"}'),
+    ("trade-executor", "POST", "/kill", '{"reason": "\\ud800 \\u0000"}'),
+    ("liquidity-manager", "POST", "/freeze-withdrawals", '{"frozen": true, "why": "\\u0000"}'),
+    (
+        "liquidity-manager",
+        "POST",
+        "/withdraw",
+        '{"asset_id": "\\ud800", "amount": "1", "destination_address": "\\u0000"}',
+    ),
+    (
+        "liquidity-manager",
+        "POST",
+        "/track-withdrawal",
+        '{"withdrawal_hash": "\\u0000", "asset_id": "\\ud800", "chain": "btc:mainnet", "amount": "1"}',
+    ),
+    ("market-reference-ingest", "POST", "/refresh", '{"sources": ["\\ud800"]}'),
+]
+
+
+def _escaped(value: Any) -> Any:
+    """What the audit record must hold for ``value``: NUL and lone surrogates as text escapes."""
+    if isinstance(value, str):
+        return "".join(f"\\u{ord(c):04x}" if c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+    if isinstance(value, dict):
+        return {_escaped(k): _escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escaped(v) for v in value]
+    return value
+
+
+async def test_every_operator_action_is_audited_whatever_its_bytes(store_url: str, tmp_path: Path) -> None:
+    """The issue's finding: such bodies left no ``operator_actions`` row. Now each call, accepted or
+    refused by its handler, has its ``attempt`` row and its outcome row, escaped, on either store,
+    and the services answer JSON (never a 5xx) and stay healthy."""
+    from e2e_kit import e2e_env
+
+    extra = {} if store_url.startswith("sqlite") else {"POSTGRES_URL": store_url}
+    run = InProcessRun(tmp=tmp_path, scenario=e2e_scenario(), env=e2e_env(tmp_path, **extra))
+    try:
+        async with asyncio.timeout(120):
+            await run.start()
+            await run.arm()
+            async with aiohttp.ClientSession() as http:
+                for i, (service, method, path, body) in enumerate(UNSTORABLE_CALLS):
+                    headers = {"content-type": "application/json", "X-Operator": f"bytes-{i}"}
+                    async with http.request(
+                        method, run.url(service) + path, data=body, headers=headers
+                    ) as resp:
+                        text = await resp.text()
+                        assert (resp.status < 500 and _json_error(text)) or resp.status < 300, (
+                            path,
+                            body,
+                            text,
+                        )
+            assert run.store is not None
+            rows: list[m.OperatorAction] = []
+            for _ in range(100):
+                envs = await stored(run.store, "operator_actions")
+                rows = [
+                    e.payload
+                    for e in envs
+                    if isinstance(e.payload, m.OperatorAction) and e.payload.actor.startswith("bytes-")
+                ]
+                if len(rows) >= 2 * len(UNSTORABLE_CALLS):
+                    break
+                await asyncio.sleep(0.1)
+            for i, (service, _, path, body) in enumerate(UNSTORABLE_CALLS):
+                mine = [a for a in rows if a.actor == f"bytes-{i}"]
+                assert [a.result for a in mine][:1] == ["attempt"] and len(mine) == 2, (path, mine)
+                assert mine[1].result in ("ok", "refused")
+                assert all(a.service == service and a.action == _action(path) for a in mine)
+                assert mine[0].params == mine[1].params == _escaped(json.loads(body)), (path, mine[0].params)
+            async with aiohttp.ClientSession() as http:
+                for name in ("strategy-engine", "trade-executor", "liquidity-manager", "history-writer"):
+                    async with http.get(run.url(name) + "/healthz") as resp:
+                        assert resp.status == 200, (name, await resp.text())
+    finally:
+        await run.shutdown()

@@ -312,7 +312,10 @@ def parse_json_object(raw: bytes, *, allow_empty: bool = False) -> dict[str, Any
 
     Whatever the bytes, the outcome is a dict or an HttpError (never another exception): invalid
     UTF-8, nesting too deep for the parser, integers beyond Python's digit limit and the non-JSON
-    constants NaN / Infinity are all malformed JSON.
+    constants NaN / Infinity are all malformed JSON. Every string in the result (keys included) is
+    storable: NUL and lone surrogates, which valid JSON may carry as ``\\u0000`` / ``\\ud800``, come
+    out as those six characters of text (:func:`escape_unstorable`), so no handler, message or store
+    downstream meets a character it cannot encode.
     """
     if not raw.strip():
         if allow_empty:
@@ -326,7 +329,21 @@ def parse_json_object(raw: bytes, *, allow_empty: bool = False) -> dict[str, Any
         raise HttpError(400, f"malformed JSON: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(doc, dict):
         raise HttpError(400, "request body must be a JSON object")
-    return doc
+    try:  # (json.loads also lets raw surrogate bytes through: it decodes with "surrogatepass")
+        storable: dict[str, Any] = _storable(doc)
+    except RecursionError:
+        raise HttpError(400, "malformed JSON: nested too deep") from None
+    return storable
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_unstorable(value)
+    if isinstance(value, dict):
+        return {escape_unstorable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
 
 
 async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
