@@ -498,6 +498,9 @@ async def test_the_http_servers_own_errors_are_json() -> None:
             doc = json.loads(body)
             assert isinstance(doc["error"], str) and "Traceback" not in doc["error"], what
         assert svc.done == 0
+        async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as resp:
+            metrics = await resp.text()
+        assert 'path="other"' in metrics and "no-such-path" not in metrics  # a fuzzed path adds no series
 
 
 async def test_any_json_string_is_audited_escaped_in_the_store(store_url: str) -> None:

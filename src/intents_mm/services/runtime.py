@@ -431,6 +431,10 @@ class Service:
         }
 
 
+#: Method labels of ``control_requests``; any other method is counted as ``OTHER``.
+_METRIC_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
 class ControlServer:
     """The aiohttp control API of one service (security and audit rules: the module docstring)."""
 
@@ -503,13 +507,12 @@ class ControlServer:
         except Exception as exc:  # never a stack trace to the caller
             log.exception("%s: %s %s failed", self.service.name, request.method, request.path)
             response = json_response({"error": f"internal error: {exc.__class__.__name__}"}, status=500)
-        self.service._m_requests.labels(
-            request.method, self._metric_path(request), str(response.status)
-        ).inc()
+        method = request.method if request.method in _METRIC_METHODS else "OTHER"
+        self.service._m_requests.labels(method, self._metric_path(request), str(response.status)).inc()
         return response
 
     def _metric_path(self, request: web.Request) -> str:
-        """The path label: a known route's path, else ``other`` (an unknown path must not add a series)."""
+        """The path label: a known route's path, else ``other`` (a fuzzed path must not add a series)."""
         path = request.path
         known = path in ("/healthz", "/state", "/metrics") or any(p == path for _, p in self._routes)
         return path if known else "other"
