@@ -21,7 +21,8 @@ A :class:`Service` is a thin shell around domain logic. The runtime gives it:
      (and a token is mandatory off loopback: config refuses to start without one). Refusal: 401;
   3. a non-empty body must be ``Content-Type: application/json`` (parameters allowed): a browser
      sends a cross-origin "simple" POST as text/plain or a form type, never as JSON. Refusal: 415;
-     then the body must be a JSON object (400; 413 above 64 KiB);
+     then the body must be a JSON object (400; 413 above 64 KiB), and the handler sees its strings
+     with NUL and lone surrogates escaped (:func:`parse_json_object`);
   4. costly read-only routes (a body-taking route that is not mutating, or ``rate_limited=True``)
      are rate limited per endpoint by a token bucket (``CONTROL_RATE_LIMIT_PER_S``,
      ``CONTROL_RATE_LIMIT_BURST``). Refusal: 429 with ``Retry-After``;
