@@ -181,7 +181,11 @@ class Storm:
     async def start(self) -> None:
         self.run = InProcessRun(tmp=self.tmp, scenario=e2e_scenario())
         await self.run.start()
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20))
+        # one connection per request: aiohttp retries an idempotent request (PUT) once when the
+        # server closed a reused connection, and each of the two would be audited (rightly)
+        self.http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=20), connector=aiohttp.TCPConnector(force_close=True)
+        )
 
     async def close(self) -> None:
         if self.http is not None:
