@@ -4,6 +4,7 @@
 # and the tests then skip with a reason naming the missing tool.
 #   docker-compose  Debian's package; validates compose.yml offline (`docker-compose -f compose.yml config`)
 #   curl, jq, psql  the operator commands in docs/operations.md, run as written by tests/test_operations_doc.py
+#   chromium        Debian's headless browser; tests/test_control_plane_browser.py opens a hostile page in it
 # kubectl is expected on the machine already (`kubectl kustomize deploy/k3s` validates deploy/k3s offline).
 set -euo pipefail
 
@@ -14,6 +15,7 @@ have docker-compose || need_apt+=(docker-compose)
 have curl || need_apt+=(curl)
 have jq || need_apt+=(jq)
 have psql || need_apt+=(postgresql-client)
+have chromium || have chromium-browser || need_apt+=(chromium)
 
 if [ "${#need_apt[@]}" -eq 0 ]; then
     exit 0

@@ -68,7 +68,7 @@ class Harness:
         payload = decode(delivery.data).payload
         if isinstance(payload, ReferencePrice):
             self.refs.append(payload)
-        elif isinstance(payload, OperatorAction):
+        elif isinstance(payload, OperatorAction) and payload.result != "attempt":  # outcomes only
             self.actions.append(payload)
         await delivery.ack()
 
@@ -77,7 +77,8 @@ class Harness:
             return resp.status, await resp.json()
 
     async def post(self, path: str, data: str | None = None) -> tuple[int, Any]:
-        async with self.http.post(self.url + path, data=data) as resp:
+        headers = {} if data is None else {"content-type": "application/json"}
+        async with self.http.post(self.url + path, data=data, headers=headers) as resp:
             return resp.status, await resp.json()
 
     async def published(self, predicate: Callable[[ReferencePrice], bool], what: str) -> ReferencePrice:

@@ -323,11 +323,12 @@ async def test_put_limits_validated_persisted_and_audited(
 ) -> None:
     running, _, url = engine
     audits: list[OperatorAction] = []
+    attempts: list[OperatorAction] = []
 
     async def on_audit(d: Delivery) -> None:
         payload = decode(d.data).payload
         assert isinstance(payload, OperatorAction)
-        audits.append(payload)
+        (attempts if payload.result == "attempt" else audits).append(payload)  # attempt: before it runs
         await d.ack()
 
     await running.bus.subscribe(["control.operator_action"], "test-audit", on_audit)
@@ -366,6 +367,7 @@ async def test_put_limits_validated_persisted_and_audited(
             break
         await asyncio.sleep(0.01)
     assert [a.result for a in audits] == ["refused"] * 14 + ["ok"] * 2
+    assert len(attempts) == 14  # the 2 malformed bodies never reached the handler
     assert all(a.service == "strategy-engine" and a.action == "limits" for a in audits)
     assert audits[-1].params == {"max_notional_eure": "7.5"}
     saved = await running.store.get_state("strategy-engine.limits")

@@ -135,7 +135,8 @@ class Harness:
 
     async def post(self, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
         data = None if body is None else (body if isinstance(body, str) else json.dumps(body))
-        async with self.http.post(self.url + path, data=data) as resp:
+        headers = {} if data is None else {"content-type": "application/json"}
+        async with self.http.post(self.url + path, data=data, headers=headers) as resp:
             return resp.status, await resp.json()
 
     async def get_state(self) -> dict[str, Any]:

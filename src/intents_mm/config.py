@@ -8,6 +8,7 @@ start-up with a message naming the variable; every problem is collected, not jus
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -178,6 +179,14 @@ def _host(value: str) -> str:
     return value
 
 
+def _host_list(value: str) -> tuple[str, ...]:
+    items = tuple(v.strip().lower() for v in value.split(",") if v.strip())
+    for item in items:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?", item):
+            raise ValueError(f"must list host names (letters, digits, dots, hyphens), got {item!r}")
+    return items
+
+
 def _optional_str(value: str) -> str | None:
     return value.strip() or None
 
@@ -242,6 +251,21 @@ VARIABLES: tuple[Var, ...] = (
         "",
         "bearer token for mutating control calls; required off loopback",
         secret=True,
+    ),
+    Var(
+        "CONTROL_API_ALLOWED_HOSTS",
+        _host_list,
+        "",
+        "extra host names a control call may address in Host/Origin (loopback and IPs always pass)",
+    ),
+    Var(
+        "CONTROL_RATE_LIMIT_PER_S",
+        _dec(Decimal("0.01"), Decimal(1000)),
+        "2",
+        "refill rate of each costly read-only control endpoint (POST /refresh, /withdrawal-estimate)",
+    ),
+    Var(
+        "CONTROL_RATE_LIMIT_BURST", _int(1, 1000), "5", "burst of each costly control endpoint's token bucket"
     ),
     Var("INTENTS_MM_VAR_DIR", _str, "./var", "directory for the embedded SQLite store and local state"),
     Var(
@@ -607,7 +631,22 @@ def _cross_checks(values: Mapping[str, Any]) -> list[str]:
 
 
 def is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    """True for ``localhost`` and for a loopback IP address (127.0.0.0/8, ``::1``, bracketed or not).
+
+    Parsed as an IP address, never by prefix: ``127.evil.example`` is a host name, not loopback.
+    """
+    name = host.strip().lower()
+    if name == "localhost":
+        return True
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def env_example() -> str:

@@ -470,7 +470,9 @@ class ReservationSummary(Payload, kw_only=True, frozen=True):
 
 # -------------------------------------------------------------------------------------- control.*
 
-OperatorResult = Literal["ok", "refused"]
+#: ``attempt``: the call passed every check and its action is about to run (written before it runs);
+#: ``ok`` / ``refused``: the outcome.
+OperatorResult = Literal["ok", "refused", "attempt"]
 
 
 class OperatorAction(Payload, kw_only=True, frozen=True):

@@ -448,7 +448,7 @@ class MarketReferenceIngest(Service):
 
     # -- control API -------------------------------------------------------------------------------
     def routes(self) -> list[Route]:
-        return [Route("POST", "/refresh", self._refresh, mutating=True)]
+        return [Route("POST", "/refresh", self._refresh, mutating=True, rate_limited=True)]
 
     async def _refresh(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, allow_empty=True)

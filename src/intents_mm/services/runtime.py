@@ -15,10 +15,33 @@ A :class:`Service` is a thin shell around domain logic. The runtime gives it:
   ``GET /healthz`` (200 only when every check passes; the body names the failing checks),
   ``GET /state`` (JSON, secrets redacted) and ``GET /metrics`` (Prometheus text), plus the
   service's own routes;
-- control-plane security: mutating routes require ``Authorization: Bearer CONTROL_API_TOKEN`` when
-  a token is configured (and a token is mandatory off loopback: config refuses to start without
-  one); every mutating call is audited as ``control.operator_action`` with who, when and what;
-- JSON body parsing that answers malformed bodies with 400 and a JSON error naming the problem.
+- control-plane security (``docs/operations.md`` "How the control plane is protected"), checked in
+  this order, each refusal a one-line JSON error that changes nothing:
+
+  1. browsers and DNS rebinding, every route: the ``Host`` header must name the bound port and a
+     loopback name or address (``localhost``, 127.0.0.0/8, ``[::1]``), the bound address, any IP
+     literal when bound to a wildcard address, or a name in ``CONTROL_API_ALLOWED_HOSTS``; an
+     ``Origin`` header must be exactly the API's own origin as addressed (``http://`` + ``Host``);
+     ``Sec-Fetch-Site`` when sent must be ``same-origin`` or ``none`` (``same-site`` is refused too: a
+     page on another port of the same host is same-site). Refusal: 403;
+  2. mutating routes require ``Authorization: Bearer CONTROL_API_TOKEN`` when a token is configured
+     (and a token is mandatory off loopback: config refuses to start without one). Refusal: 401;
+  3. a non-empty body must be ``Content-Type: application/json`` (parameters allowed): a browser
+     sends a cross-origin "simple" POST as text/plain or a form type, never as JSON. Refusal: 415;
+     then the body must be a JSON object (400; 413 above 64 KiB), and the handler sees its strings
+     with NUL and lone surrogates escaped (:func:`parse_json_object`);
+  4. costly read-only routes (a body-taking route that is not mutating, or ``rate_limited=True``)
+     are rate limited per endpoint by a token bucket (``CONTROL_RATE_LIMIT_PER_S``,
+     ``CONTROL_RATE_LIMIT_BURST``). Refusal: 429 with ``Retry-After``;
+- auditing: every mutating call is audited as ``control.operator_action`` with who, when and what.
+  A call refused before its handler runs gets one ``refused`` record. A call that reaches its
+  handler gets an ``attempt`` record published BEFORE the handler runs (when that publish fails the
+  call is refused with 503 and nothing is done), then an ``ok``/``refused`` record with the outcome.
+  Every string in a record (params, actor, detail) is made storable first: NUL and lone surrogates
+  become the six-character text escape ``\\u0000`` / ``\\ud800`` (:func:`escape_unstorable`), and
+  nesting beyond :data:`AUDIT_MAX_DEPTH` is cut, so no valid JSON body can make the record fail;
+- errors: every answer is JSON, including the HTTP server's own (bad request line, unknown method
+  characters, too-long URL, oversized or too many headers: :class:`_JsonErrorRequestHandler`).
 """
 
 from __future__ import annotations
@@ -26,14 +49,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import ipaddress
 import json
 import logging
+import math
+import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -47,6 +76,7 @@ from intents_mm.errors import InputError, IntentsMMError
 
 if TYPE_CHECKING:
     from intents_mm.bus.port import Bus
+    from intents_mm.messages import OperatorResult as OperatorResultT
     from intents_mm.storage.store import HistoryStore
 
 log = logging.getLogger("intents_mm.services")
@@ -57,9 +87,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class HttpError(IntentsMMError):
     """Raised by a route handler to answer with a JSON error and the given status."""
 
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, message: str, *, headers: Mapping[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = dict(headers or {})
         self.extra = extra
 
 
@@ -70,6 +103,9 @@ class Route:
     handler: Handler
     mutating: bool = False
     action: str = ""  # audit name; defaults to the path
+    #: per-endpoint token bucket; None = automatic: a body-taking route that is not mutating (a
+    #: read-only call that costs an RPC or bridge call on request) is limited, others are not
+    rate_limited: bool | None = None
 
 
 @dataclass
@@ -155,12 +191,146 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
-def json_response(data: Any, status: int = 200) -> web.Response:
+def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
         text=json.dumps(to_jsonable(data), separators=(",", ":")),
         status=status,
         content_type="application/json",
+        headers=headers,
     )
+
+
+#: Characters no store can hold as text: NUL (PostgreSQL text/JSONB) and lone surrogates (UTF-8).
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+
+#: Nesting kept in an audit record's params; deeper values are replaced by a marker.
+AUDIT_MAX_DEPTH: Final = 16
+
+
+def escape_unstorable(text: str) -> str:
+    """``text`` with NUL and every lone surrogate written as a ``\\uXXXX`` text escape.
+
+    A valid JSON string may hold both (``"\\u0000"``, ``"\\ud800"``); neither can be encoded as UTF-8
+    text for PostgreSQL, and a lone surrogate not even for the bus. The escape is visible, so the
+    record shows what was sent. (A surrogate *pair* in JSON is one character and is kept as is.)
+    """
+    if text.isascii() and "\x00" not in text:
+        return text
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def audit_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` (a parsed JSON body or part of it) made storable: strings and keys escaped with
+    :func:`escape_unstorable`, nesting beyond :data:`AUDIT_MAX_DEPTH` replaced by a marker."""
+    if isinstance(value, str):
+        return escape_unstorable(value)
+    if isinstance(value, Mapping):
+        if depth >= AUDIT_MAX_DEPTH:
+            return "<nested too deep>"
+        return {escape_unstorable(str(k)): audit_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        if depth >= AUDIT_MAX_DEPTH:
+            return "<nested too deep>"
+        return [audit_safe(v, depth + 1) for v in value]
+    return value
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    return escape_unstorable(" ".join(text.split()))[:limit]
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens a second up to ``burst``; :meth:`take` spends one."""
+
+    def __init__(self, rate: float, burst: int, now: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._now = now
+        self._tokens = float(burst)
+        self._at = now()
+
+    def take(self) -> float:
+        """0.0 when a token was spent, else the seconds until one is available (nothing spent)."""
+        now = self._now()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
+
+
+def split_host_port(value: str) -> tuple[str, int | None] | None:
+    """``Host``/authority ``value`` as (lower-case host without brackets, port or None); None when it
+    is not a host[:port] at all."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        port_text = rest[1:] if rest else None
+    else:
+        host, sep, port_text_ = value.rpartition(":")
+        if not sep:
+            host, port_text_ = value, ""
+        elif ":" in host:  # an unbracketed IPv6 address is not a valid Host
+            return None
+        port_text = port_text_ if sep else None
+    if not host:
+        return None
+    if port_text is None:
+        return host, None
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
+        return None
+    return host, int(port_text)
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+class _JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's connection handler, with its own error answers (bad request line, unknown method
+    characters, too-long URL, oversized or too many headers, an error escaping the middlewares) as
+    one-line JSON instead of plain text or HTML; a bad request is logged on one line."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            log.error("control API: internal error answering %s", request.remote, exc_info=exc)
+            error = "internal error"
+        else:
+            reason = message or (str(exc) if exc is not None else "") or "malformed HTTP request"
+            error = f"bad HTTP request: {_one_line(reason)}"
+            log.warning("control API: %s (from %s)", error, request.remote)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already sent; cannot send the error")
+        response = json_response({"error": error}, status=status)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _ControlRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer  # same state; only the connection handler class differs
+        return server
 
 
 def _no_constants(name: str) -> Any:
@@ -172,7 +342,10 @@ def parse_json_object(raw: bytes, *, allow_empty: bool = False) -> dict[str, Any
 
     Whatever the bytes, the outcome is a dict or an HttpError (never another exception): invalid
     UTF-8, nesting too deep for the parser, integers beyond Python's digit limit and the non-JSON
-    constants NaN / Infinity are all malformed JSON.
+    constants NaN / Infinity are all malformed JSON. Every string in the result (keys included) is
+    storable: NUL and lone surrogates, which valid JSON may carry as ``\\u0000`` / ``\\ud800``, come
+    out as those six characters of text (:func:`escape_unstorable`), so no handler, message or store
+    downstream meets a character it cannot encode.
     """
     if not raw.strip():
         if allow_empty:
@@ -186,7 +359,21 @@ def parse_json_object(raw: bytes, *, allow_empty: bool = False) -> dict[str, Any
         raise HttpError(400, f"malformed JSON: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(doc, dict):
         raise HttpError(400, "request body must be a JSON object")
-    return doc
+    try:  # (json.loads also lets raw surrogate bytes through: it decodes with "surrogatepass")
+        storable: dict[str, Any] = _storable(doc)
+    except RecursionError:
+        raise HttpError(400, "malformed JSON: nested too deep") from None
+    return storable
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_unstorable(value)
+    if isinstance(value, dict):
+        return {escape_unstorable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
 
 
 async def read_json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
@@ -360,8 +547,12 @@ class Service:
         }
 
 
+#: Method labels of ``control_requests``; any other method is counted as ``OTHER``.
+_METRIC_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
 class ControlServer:
-    """The aiohttp control API of one service."""
+    """The aiohttp control API of one service (security and audit rules: the module docstring)."""
 
     def __init__(self, service: Service, host: str, port: int, token: str | None) -> None:
         if not is_loopback(host) and not token:
@@ -370,12 +561,24 @@ class ControlServer:
         self.host = host
         self.port = port
         self.token = token
+        config = service.config
+        self._allowed_names: frozenset[str] = frozenset(
+            [*(config.get("CONTROL_API_ALLOWED_HOSTS") or ()), *([host.lower()] if _ip(host) is None else [])]
+        )
+        bound = _ip(host)
+        self._bound_ip = bound
+        self._bound_wildcard = bound is not None and bound.is_unspecified
+        self._rate = float(config.get("CONTROL_RATE_LIMIT_PER_S") or 2)
+        self._burst = int(config.get("CONTROL_RATE_LIMIT_BURST") or 5)
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._routes: dict[tuple[str, str], Route] = {}
         self._runner: web.AppRunner | None = None
-        self.app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024)
+        self.app = web.Application(middlewares=[self._errors, self._guard], client_max_size=64 * 1024)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/state", self._state)
         self.app.router.add_get("/metrics", self._metrics)
         for route in service.routes():
+            self._routes[(route.method.upper(), route.path)] = route
             self.app.router.add_route(route.method, route.path, self._wrap(route))
 
     @property
@@ -383,7 +586,7 @@ class ControlServer:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        self._runner = _ControlRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         try:
@@ -410,7 +613,7 @@ class ControlServer:
         try:
             response = await handler(request)
         except HttpError as exc:
-            response = json_response({"error": str(exc), **exc.extra}, status=exc.status)
+            response = json_response({"error": str(exc), **exc.extra}, status=exc.status, headers=exc.headers)
         except InputError as exc:
             response = json_response({"error": str(exc)}, status=400)
         except web.HTTPException as exc:
@@ -420,65 +623,184 @@ class ControlServer:
         except Exception as exc:  # never a stack trace to the caller
             log.exception("%s: %s %s failed", self.service.name, request.method, request.path)
             response = json_response({"error": f"internal error: {exc.__class__.__name__}"}, status=500)
-        self.service._m_requests.labels(request.method, request.path, str(response.status)).inc()
+        method = request.method if request.method in _METRIC_METHODS else "OTHER"
+        self.service._m_requests.labels(method, self._metric_path(request), str(response.status)).inc()
         return response
+
+    def _metric_path(self, request: web.Request) -> str:
+        """The path label: a known route's path, else ``other`` (a fuzzed path must not add a series)."""
+        path = request.path
+        known = path in ("/healthz", "/state", "/metrics") or any(p == path for _, p in self._routes)
+        return path if known else "other"
+
+    # -- browsers, DNS rebinding -----------------------------------------------------------------
+    def _host_allowed(self, host: str) -> bool:
+        if host == "localhost" or host in self._allowed_names:
+            return True
+        address = _ip(host)
+        if address is None:
+            return False  # a name that is not ours: DNS rebinding
+        if is_loopback(host) or self._bound_wildcard:
+            return True  # an address literal cannot be rebound
+        return address == self._bound_ip
+
+    def _browser_refusal(self, request: web.Request) -> str | None:
+        """Why this request must be refused as a browser's cross-origin or rebound request, or None."""
+        raw_host = request.headers.get("Host")
+        if raw_host is None:
+            return "the Host header is missing"
+        parsed = split_host_port(raw_host)
+        if parsed is None or not self._host_allowed(parsed[0]):
+            return f"Host {_one_line(raw_host, 80)!r} is not this control API (loopback or the bound address)"
+        if (parsed[1] if parsed[1] is not None else 80) != self.port:
+            return f"Host {_one_line(raw_host, 80)!r} does not name this control API's port {self.port}"
+        origin = request.headers.get("Origin")
+        if origin is not None and origin.strip().lower() != f"http://{raw_host.strip().lower()}":
+            return f"cross-origin request from Origin {_one_line(origin, 80)!r} (a web page, not an operator)"
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site.strip().lower() not in ("same-origin", "none"):
+            return f"cross-site request (Sec-Fetch-Site: {_one_line(site, 40)}) (a web page, not an operator)"
+        return None
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        reason = self._browser_refusal(request)
+        if reason is not None:
+            route = self._routes.get((request.method.upper(), request.path))
+            if route is not None and route.mutating:
+                await self._audit(request, route, "refused", reason, {})
+            raise HttpError(403, f"refused: {reason}")
+        return await handler(request)
 
     def _authorized(self, request: web.Request) -> bool:
         if not self.token:
             return True
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), self.token)
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            value.strip().encode("utf-8", "surrogateescape"), self.token.encode()
+        )
+
+    def _rate_limit(self, route: Route) -> None:
+        takes_body = route.method.upper() not in ("GET", "HEAD", "OPTIONS")
+        limited = route.rate_limited if route.rate_limited is not None else takes_body and not route.mutating
+        if not limited:
+            return
+        key = (route.method.upper(), route.path)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst)
+        wait = bucket.take()
+        if wait > 0:
+            retry = max(1, math.ceil(wait))
+            raise HttpError(
+                429,
+                f"rate limited: {route.method.upper()} {route.path} takes {self._rate:g}/s "
+                f"(burst {self._burst}); retry after {retry} s",
+                headers={"Retry-After": str(retry)},
+                retry_after_s=retry,
+            )
+
+    async def _body(self, request: web.Request, takes_body: bool) -> dict[str, Any]:
+        """The request's parameters: {} without a body; HttpError 413/415/400 for a body that is too
+        large, not declared as JSON, or not a JSON object."""
+        if not takes_body:
+            return {}
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise HttpError(413, "request body too large (max 64 KiB)") from None
+        if raw.strip() and request.content_type != "application/json":
+            raise HttpError(
+                415,
+                "a request body must be Content-Type: application/json, "
+                f"not {_one_line(request.content_type, 60)!r}",
+            )
+        return parse_json_object(raw, allow_empty=True)
 
     def _wrap(self, route: Route) -> Handler:
         takes_body = route.method.upper() not in ("GET", "HEAD", "OPTIONS")
 
         async def handler(request: web.Request) -> web.StreamResponse:
             if not route.mutating:
-                if takes_body:  # a body, when given, must be a JSON object (even where none is needed)
-                    parse_json_object(await request.read(), allow_empty=True)
+                await self._body(request, takes_body)  # a body, when given, must be a JSON object
+                self._rate_limit(route)
                 return await route.handler(request)
             if not self._authorized(request):
                 await self._audit(request, route, "refused", "missing or wrong bearer token", {})
                 raise HttpError(401, "this control call needs Authorization: Bearer <CONTROL_API_TOKEN>")
             try:
-                params = parse_json_object(await request.read(), allow_empty=True) if takes_body else {}
+                params = await self._body(request, takes_body)
+                self._rate_limit(route)
             except HttpError as exc:  # refused before the handler runs: nothing changed
-                await self._audit(request, route, "refused", str(exc), {"body": "<malformed>"})
+                body = {} if exc.status == 429 else {"body": "<malformed>"}
+                await self._audit(request, route, "refused", str(exc), body)
                 raise
+            # the record that the action is about to run is written first; without it, nothing runs
+            try:
+                await self._publish_audit(request, route, "attempt", None, params)
+            except Exception as exc:
+                log.error(
+                    "%s: %s refused: the audit record could not be written (%s)",
+                    self.service.name,
+                    route.path,
+                    _one_line(str(exc) or exc.__class__.__name__),
+                )
+                raise HttpError(
+                    503, "refused: the audit record could not be written; nothing was done", retry=True
+                ) from None
             try:
                 response = await route.handler(request)
-            except HttpError as exc:
+            except (HttpError, IntentsMMError) as exc:
                 await self._audit(request, route, "refused", str(exc), params)
                 raise
-            except IntentsMMError as exc:
-                await self._audit(request, route, "refused", str(exc), params)
+            except Exception as exc:
+                await self._audit(
+                    request, route, "refused", f"internal error: {exc.__class__.__name__}", params
+                )
                 raise
             await self._audit(request, route, "ok" if response.status < 400 else "refused", None, params)
             return response
 
         return handler
 
-    async def _audit(
-        self, request: web.Request, route: Route, result: str, detail: str | None, params: dict[str, Any]
+    async def _publish_audit(
+        self,
+        request: web.Request,
+        route: Route,
+        result: OperatorResultT,
+        detail: str | None,
+        params: dict[str, Any],
     ) -> None:
+        """Publish one ``control.operator_action`` record (every string made storable first)."""
         from intents_mm.messages import OperatorAction
 
         actor = request.headers.get("X-Operator") or (
-            "token" if self.token and result == "ok" else "anonymous"
+            "token" if self.token and result != "refused" else "anonymous"
         )
         action = OperatorAction(
             service=self.service.name,
             action=route.action or route.path.strip("/"),
-            params=to_jsonable(params),
-            actor=actor[:64],
-            remote=request.remote or "",
-            result="ok" if result == "ok" else "refused",
-            detail=detail,
+            params=to_jsonable(audit_safe(params)),
+            actor=escape_unstorable(actor[:64]),
+            remote=escape_unstorable(request.remote or ""),
+            result=result,
+            detail=None if detail is None else escape_unstorable(detail),
         )
+        await self.service.publish("control.operator_action", action)
+
+    async def _audit(
+        self,
+        request: web.Request,
+        route: Route,
+        result: OperatorResultT,
+        detail: str | None,
+        params: dict[str, Any],
+    ) -> None:
+        """Publish an outcome record; a failure is logged (the answer is not hidden by it)."""
         try:
-            await self.service.publish("control.operator_action", action)
-        except Exception:  # auditing must not hide the answer; it is logged
+            await self._publish_audit(request, route, result, detail, params)
+        except Exception:
             log.exception("%s: could not publish the audit record", self.service.name)
 
     async def _healthz(self, request: web.Request) -> web.Response:
