@@ -278,3 +278,23 @@ async def test_a_strategy_pause_or_disarm_on_the_bus_cancels_every_live_quote(h:
         await _until(lambda q=quotes: all(_used(h, r) for r in q), f"cancels on a strategy {action}")
         assert (await h.get_state())["cancels"]["by_trigger"].get(f"strategy_{action}") == 1, n
         await h.arm()
+
+
+async def test_a_relay_batch_refused_for_a_settled_quote_is_sent_again_without_it(h: Harness) -> None:
+    """The relay takes a cancel batch all or nothing: a quote that settled after the last look makes
+    it refuse the batch (``nonce was already used``); the canceller leaves the used nonce out and sends
+    the rest once more, one call, not one per quote."""
+    executor = await h.start_executor(EXECUTOR_CANCEL_ON_MOVE="false")
+    settled, live, other = await _live_quotes(h, 3)
+    assert (await _user_takes(h, settled))["status"] == "OK"
+    before = h.relay.stats()["counts"].get("publish_requests", 0)
+    assert executor.canceller is not None
+    targets = [o.target() for o in sorted(executor.outstanding.values(), key=lambda o: o.deadline_ns)]
+    outcomes = await executor.canceller.cancel(targets, via_relay=True, on_chain=False, precheck=False)
+    by_nonce = {o.target.nonce_b64: o for o in outcomes}
+    assert by_nonce[settled.nonce_b64].outcome == "already_settled"
+    assert "nonce was already used" in (by_nonce[settled.nonce_b64].relay or "")
+    for r in (live, other):
+        assert by_nonce[r.nonce_b64].outcome == "cancelled" and by_nonce[r.nonce_b64].relay == "ok"
+        assert h.relay.is_nonce_cancelled(MM_ACCOUNT, b64decode(r.nonce_b64 or ""))
+    assert h.relay.stats()["counts"].get("publish_requests", 0) - before == 2  # the batch, then the rest

@@ -216,6 +216,24 @@ class QuoteCanceller:
         return {t.nonce_b64 for t, flag in zip(targets, flags, strict=True) if flag}
 
     # -- relay ------------------------------------------------------------------------------------
+    @staticmethod
+    async def _publish(
+        relay: RelayRpcClient, batch: list[CancelOutcome], payloads: dict[str, dict[str, object]]
+    ) -> str | None:
+        """One ``publish_intents`` of ``batch``; marks each ``ok`` or ``failed``. The reason when the
+        relay refused the batch (nothing marked then)."""
+        try:
+            result = await relay.publish_intents([payloads[o.target.nonce_b64] for o in batch])
+        except IntentsMMError as exc:
+            for o in batch:
+                o.relay = f"failed: {exc}"
+            return None
+        if result.ok:
+            for o in batch:
+                o.relay = "ok"
+            return None
+        return result.reason or "refused"
+
     async def _via_relay(self, todo: list[CancelOutcome], payloads: dict[str, dict[str, object]]) -> None:
         relay = self.relay_rpc
         if relay is None:
@@ -225,54 +243,31 @@ class QuoteCanceller:
         sent_ns = self.clock.now_ns()  # the payloads are signed: the cancel leaves now
         for o in todo:
             o.relay_sent_ns = sent_ns
-        try:
-            result = await relay.publish_intents([payloads[o.target.nonce_b64] for o in todo])
-        except IntentsMMError as exc:
-            for o in todo:
-                o.relay = f"failed: {exc}"
-            return
-        if result.ok:
-            for o in todo:
-                o.relay = "ok"
-            return
-        if len(todo) == 1:
-            todo[0].relay = f"refused: {result.reason}"
-            return
+        refused = await self._publish(relay, todo, payloads)
         # The relay takes a batch all or nothing: one refused payload fails the whole call.
-        if is_nonce_used_error(result.reason) and self.verifier is not None:
+        if refused is not None and len(todo) > 1 and is_nonce_used_error(refused) and self.verifier:
             # the usual cause: a quote settled meanwhile; leave the used nonces out and send again once
             used = await self.used_nonces([o.target for o in todo])
             for o in todo:
                 if o.target.nonce_b64 in used:
-                    o.relay = f"refused: {result.reason}"
-            rest = [o for o in todo if o.target.nonce_b64 not in used]
-            if used and rest:
-                try:
-                    again = await relay.publish_intents([payloads[o.target.nonce_b64] for o in rest])
-                except IntentsMMError as exc:
-                    for o in rest:
-                        o.relay = f"failed: {exc}"
-                    return
-                if again.ok:
-                    for o in rest:
-                        o.relay = "ok"
-                    return
-            todo = rest
-            if len(todo) <= 1:
-                for o in todo:
-                    o.relay = f"refused: {result.reason}"
-                return
+                    o.relay = f"refused: {refused}"
+            todo = [o for o in todo if o.target.nonce_b64 not in used]
+            if used and todo:
+                refused = await self._publish(relay, todo, payloads)
+        if refused is None:
+            return
+        if len(todo) <= 1:
+            for o in todo:
+                o.relay = f"refused: {refused}"
+            return
         # still refused: find out which payload, one call each
         slots = asyncio.Semaphore(RELAY_SPLIT_CONCURRENCY)
 
         async def one(o: CancelOutcome) -> None:
             async with slots:
-                try:
-                    single = await relay.publish_intents([payloads[o.target.nonce_b64]])
-                except IntentsMMError as exc:
-                    o.relay = f"failed: {exc}"
-                    return
-                o.relay = "ok" if single.ok else f"refused: {single.reason}"
+                reason = await self._publish(relay, [o], payloads)
+                if reason is not None:
+                    o.relay = f"refused: {reason}"
 
         await asyncio.gather(*(one(o) for o in todo))
 
