@@ -86,6 +86,7 @@ CPU_SAMPLE_S: Final = 0.002
 MIN_NOTIONAL_EUR: Final = Decimal(1)
 MAX_NOTIONAL_EUR: Final = Decimal(4)
 CANCEL_PROBE_ROUNDS: Final = 100
+CANCEL_PROBE_MAX_S: Final = 10.0
 
 #: Configuration laid over the defaults for a bench run (strings, as in the environment).
 BENCH_CONFIG: Final[Mapping[str, str]] = {
@@ -439,6 +440,7 @@ class Bench(Simulation):
         t = executor.cancel_move_bps / Decimal(10_000)
         nudge = Decimal("0.000001")
         probe: list[int] = []
+        probe_deadline = time.monotonic() + CANCEL_PROBE_MAX_S
         for i in range(rounds):
             buy, sell = executor.watch.most_exposed()
             if buy is None and sell is None:
@@ -465,6 +467,8 @@ class Bench(Simulation):
                     probe.append(samples[-1])
                     break
                 await asyncio.sleep(0.005)
+            if time.monotonic() > probe_deadline:
+                break
         return {
             "threshold_bps": str(executor.cancel_move_bps),
             "during_drive": _pct_ms(during),
