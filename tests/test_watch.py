@@ -445,3 +445,13 @@ def test_script_names_missing_dependencies(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "missing Python packages" in proc.stderr and "msgspec" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_amounts_above_ten_billion_eure_are_shown_exactly() -> None:
+    """29+ significant digits: the default 28-digit Decimal context would round them."""
+    from intents_mm.domain.amounts import from_units
+    from intents_mm.domain.assets import EURE
+    from intents_mm.watch import dec_text
+
+    units = 123_456_789_012_345_678_901_234_567_891  # 123 456 789 012.345678901234567891 EURe
+    assert dec_text(from_units(EURE, units), 18) == "123456789012.345678901234567891"

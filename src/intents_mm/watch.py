@@ -27,9 +27,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
+
+from intents_mm.domain.amounts import format_units, from_units
 
 if TYPE_CHECKING:
     import aiohttp
@@ -240,7 +242,9 @@ def dec_text(value: Decimal | str | None, places: int = 4) -> str:
     if value is None:
         return "-"
     d = Decimal(value)
-    text = format(d.quantize(Decimal(1).scaleb(-places)) if d.is_finite() else d, "f")
+    with localcontext() as ctx:
+        ctx.prec = 80  # exact for any u128 amount (the default 28 digits round above 10^10 EURe)
+        text = format(d.quantize(Decimal(1).scaleb(-places)) if d.is_finite() else d, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
@@ -266,10 +270,7 @@ class Formatter:
             asset = self.assets.get(token_id)
         except Exception:
             return f"{units} {token_id}"
-        text = format(Decimal(units).scaleb(-asset.decimals), "f")
-        if "." in text:
-            text = text.rstrip("0").rstrip(".")
-        return f"{text} {asset.symbol}"
+        return f"{format_units(asset, units)} {asset.symbol}"
 
     def matches_pair(self, asset_in: str, asset_out: str) -> bool:
         return self.pair.has(asset_in) and self.pair.has(asset_out) and asset_in != asset_out
@@ -535,7 +536,7 @@ class Watcher:
         out: dict[str, Any] = {"source": source, **extra}
         for asset in pair.assets():
             units = credited.get(asset.token_id, 0)
-            out[asset.symbol] = dec_text(Decimal(units).scaleb(-asset.decimals), asset.decimals)
+            out[asset.symbol] = dec_text(from_units(asset, units), asset.decimals)
             out[f"{asset.symbol}_units"] = str(units)
         return out
 

@@ -69,6 +69,7 @@ from aiohttp import web
 
 from intents_mm import messages as m
 from intents_mm.bus.port import Delivery, Subscription
+from intents_mm.domain.amounts import format_units
 from intents_mm.domain.assets import Pair
 from intents_mm.domain.pnl import compute_pnl, markout_bps
 from intents_mm.errors import BusError, IntentsMMError, StoreError
@@ -504,8 +505,7 @@ def metrics_view(pm: m.PortfolioMetrics, pair: Pair, *, now_ns: int) -> dict[str
         out: dict[str, str] = {}
         for asset in pair.assets():
             if asset.token_id in amounts:
-                text = format(Decimal(amounts[asset.token_id]).scaleb(-asset.decimals), "f")
-                out[asset.symbol] = text.rstrip("0").rstrip(".") if "." in text else text
+                out[asset.symbol] = format_units(asset, amounts[asset.token_id])
         return out
 
     if pm.baseline_ts_ns is None:
