@@ -81,16 +81,18 @@ def with_dead_letters(
         raise ValueError("max_deliveries must be at least 1")
 
     async def guarded(d: Delivery) -> None:
-        watched = _Watched(d, max_deliveries, on_dead)
+        # Only the last allowed delivery needs its nak watched (it becomes the dead letter); earlier
+        # ones go to the handler as they are (no wrapper object on the hot path).
+        watched = _Watched(d, max_deliveries, on_dead) if d.num_delivered >= max_deliveries else None
         try:
-            await handler(watched)
+            await handler(d if watched is None else watched)
         except InputError as exc:
-            if not watched.settled:
+            if watched is None or not watched.settled:
                 await _bury(d, f"undecodable: {_one_line(str(exc))}", on_dead)
         except Exception as exc:
-            if watched.settled:
+            if watched is not None and watched.settled:
                 raise
-            if d.num_delivered >= max_deliveries:
+            if watched is not None:
                 log.error(
                     "handler failed on %s msg_id=%s, delivery %d of %d: dead-lettered",
                     d.subject,
