@@ -603,6 +603,7 @@ class SimUser:
         while True:
             now = self._clock.now_ns()
             if self.exercisable(planned, outcome.best_price_eur, now):
+                self.counts["option_exercised"] += 1
                 return True
             if now >= stop_ns:
                 outcome.decision = "lapsed"
