@@ -449,6 +449,14 @@ mmpp_burst_multiplier = 8
     kinds = Counter(a.request.kind for a in venue.planned_requests(2000))
     assert kinds["latency_arb"] > 450 and kinds["option"] > 300 and kinds["informed"] > 0
     assert SimVenue(scenario, seed=3).planned_requests(200) == venue.planned_requests(200)
+    assert scenario.describe()["flow_mix"] == {
+        "informed": "by_size",
+        "latency_arb": 0.3,
+        "option": 0.2,
+        "acceptance": "logistic",
+        "size_dist": "pareto",
+        "arrivals": "mmpp",
+    }
     assert Scenario.from_toml("").flow.latency_arb_share == 0.0  # default: today's flow
 
 

@@ -364,6 +364,17 @@ class FlowConfig:
     mmpp_burst_share: float = 0.1
     mmpp_mean_burst_s: float = 5.0
 
+    def mix(self) -> dict[str, Any]:
+        """The flow's kinds and shapes, JSON-ready (for ``describe``)."""
+        return {
+            "informed": "by_size" if self.informed_by_size else self.informed_share,
+            "latency_arb": self.latency_arb_share,
+            "option": self.option_share,
+            "acceptance": self.acceptance,
+            "size_dist": self.size_dist,
+            "arrivals": self.arrivals,
+        }
+
 
 @dataclass(frozen=True)
 class SolverSpec:
@@ -575,6 +586,7 @@ class Scenario:
             "description": self.description,
             "flow_rate_per_s": self.flow.rate_per_s,
             "users": self.flow.users,
+            "flow_mix": self.flow.mix(),
             "solvers": [{"spread_bps": str(s.spread_bps)} for s in self.solvers],
             "accounts": [a.account_id for a in self.accounts],
             "market_maker_balances": human_balances(self.market_maker.balances),
