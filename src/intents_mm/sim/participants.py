@@ -1,11 +1,30 @@
 """Simulated market participants around the simulated Solver Relay.
 
-* :class:`SimUser`: one user account asking for quotes with Poisson arrivals, both directions,
-  exact-in and exact-out, lognormal EUR notionals; uninformed users accept the best quote when it
-  beats their limit (reference mid +/- a tolerance), informed users look ``horizon`` ahead on the
-  price path and trade only against stale quotes. Accepting means signing the user's own side
-  (``counterparty_diff``, versioned nonce with the current salt) and calling ``publish_intent``,
-  in-process (fast) or over HTTP ``/rpc``.
+* :class:`SimUser`: one user account asking for quotes, both directions, exact-in and exact-out.
+  Arrivals are Poisson, or bursty (a Hawkes self-exciting process, or a Markov-modulated Poisson
+  process with calm and burst states), always with the configured long-run mean rate. Notionals in
+  EUR are lognormal or Pareto (heavy-tailed), clamped to ``[min, max]``. Each request has one kind,
+  drawn with its share (``PlannedRequest.kind``):
+
+  - ``uninformed``: accepts the best quote when it beats a limit (mid -/+ ``tolerance_bps``), or,
+    with ``acceptance = "logistic"``, with probability ``1 / (1 + exp((d - mid_bps) / scale_bps))``
+    where ``d`` is the best quote's distance from the true mid in bps against the user (a price
+    comparer: the worse the quote, the less likely the trade);
+  - ``informed``: looks ``informed_horizon_ms`` ahead on the true path and trades only quotes stale
+    by more than ``informed_edge_bps``; with ``informed_by_size`` the informed probability is a
+    piecewise-linear curve of the notional (larger requests more often informed);
+  - ``latency_arb``: sees the true path ``latency_arb_lead_ms`` ahead (the leading price) and takes
+    only quotes stale against it by more than ``latency_arb_threshold_bps``; fresh quotes are left;
+  - ``option``: takes the best quote without publishing (the signed quote is a free option until its
+    deadline: the relay keeps a candidate publishable until then), watches the true mid every
+    ``option_poll_ms`` and publishes only once the quote beats the mid by ``option_threshold_bps``
+    in the user's favour, else lets it lapse ``option_exercise_margin_ms`` before the deadline.
+
+  Accepting means signing the user's own side (``counterparty_diff``, versioned nonce with the
+  current salt) and calling ``publish_intent``, in-process (fast) or over HTTP ``/rpc``. Every
+  random draw comes from RNGs seeded by the user's seed, so the same seed gives the same flow; the
+  defaults (Poisson, lognormal, limit acceptance, no latency-arb or option flow) draw exactly what
+  they drew before these kinds existed.
 * :class:`CompetingSolver`: a plain solver on the real WebSocket (API key, subscribe, answer every
   request of its pair at reference mid +/- its spread with a correct NEP-413 ``token_diff``).
 
@@ -38,6 +57,7 @@ from intents_mm.errors import InputError, IntentsMMError, RpcError, TransportErr
 from intents_mm.near.keys import SigningKey
 from intents_mm.near.nonce import random_versioned_nonce
 from intents_mm.near.payload import build_intent_message, sign_nep413, token_diff_intent
+from intents_mm.near.timefmt import parse_deadline
 from intents_mm.sim.relay import SimRelay
 from intents_mm.sim.verifier import Verifier, counterparty_diff
 
@@ -111,7 +131,29 @@ class UserFlowConfig:
     tolerance_bps: Decimal = Decimal(100)  # uninformed limit: mid -/+ tolerance
     intent_ttl_ms: int = 60000  # validity of the user's own signed intent
     wait_ms: int | None = None  # forwarded to the relay's quote window when set
-    max_in_flight: int = 32
+    max_in_flight: int = 32  # open requests, held options included
+    # --- flow that knows things (shares of all requests, summing with the informed share to <= 1)
+    informed_by_size: tuple[tuple[Decimal, float], ...] = ()  # (notional EUR, P(informed)), linear
+    latency_arb_share: float = 0.0
+    latency_arb_lead_ms: int = 500  # sees the true path this far ahead
+    latency_arb_threshold_bps: Decimal = Decimal(5)  # takes only quotes stale by more than this
+    option_share: float = 0.0
+    option_threshold_bps: Decimal = Decimal(10)  # exercises once the quote beats the mid by this
+    option_poll_ms: int = 200
+    option_exercise_margin_ms: int = 2000  # lapses this long before the quote's deadline
+    option_max_hold_ms: int | None = None  # holds at most this long (None: until the margin)
+    # --- uninformed users who compare prices
+    acceptance: Literal["limit", "logistic"] = "limit"
+    logistic_mid_bps: Decimal = Decimal(50)  # distance from fair value accepted half the time
+    logistic_scale_bps: Decimal = Decimal(15)
+    size_dist: Literal["lognormal", "pareto"] = "lognormal"
+    pareto_alpha: float = 1.5  # tail index; the median stays median_notional_eur
+    arrivals: Literal["poisson", "hawkes", "mmpp"] = "poisson"
+    hawkes_branching: float = 0.5  # expected arrivals triggered by one arrival (< 1)
+    hawkes_decay_s: float = 2.0  # mean life of the excitation
+    mmpp_burst_multiplier: float = 5.0  # burst rate / calm rate
+    mmpp_burst_share: float = 0.1  # long-run share of time in the burst state
+    mmpp_mean_burst_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.rate_per_s > 0:
@@ -124,6 +166,72 @@ class UserFlowConfig:
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise InputError(f"user {name} must be within [0, 1]")
+        for name in ("latency_arb_share", "option_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"user {name} must be within [0, 1]")
+        notionals = [n for n, _ in self.informed_by_size]
+        if any(b <= a for a, b in itertools.pairwise(notionals)):
+            raise InputError("user informed_by_size notionals must be strictly increasing")
+        if any(not 0 <= p <= 1 for _, p in self.informed_by_size):
+            raise InputError("user informed_by_size probabilities must be within [0, 1]")
+        top = max((p for _, p in self.informed_by_size), default=self.informed_share)
+        if top + self.latency_arb_share + self.option_share > 1 + 1e-12:
+            raise InputError("user informed, latency_arb and option shares must sum to <= 1")
+        if self.latency_arb_lead_ms < 0 or self.option_exercise_margin_ms < 0:
+            raise InputError("user latency_arb_lead_ms and option_exercise_margin_ms must be >= 0")
+        if self.option_poll_ms < 1 or (self.option_max_hold_ms is not None and self.option_max_hold_ms < 0):
+            raise InputError("user option_poll_ms must be >= 1 and option_max_hold_ms >= 0")
+        if self.latency_arb_threshold_bps < 0 or self.option_threshold_bps < 0:
+            raise InputError("user thresholds must not be negative")
+        if not self.logistic_scale_bps > 0:
+            raise InputError("user logistic_scale_bps must be positive")
+        if not self.pareto_alpha > 0:
+            raise InputError("user pareto_alpha must be positive")
+        if not (0 <= self.hawkes_branching < 1 and self.hawkes_decay_s > 0):
+            raise InputError("user hawkes_branching must be within [0, 1) and hawkes_decay_s positive")
+        if not (
+            self.mmpp_burst_multiplier >= 1 and 0 < self.mmpp_burst_share < 1 and self.mmpp_mean_burst_s > 0
+        ):
+            raise InputError("user mmpp: burst_multiplier >= 1, burst_share in (0, 1), mean_burst_s > 0")
+
+    def informed_probability(self, notional_eur: Decimal) -> float:
+        """P(informed) of a request of ``notional_eur``: ``informed_share``, or the size curve
+        (linear between its points, flat beyond its ends)."""
+        curve = self.informed_by_size
+        if not curve:
+            return self.informed_share
+        if notional_eur <= curve[0][0]:
+            return curve[0][1]
+        for (n0, p0), (n1, p1) in itertools.pairwise(curve):
+            if notional_eur <= n1:
+                return p0 + (p1 - p0) * float((notional_eur - n0) / (n1 - n0))
+        return curve[-1][1]
+
+
+FlowKind = Literal["uninformed", "informed", "latency_arb", "option"]
+# The UserFlowConfig fields of the issue-16 flow kinds and shapes, named alike in the scenario's [flow].
+FLOW_KIND_KEYS: tuple[str, ...] = (
+    "informed_by_size",
+    "latency_arb_share",
+    "latency_arb_lead_ms",
+    "latency_arb_threshold_bps",
+    "option_share",
+    "option_threshold_bps",
+    "option_poll_ms",
+    "option_exercise_margin_ms",
+    "option_max_hold_ms",
+    "acceptance",
+    "logistic_mid_bps",
+    "logistic_scale_bps",
+    "size_dist",
+    "pareto_alpha",
+    "arrivals",
+    "hawkes_branching",
+    "hawkes_decay_s",
+    "mmpp_burst_multiplier",
+    "mmpp_burst_share",
+    "mmpp_mean_burst_s",
+)
 
 
 @dataclass(frozen=True)
@@ -135,8 +243,18 @@ class PlannedRequest:
     sell_base: bool
     exact_in: bool
     notional_eur: Decimal
-    informed: bool
+    informed: bool  # kind == "informed" (look-ahead flow)
     min_deadline_ms: int
+    kind: FlowKind = "uninformed"
+    accept_u: float = 0.0  # the uniform a logistic acceptance compares with
+
+    def __post_init__(self) -> None:  # ``informed`` and ``kind == "informed"`` always agree
+        if self.informed and self.kind == "uninformed":
+            object.__setattr__(self, "kind", "informed")
+        elif self.kind == "informed" and not self.informed:
+            object.__setattr__(self, "informed", True)
+        elif self.informed and self.kind != "informed":
+            raise InputError(f"a planned request of kind {self.kind!r} is not informed")
 
 
 @dataclass
@@ -144,10 +262,17 @@ class UserOutcome:
     planned: PlannedRequest
     request: dict[str, Any]
     quotes: int = 0
-    decision: Literal["no_quote", "declined", "accepted", "error"] = "no_quote"
+    decision: Literal["no_quote", "declined", "held", "accepted", "lapsed", "error"] = "no_quote"
     best_price_eur: Decimal | None = None
     publish: dict[str, Any] | None = None
     error: str | None = None
+    best_quote: dict[str, Any] | None = None  # the ranked best quote item (the one taken or declined)
+    decided_ns: int | None = None  # when the quotes arrived
+    published_ns: int | None = None  # when the user published (an option: when exercised)
+
+
+def _subrng(seed: int, label: str) -> random.Random:
+    return random.Random(int.from_bytes(hashlib.sha256(f"sim-user:{label}:{seed}".encode()).digest()[:8]))
 
 
 class SimUser:
@@ -185,6 +310,15 @@ class SimUser:
         self.pair = pair
         self.seed = seed
         self._rng = random.Random(seed)
+        self._aux_rng = _subrng(seed, "accept")  # one draw per request, whatever the kind
+        self._arrival_rng = _subrng(seed, "arrivals")  # hawkes / mmpp only
+        self._hawkes_excess = 0.0  # excitation just after the last arrival (per second)
+        self._mmpp_burst = False
+        self._mmpp_left_s = (
+            self._arrival_rng.expovariate(1.0 / self._mmpp_sojourn_s(burst=False))
+            if self.config.arrivals == "mmpp"
+            else 0.0
+        )
         self._seq = itertools.count(1)
         self.key = key or _key_from_seed("user", seed)
         self.account_id = self.key.public_key.implicit_account_id()
@@ -205,22 +339,77 @@ class SimUser:
     def next_request(self) -> PlannedRequest:
         """Draw the next request. Always consumes the same RNG draws in the same order."""
         cfg = self.config
-        delay = self._rng.expovariate(cfg.rate_per_s)
+        delay = self._rng.expovariate(cfg.rate_per_s) if cfg.arrivals == "poisson" else self._next_delay()
         sell_base = self._rng.random() < cfg.sell_base_share
         exact_in = self._rng.random() >= cfg.exact_out_share
-        raw = self._rng.lognormvariate(math.log(float(cfg.median_notional_eur)), cfg.notional_sigma)
-        informed = self._rng.random() < cfg.informed_share
+        if cfg.size_dist == "pareto":  # scale chosen so the median is median_notional_eur
+            scale = float(cfg.median_notional_eur) / 2.0 ** (1.0 / cfg.pareto_alpha)
+            raw = scale * self._rng.paretovariate(cfg.pareto_alpha)
+        else:
+            raw = self._rng.lognormvariate(math.log(float(cfg.median_notional_eur)), cfg.notional_sigma)
+        u_kind = self._rng.random()
         alt = self._rng.random() < cfg.alt_deadline_share
         notional = min(max(Decimal(f"{raw:.6f}"), cfg.min_notional_eur), cfg.max_notional_eur)
+        p_informed = cfg.informed_probability(notional)
+        kind: FlowKind
+        if u_kind < p_informed:
+            kind = "informed"
+        elif u_kind < p_informed + cfg.latency_arb_share:
+            kind = "latency_arb"
+        elif u_kind < p_informed + cfg.latency_arb_share + cfg.option_share:
+            kind = "option"
+        else:
+            kind = "uninformed"
         return PlannedRequest(
             seq=next(self._seq),
             delay_s=delay,
             sell_base=sell_base,
             exact_in=exact_in,
             notional_eur=notional,
-            informed=informed,
+            informed=kind == "informed",
             min_deadline_ms=cfg.alt_min_deadline_ms if alt else cfg.min_deadline_ms,
+            kind=kind,
+            accept_u=self._aux_rng.random(),
         )
+
+    def _mmpp_rate(self, *, burst: bool) -> float:
+        cfg = self.config
+        calm = cfg.rate_per_s / (1 - cfg.mmpp_burst_share + cfg.mmpp_burst_share * cfg.mmpp_burst_multiplier)
+        return calm * cfg.mmpp_burst_multiplier if burst else calm
+
+    def _mmpp_sojourn_s(self, *, burst: bool) -> float:
+        cfg = self.config
+        return (
+            cfg.mmpp_mean_burst_s
+            if burst
+            else cfg.mmpp_mean_burst_s * (1 - cfg.mmpp_burst_share) / cfg.mmpp_burst_share
+        )
+
+    def _next_delay(self) -> float:
+        """Seconds to the next arrival of a Hawkes (Ogata thinning) or two-state MMPP process whose
+        long-run mean rate is ``rate_per_s``."""
+        cfg, rng = self.config, self._arrival_rng
+        if cfg.arrivals == "hawkes":
+            beta = 1.0 / cfg.hawkes_decay_s
+            mu = cfg.rate_per_s * (1.0 - cfg.hawkes_branching)
+            excess, t = self._hawkes_excess, 0.0
+            while True:
+                bound = mu + excess * math.exp(-beta * t)  # the intensity only decays until an arrival
+                t += rng.expovariate(bound)
+                lam = mu + excess * math.exp(-beta * t)
+                if rng.random() * bound <= lam:
+                    break
+            self._hawkes_excess = excess * math.exp(-beta * t) + cfg.hawkes_branching * beta
+            return t
+        t = 0.0
+        while True:
+            wait = rng.expovariate(self._mmpp_rate(burst=self._mmpp_burst))
+            if wait <= self._mmpp_left_s:
+                self._mmpp_left_s -= wait
+                return t + wait
+            t += self._mmpp_left_s
+            self._mmpp_burst = not self._mmpp_burst
+            self._mmpp_left_s = rng.expovariate(1.0 / self._mmpp_sojourn_s(burst=self._mmpp_burst))
 
     def build_request(self, planned: PlannedRequest, mid_eur: Decimal) -> dict[str, Any]:
         """The relay ``quote`` params for a planned request at the given mid (fixed side floored, >= 1)."""
@@ -253,20 +442,52 @@ class SimUser:
         return units_price_eur(self.pair, amount_out, amount_in)
 
     def accepts(self, planned: PlannedRequest, price_eur: Decimal, now_ns: int) -> bool:
-        """The user's decision on the best quote's price.
+        """The user's decision on the best quote's price (for an option holder: whether to take it).
 
-        Uninformed: selling the base needs ``price >= mid*(1-tol)``; buying needs ``price <= mid*(1+tol)``.
+        Uninformed, ``limit``: selling the base needs ``price >= mid*(1-tol)``; buying needs
+        ``price <= mid*(1+tol)``. Uninformed, ``logistic``: ``accept_u < acceptance_probability``.
         Informed: compares with the price ``informed_horizon_ms`` ahead and trades only when the quote
-        is stale by more than ``informed_edge_bps`` in the user's favour.
+        is stale by more than ``informed_edge_bps`` in the user's favour. Latency arbitrageur: the
+        same against the leading price ``latency_arb_lead_ms`` ahead and ``latency_arb_threshold_bps``
+        (strictly more). Option holder: always takes the quote; :meth:`exercisable` decides later.
         """
         cfg = self.config
+        if planned.kind == "option":
+            return True
+        if planned.kind == "latency_arb":
+            lead = self._price_at(now_ns + cfg.latency_arb_lead_ms * _NS_PER_MS)
+            thr = cfg.latency_arb_threshold_bps / _BPS
+            return price_eur > lead * (1 + thr) if planned.sell_base else price_eur < lead * (1 - thr)
         if planned.informed:
             ref = self._price_at(now_ns + cfg.informed_horizon_ms * _NS_PER_MS)
             edge = cfg.informed_edge_bps / _BPS
             return price_eur >= ref * (1 + edge) if planned.sell_base else price_eur <= ref * (1 - edge)
         mid = self._price_at(now_ns)
+        if cfg.acceptance == "logistic":
+            return planned.accept_u < self.acceptance_probability(planned, price_eur, mid)
         tol = cfg.tolerance_bps / _BPS
         return price_eur >= mid * (1 - tol) if planned.sell_base else price_eur <= mid * (1 + tol)
+
+    @staticmethod
+    def distance_bps(sell_base: bool, price_eur: Decimal, mid_eur: Decimal) -> Decimal:
+        """How far ``price_eur`` is from ``mid_eur`` against the user, in bps (negative: in favour)."""
+        diff = mid_eur - price_eur if sell_base else price_eur - mid_eur
+        return diff * _BPS / mid_eur
+
+    def acceptance_probability(self, planned: PlannedRequest, price_eur: Decimal, mid_eur: Decimal) -> float:
+        """Logistic acceptance of a price comparer: ``1 / (1 + exp((d - mid_bps) / scale_bps))``."""
+        cfg = self.config
+        d = self.distance_bps(planned.sell_base, price_eur, mid_eur)
+        z = float((d - cfg.logistic_mid_bps) / cfg.logistic_scale_bps)
+        return 0.0 if z > 700 else 1.0 / (1.0 + math.exp(z))
+
+    def exercisable(self, planned: PlannedRequest, price_eur: Decimal, now_ns: int) -> bool:
+        """An option holder's exercise rule: the held quote beats the true mid now by at least
+        ``option_threshold_bps`` in the user's favour (the mid moved the user's way)."""
+        return (
+            -self.distance_bps(planned.sell_base, price_eur, self._price_at(now_ns))
+            >= self.config.option_threshold_bps
+        )
 
     def sign_acceptance(self, quote: Mapping[str, Any]) -> dict[str, Any]:
         """The user's signed side of ``quote``: the counterparty of the solver's diff, NEP-413, with a
@@ -333,6 +554,8 @@ class SimUser:
         self.counts["requests"] += 1
         if planned.informed:
             self.counts["informed_requests"] += 1
+        elif planned.kind != "uninformed":
+            self.counts[f"{planned.kind}_requests"] += 1
         try:
             quotes = await self._quote(outcome.request)
             if not quotes:
@@ -340,15 +563,20 @@ class SimUser:
                 return outcome
             outcome.quotes = len(quotes)
             best = quotes[0]
+            outcome.best_quote = best
             outcome.best_price_eur = self.quote_price_eur(best)
-            if not self.accepts(planned, outcome.best_price_eur, self._clock.now_ns()):
+            outcome.decided_ns = self._clock.now_ns()
+            if not self.accepts(planned, outcome.best_price_eur, outcome.decided_ns):
                 outcome.decision = "declined"
                 self.counts["declined"] += 1
                 return outcome
+            if planned.kind == "option" and not await self._hold_option(planned, outcome, best):
+                return outcome
             outcome.decision = "accepted"
             self.counts["accepted"] += 1
-            if planned.informed:
-                self.counts["informed_accepted"] += 1
+            if planned.kind != "uninformed":
+                self.counts[f"{planned.kind}_accepted"] += 1
+            outcome.published_ns = self._clock.now_ns()
             result = await self._publish([best["quote_hash"]], self.sign_acceptance(best))
             outcome.publish = result
             self.counts["published_ok" if result.get("status") == "OK" else "published_failed"] += 1
@@ -358,6 +586,30 @@ class SimUser:
             self.counts["errors"] += 1
             log.debug("sim user %s: %s", self.account_id[:8], exc)
         return outcome
+
+    async def _hold_option(
+        self, planned: PlannedRequest, outcome: UserOutcome, best: Mapping[str, Any]
+    ) -> bool:
+        """Hold the best quote as an option: True once :meth:`exercisable` (publish now), False when
+        it lapsed (``option_exercise_margin_ms`` before its deadline, or after ``option_max_hold_ms``)."""
+        cfg = self.config
+        outcome.decision = "held"
+        self.counts["option_taken"] += 1
+        assert outcome.best_price_eur is not None
+        start = self._clock.now_ns()
+        stop_ns = parse_deadline(best["expiration_time"]) - cfg.option_exercise_margin_ms * _NS_PER_MS
+        if cfg.option_max_hold_ms is not None:
+            stop_ns = min(stop_ns, start + cfg.option_max_hold_ms * _NS_PER_MS)
+        while True:
+            now = self._clock.now_ns()
+            if self.exercisable(planned, outcome.best_price_eur, now):
+                self.counts["option_exercised"] += 1
+                return True
+            if now >= stop_ns:
+                outcome.decision = "lapsed"
+                self.counts["option_lapsed"] += 1
+                return False
+            await asyncio.sleep(min(cfg.option_poll_ms * _NS_PER_MS, stop_ns - now) / 1e9)
 
     async def _quote(self, req: dict[str, Any]) -> list[dict[str, Any]] | None:
         if self.transport == "inprocess":

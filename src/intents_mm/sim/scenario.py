@@ -342,6 +342,38 @@ class FlowConfig:
     max_in_flight: int = 32
     transport: str = "inprocess"  # or "http" (the users post to the relay's /rpc)
     balances: Mapping[str, int] = field(default_factory=lambda: _USER_BALANCES)  # per user
+    # issue 16 flow kinds and shapes: see UserFlowConfig (participants.py) and docs/sim-venue.md
+    informed_by_size: tuple[tuple[Decimal, float], ...] = ()
+    latency_arb_share: float = 0.0
+    latency_arb_lead_ms: int = 500
+    latency_arb_threshold_bps: Decimal = Decimal(5)
+    option_share: float = 0.0
+    option_threshold_bps: Decimal = Decimal(10)
+    option_poll_ms: int = 200
+    option_exercise_margin_ms: int = 2000
+    option_max_hold_ms: int | None = None
+    acceptance: str = "limit"  # or "logistic"
+    logistic_mid_bps: Decimal = Decimal(50)
+    logistic_scale_bps: Decimal = Decimal(15)
+    size_dist: str = "lognormal"  # or "pareto"
+    pareto_alpha: float = 1.5
+    arrivals: str = "poisson"  # or "hawkes", "mmpp"
+    hawkes_branching: float = 0.5
+    hawkes_decay_s: float = 2.0
+    mmpp_burst_multiplier: float = 5.0
+    mmpp_burst_share: float = 0.1
+    mmpp_mean_burst_s: float = 5.0
+
+    def mix(self) -> dict[str, Any]:
+        """The flow's kinds and shapes, JSON-ready (for ``describe``)."""
+        return {
+            "informed": "by_size" if self.informed_by_size else self.informed_share,
+            "latency_arb": self.latency_arb_share,
+            "option": self.option_share,
+            "acceptance": self.acceptance,
+            "size_dist": self.size_dist,
+            "arrivals": self.arrivals,
+        }
 
 
 @dataclass(frozen=True)
@@ -554,6 +586,7 @@ class Scenario:
             "description": self.description,
             "flow_rate_per_s": self.flow.rate_per_s,
             "users": self.flow.users,
+            "flow_mix": self.flow.mix(),
             "solvers": [{"spread_bps": str(s.spread_bps)} for s in self.solvers],
             "accounts": [a.account_id for a in self.accounts],
             "market_maker_balances": human_balances(self.market_maker.balances),
@@ -702,11 +735,74 @@ def _flow(t: _Table) -> FlowConfig:
         max_in_flight=t.int_("max_in_flight", d.max_in_flight, lo=1, hi=10_000),
         transport=t.str_("transport", d.transport, choices=("inprocess", "http")),
         balances=t.balances("balances", d.balances),
+        **_flow_kinds(t, d),
     )
     if out.max_notional_eur < out.min_notional_eur:
         raise t.fail("max_notional_eur", f"must be >= min_notional_eur ({out.min_notional_eur})")
+    top = max((p for _, p in out.informed_by_size), default=out.informed_share)
+    if top + out.latency_arb_share + out.option_share > 1:
+        raise t.fail("option_share", "informed (or informed_by_size), latency_arb and option shares exceed 1")
     t.done()
     return out
+
+
+def _flow_kinds(t: _Table, d: FlowConfig) -> dict[str, Any]:
+    """The ``[flow]`` keys of the issue-16 flow kinds (latency arbitrage, options, size-informed) and
+    shapes (logistic acceptance, Pareto sizes, Hawkes / MMPP arrivals)."""
+    hold = t.int_("option_max_hold_ms", 0, lo=0, hi=86_400_000) if t.has("option_max_hold_ms") else None
+    return {
+        "informed_by_size": _size_curve(t, "informed_by_size"),
+        "latency_arb_share": t.share("latency_arb_share", d.latency_arb_share),
+        "latency_arb_lead_ms": t.int_("latency_arb_lead_ms", d.latency_arb_lead_ms, lo=0, hi=600_000),
+        "latency_arb_threshold_bps": t.dec(
+            "latency_arb_threshold_bps", d.latency_arb_threshold_bps, lo=Decimal(0)
+        ),
+        "option_share": t.share("option_share", d.option_share),
+        "option_threshold_bps": t.dec("option_threshold_bps", d.option_threshold_bps, lo=Decimal(0)),
+        "option_poll_ms": t.int_("option_poll_ms", d.option_poll_ms, lo=1, hi=600_000),
+        "option_exercise_margin_ms": t.int_(
+            "option_exercise_margin_ms", d.option_exercise_margin_ms, lo=0, hi=86_400_000
+        ),
+        "option_max_hold_ms": hold,
+        "acceptance": t.str_("acceptance", d.acceptance, choices=("limit", "logistic")),
+        "logistic_mid_bps": t.dec(
+            "logistic_mid_bps", d.logistic_mid_bps, lo=Decimal(-10_000), hi=Decimal(10_000)
+        ),
+        "logistic_scale_bps": t.dec("logistic_scale_bps", d.logistic_scale_bps, lo=Decimal("0.001")),
+        "size_dist": t.str_("size_dist", d.size_dist, choices=("lognormal", "pareto")),
+        "pareto_alpha": t.num("pareto_alpha", d.pareto_alpha, lo=0.1, hi=100.0),
+        "arrivals": t.str_("arrivals", d.arrivals, choices=("poisson", "hawkes", "mmpp")),
+        "hawkes_branching": t.num("hawkes_branching", d.hawkes_branching, lo=0.0, hi=0.99),
+        "hawkes_decay_s": t.pos("hawkes_decay_s", d.hawkes_decay_s),
+        "mmpp_burst_multiplier": t.num("mmpp_burst_multiplier", d.mmpp_burst_multiplier, lo=1.0, hi=1000.0),
+        "mmpp_burst_share": t.num("mmpp_burst_share", d.mmpp_burst_share, lo=0.001, hi=0.999),
+        "mmpp_mean_burst_s": t.pos("mmpp_mean_burst_s", d.mmpp_mean_burst_s),
+    }
+
+
+def _size_curve(t: _Table, key: str) -> tuple[tuple[Decimal, float], ...]:
+    """``[[notional_eur, probability], ...]`` with strictly increasing positive notionals."""
+    if not t.has(key):
+        t.used.add(key)
+        return ()
+    value = t.raw(key)
+    problem = (
+        "must be a list of [notional_eur, probability] pairs, notionals increasing, probabilities in [0, 1]"
+    )
+    if not isinstance(value, list) or not value:
+        raise t.fail(key, problem)
+    out: list[tuple[Decimal, float]] = []
+    for item in value:
+        ok = isinstance(item, list) and len(item) == 2
+        ok = ok and all(isinstance(v, (int, Decimal)) and not isinstance(v, bool) for v in item)
+        if (
+            not ok
+            or not (Decimal(item[0]) > 0 and 0 <= item[1] <= 1)
+            or (out and Decimal(item[0]) <= out[-1][0])
+        ):
+            raise t.fail(key, problem)
+        out.append((Decimal(item[0]), float(item[1])))
+    return tuple(out)
 
 
 def _solver(t: _Table) -> SolverSpec:

@@ -50,6 +50,7 @@ from intents_mm.sim.bridge import SimBridge
 from intents_mm.sim.exchanges import SimExchanges
 from intents_mm.sim.near_rpc import SimNear, SimNearRpcServer
 from intents_mm.sim.participants import (
+    FLOW_KIND_KEYS,
     CompetingSolver,
     PlannedRequest,
     SimUser,
@@ -242,6 +243,7 @@ class SimVenue:
             intent_ttl_ms=f.intent_ttl_ms,
             wait_ms=f.wait_ms,
             max_in_flight=f.max_in_flight,
+            **{k: getattr(f, k) for k in FLOW_KIND_KEYS},
         )
 
     def _user_seed(self, i: int) -> int:
