@@ -298,3 +298,24 @@ async def test_a_relay_batch_refused_for_a_settled_quote_is_sent_again_without_i
         assert by_nonce[r.nonce_b64].outcome == "cancelled" and by_nonce[r.nonce_b64].relay == "ok"
         assert h.relay.is_nonce_cancelled(MM_ACCOUNT, b64decode(r.nonce_b64 or ""))
     assert h.relay.stats()["counts"].get("publish_requests", 0) - before == 2  # the batch, then the rest
+
+
+async def test_quotes_the_relay_cancelled_before_a_restart_are_still_reported_cancelled(h: Harness) -> None:
+    """The relay remembers cancels across our restarts and refuses them again with ``nonce was already
+    used``; unused on chain, they are reported cancelled (at the relay), not settled, and stay on the
+    live list so /kill still spends them on chain."""
+    await h.start_executor()
+    quotes = await _live_quotes(h, 2)
+    await _reference(h, "59000")  # cancel-on-move: both cancelled at the relay
+    await _until(
+        lambda: all(h.relay.is_nonce_cancelled(MM_ACCOUNT, b64decode(r.nonce_b64 or "")) for r in quotes),
+        "relay cancels",
+    )
+    await h.stop_executor()
+    await h.start_executor()  # the restart trigger sends them to the relay again
+    await _until(lambda: bool(h.executor.last_cancels), "the restart cancel")
+    (run,) = h.executor.last_cancels
+    assert run["trigger"] == "restart" and run.get("cancelled") == 2 and "already_settled" not in run, run
+    status, body = await h.post("/kill")
+    assert status == 200 and body["counts"] == {"cancelled": 2}, body
+    assert all(_used(h, r) for r in quotes)

@@ -196,7 +196,10 @@ class QuoteCanceller:
             o.outcome, o.reason = "cancelled", None
         elif o.relay is not None and is_nonce_used_error(o.relay):
             # the relay refuses a nonce used on chain (settled) and one it cancelled before
-            o.outcome, o.reason = "already_settled", "nonce was already used (settled, or cancelled earlier)"
+            if o.extra.get("unused_on_chain"):
+                o.outcome, o.reason = "cancelled", "already cancelled at the relay (unused on chain)"
+            else:
+                o.outcome, o.reason = "already_settled", "nonce was already used"
         else:
             o.outcome, o.reason = "failed", f"relay {o.relay}"
 
@@ -245,12 +248,14 @@ class QuoteCanceller:
             o.relay_sent_ns = sent_ns
         refused = await self._publish(relay, todo, payloads)
         # The relay takes a batch all or nothing: one refused payload fails the whole call.
-        if refused is not None and len(todo) > 1 and is_nonce_used_error(refused) and self.verifier:
+        if refused is not None and is_nonce_used_error(refused) and self.verifier:
             # the usual cause: a quote settled meanwhile; leave the used nonces out and send again once
             used = await self.used_nonces([o.target for o in todo])
             for o in todo:
                 if o.target.nonce_b64 in used:
                     o.relay = f"refused: {refused}"
+                else:  # the relay refuses a nonce it cancelled before, too: unused on chain says which
+                    o.extra["unused_on_chain"] = "yes"
             todo = [o for o in todo if o.target.nonce_b64 not in used]
             if used and todo:
                 refused = await self._publish(relay, todo, payloads)
