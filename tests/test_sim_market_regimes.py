@@ -3,6 +3,7 @@ BTC/USD paths whose cross is BTC/EUR, and the scenario keys that switch them on.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from decimal import Decimal
@@ -20,7 +21,7 @@ MS = 1_000_000
 
 def log_returns(p: PricePath, seconds: int, every_s: int = 1) -> list[float]:
     prices = [float(p.mid_at(T0 + k * every_s * S)) for k in range(seconds // every_s + 1)]
-    return [math.log(b / a) for a, b in zip(prices, prices[1:], strict=False)]
+    return [math.log(b / a) for a, b in itertools.pairwise(prices)]
 
 
 def lag1_corr(xs: list[float]) -> float:
@@ -84,7 +85,7 @@ def test_hawkes_jumps_cluster_and_poisson_jumps_do_not() -> None:
 
     # A jump is followed by another within 10 s far more often than under Poisson.
     def quick_followers(steps: list[int]) -> float:
-        gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(steps)]
         return sum(g <= 100 for g in gaps) / len(gaps)
 
     end = T0 + hours * 3600 * S
@@ -123,7 +124,7 @@ def test_btc_usd_over_eur_usd_is_btc_eur_and_eur_usd_moves() -> None:
         fx.append(float(eurusd))
     assert p.eurusd_at(T0 - S) == Decimal("1.08")
     assert len(set(fx)) > 1000
-    returns = [math.log(b / a) for a, b in zip(fx, fx[1:], strict=False)]
+    returns = [math.log(b / a) for a, b in itertools.pairwise(fx)]
     realised = statistics.pstdev(returns) * math.sqrt(365 * 24 * 3600 / 7)
     assert 0.05 < realised < 0.09
     # A shock on BTC/EUR moves BTC/USD with it and leaves EUR/USD alone.
