@@ -34,15 +34,12 @@ def config(**per_venue: VenueConfig) -> ExchangesConfig:
     return ExchangesConfig(per_venue=MappingProxyType(per_venue))
 
 
-async def started(
-    sim: SimExchanges, cfg: ExchangesConfig, *, quiet: bool = True
-) -> dict[str, aiohttp.client.URL | str]:
+async def started(sim: SimExchanges, cfg: ExchangesConfig) -> None:
+    """Configure and start ``sim`` with no venue noise or basis: what is left is spread and tick."""
     sim.configure(cfg)
-    if quiet:  # no venue noise or basis: what is left is spread and tick
-        for venue in sim.venues.values():
-            venue.profile = dataclasses.replace(venue.profile, noise_bps=0.0, basis_bps=0.0)
-    urls = await sim.start()
-    return {name: u.ws_url for name, u in urls.items()}
+    for venue in sim.venues.values():
+        venue.profile = dataclasses.replace(venue.profile, noise_bps=0.0, basis_bps=0.0)
+    await sim.start()
 
 
 @pytest.fixture
@@ -349,3 +346,26 @@ def test_served_pairs_and_scenario_wiring() -> None:
     assert venue.exchanges.venue("binance").stale_windows == [(40 * S, -1)]
     before = venue.path.mid_at(clock.now_ns() + 29 * S)
     assert venue.path.mid_at(clock.now_ns() + 200 * S) < before * Decimal("0.93")  # the crash is on
+
+
+def test_extra_books_leave_the_btc_eur_quotes_as_they_were() -> None:
+    # Golden values from the exchanges before the USD books existed: BTC/EUR keeps drawing from the
+    # venue's own stream, the new books from theirs, so a seed's BTC/EUR quotes are unchanged.
+    clock = ManualClock(1_760_000_000 * S)
+    sim = SimExchanges(PricePath(3, clock=clock), clock, 42)
+    sim.configure(ExchangesConfig())
+    for _ in range(50):
+        clock.advance(S)
+        for venue in sim.venues.values():
+            for book in venue.books.values():
+                book.refresh(clock.now_ns())
+    got = {}
+    for name in SPECS:
+        q, seq = sim.quote(name), sim.venue(name).books["btceur"].sequence
+        got[name] = (str(q.bid), str(q.ask), str(q.bid_qty), seq)
+    assert got == {
+        "kraken": ("59991.2", "60000.2", "0.13688760", 7905730169),
+        "bitstamp": ("59991", "59999", "1.17789747", 5763426314),
+        "coinbase": ("59986.74", "59988.88", "0.98677568", 5695859006),
+        "binance": ("59995.92", "59998.54", "0.83910843", 6334468696),
+    }
