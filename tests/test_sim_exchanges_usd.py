@@ -230,7 +230,7 @@ async def test_a_dead_book_stops_updating_while_heartbeats_go_on_and_disconnects
     try:
         async with session.ws_connect(sim.urls["coinbase"].ws_url) as cb:
             await cb.send_str(SUBSCRIBE["coinbase"](["BTC-EUR"])[0])
-            kraken_ticks: list[float] = []
+            kraken_ticks: list[int] = []  # the frames' exchange timestamps
             heartbeats: list[float] = []
             async with session.ws_connect(sim.urls["kraken"].ws_url) as ws:
                 await ws.send_str(SUBSCRIBE["kraken"](["BTC/EUR", "EUR/USD"])[0])
@@ -242,7 +242,11 @@ async def test_a_dead_book_stops_updating_while_heartbeats_go_on_and_disconnects
                         continue
                     frame = json.loads(msg.data)
                     if frame.get("channel") == "ticker" and frame.get("type") == "update":
-                        kraken_ticks.append(time.monotonic() - t0)
+                        pair = "eurusd" if symbol_of("kraken", frame) == "EUR/USD" else "btceur"
+                        raw = as_btceur("kraken", pair, msg.data)
+                        event = SPECS["kraken"].parse_ws(raw, CLOCK.now_ns())
+                        assert isinstance(event, SourceTick) and event.exchange_ts_ns is not None
+                        kraken_ticks.append(event.exchange_ts_ns)
                     elif frame.get("channel") == "heartbeat":
                         heartbeats.append(time.monotonic() - t0)
             closed = await asyncio.wait_for(cb.receive(), 2)
@@ -250,7 +254,10 @@ async def test_a_dead_book_stops_updating_while_heartbeats_go_on_and_disconnects
                 closed = await asyncio.wait_for(cb.receive(), 2)
         assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
         assert sim.state()["coinbase"]["disconnects"] == 1
-        assert kraken_ticks and max(kraken_ticks) < 0.9  # nothing after the book died at 0.8 s
+        assert sim.started_ns is not None
+        died = sim.started_ns + 800 * MS
+        assert kraken_ticks and min(kraken_ticks) < died
+        assert max(kraken_ticks) < died + 1 * MS  # nothing quoted after the book died at 0.8 s
         assert sum(1 for h in heartbeats if h > 1.0) >= 5  # ... while the connection looks alive
         assert sim.state()["kraken"]["frozen"] is True
         frozen = sim.quote("kraken", "eurusd")
