@@ -376,3 +376,32 @@ def test_extra_books_leave_the_btc_eur_quotes_as_they_were() -> None:
         "coinbase": ("59986.74", "59988.88", "0.98677568", 5695859006),
         "binance": ("59995.92", "59998.54", "0.83910843", 6334468696),
     }
+
+
+def test_the_usd_cross_leads_lagging_btc_eur_books_by_the_lag() -> None:
+    # BTC/EUR books 1 s late, USD books on time: BTC/USD / EUR/USD now predicts where the BTC/EUR
+    # books will be in 1 s, the lead a latency arbitrageur (or a smarter solver) can exploit.
+    clock = ManualClock(1_760_000_000 * S)
+    path = PricePath(
+        13, vol_annual=10.0, jump_rate_per_hour=0.0, clock=clock, start_ns=clock.now_ns() - 60 * S
+    )
+    sim = SimExchanges(path, clock, 13)
+    sim.configure(dataclasses.replace(config(), lag_ms=MappingProxyType({"btceur": 1000})))
+    venue = sim.venue("coinbase")
+    venue.profile = dataclasses.replace(venue.profile, noise_bps=0.0, basis_bps=0.0)
+
+    def mid(pair: str) -> Decimal:
+        venue.books[pair].refresh(clock.now_ns())
+        q = venue.books[pair].current()
+        return (q.bid + q.ask) / 2
+
+    lead_errors, naive_errors = [], []
+    for _ in range(200):
+        cross = mid("btcusd") / mid("eurusd")
+        book_now = mid("btceur")
+        clock.advance(S)
+        book_later = mid("btceur")
+        lead_errors.append(float(bps(cross, book_later)))
+        naive_errors.append(float(bps(book_now, book_later)))
+    assert statistics.fmean(lead_errors) < 2  # the cross is the BTC/EUR book 1 s ahead
+    assert statistics.fmean(naive_errors) > 5 * statistics.fmean(lead_errors)
