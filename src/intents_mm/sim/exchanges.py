@@ -17,17 +17,16 @@ One aiohttp app per venue, each on its own port, with the live URL paths, so the
   (stream in the URL), ``/ws`` with ``SUBSCRIBE`` (-> ``{"result":null,"id":1}``) and
   ``/stream?streams=...`` (frames wrapped as ``{stream, data}``); server pings every 20 s.
 
-Books (``pair`` -> wire symbol, tick):
+Books (``pair``: wire symbol and tick per venue):
 
-=========  =================  ==================  =================  ======================
-pair       Kraken (WS / REST)  Bitstamp            Coinbase           Binance
-=========  =================  ==================  =================  ======================
-btceur     BTC/EUR / XBTEUR    btceur, 1           BTC-EUR, 0.01      BTCEUR, 0.01
-btcusd     BTC/USD / XBTUSD    btcusd, 1           BTC-USD, 0.01      BTCUSDT, 0.01
-eurusd     EUR/USD / EURUSD    eurusd, 0.00001     EUR-USD, 0.00001   EURUSDT, 0.0001
-=========  =================  ==================  =================  ======================
+* ``btceur``: Kraken ``BTC/EUR`` (REST ``XBTEUR``, answered as ``XXBTZEUR``) 0.1, Bitstamp
+  ``btceur`` 1, Coinbase ``BTC-EUR`` 0.01, Binance ``BTCEUR`` 0.01;
+* ``btcusd``: Kraken ``BTC/USD`` (``XBTUSD`` / ``XXBTZUSD``) 0.1, Bitstamp ``btcusd`` 1, Coinbase
+  ``BTC-USD`` 0.01, Binance ``BTCUSDT`` 0.01;
+* ``eurusd``: Kraken ``EUR/USD`` (``EURUSD`` / ``ZEURZUSD``) 0.00001, Bitstamp ``eurusd`` 0.00001,
+  Coinbase ``EUR-USD`` 0.00001, Binance ``EURUSDT`` 0.0001.
 
-(Kraken ticks 0.1 / 0.1 / 0.00001; Binance's USDT is taken at par with USD.) The frames of the
+Binance's USDT is taken at par with USD. The frames of the
 extra books are exactly the BTC/EUR frames with the other symbol, so anything that parses one
 parses the others. Each book quotes around the shared
 :class:`~intents_mm.sim.pricepath.PricePath` (``pair_mid_at``) as it was ``lag_ms`` ago
