@@ -475,7 +475,7 @@ async def test_bitstamp_coinbase_binance_wire_formats_on_the_socket(rig: Rig) ->
         assert frame["s"] == "BTCEUR" and all(isinstance(frame[k], str) for k in "bBaA")
 
     async with rig.session.get(
-        rig.urls["binance"].rest_url + "/api/v3/ticker/bookTicker?symbol=BTCUSDT"
+        rig.urls["binance"].rest_url + "/api/v3/ticker/bookTicker?symbol=ETHUSDT"
     ) as resp:
         assert resp.status == 400
         assert await resp.json() == {"code": -1121, "msg": "Invalid symbol."}

@@ -34,6 +34,7 @@ from intents_mm.errors import InputError
 from intents_mm.near.keys import PublicKey, SigningKey, is_implicit_account, validate_account_id
 
 VENUES: tuple[str, ...] = ("kraken", "bitstamp", "coinbase", "binance")
+PAIRS: tuple[str, ...] = ("btceur", "btcusd", "eurusd")  # = intents_mm.sim.pricepath.PAIRS
 BUILTIN_SCENARIOS: tuple[str, ...] = ("default", "faults")
 FAULT_KINDS: tuple[str, ...] = (
     "relay_disconnect",
@@ -258,6 +259,17 @@ class PriceConfig:
     jump_rate_per_hour: float = 2.0
     jump_size_bps: float = 40.0
     tick_s: float = 0.1
+    # Market regimes (issue 16); the defaults leave them off and the path as before.
+    regime_vol_multiplier: float = 1.0  # sigma x this in the turbulent regime (1 = no regimes)
+    regime_calm_mean_s: float = 600.0
+    regime_turbulent_mean_s: float = 120.0
+    jump_branching: float = 0.0  # Hawkes: jumps begotten per jump (0 = Poisson jumps)
+    jump_decay_s: float = 30.0
+    crash_at_s: float | None = None  # seconds after the path's origin (None = no crash)
+    crash_bps: float = -1000.0
+    crash_duration_s: float = 120.0
+    eurusd_start: Decimal = Decimal("1.08")  # USD per EUR; BTC/USD = BTC/EUR x EUR/USD
+    eurusd_vol_annual: float = 0.07
 
 
 @dataclass(frozen=True)
@@ -267,6 +279,16 @@ class VenueConfig:
     half_spread_bps: tuple[float, float] | None = None  # drawn uniformly per requote
     basis_bps: float | None = None  # constant offset of the venue's mid from the path
     noise_bps: float | None = None  # std-dev of each step of the venue's mean-reverting mid noise
+    # Market regimes (issue 16): microstructure, lags and outages of this venue.
+    noise_ar: float | None = None  # persistence of that noise per requote (built-in 0.8)
+    jitter_bps: float | None = None  # white microstructure noise per requote (built-in 0)
+    lag_ms: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # per pair
+    stale: tuple[tuple[float, float], ...] = ()  # [at_s, duration_s] windows: book frozen
+    dead_at_s: float | None = None  # the book freezes for good (connection and heartbeats live on)
+    disconnect_at_s: tuple[float, ...] = ()  # every WebSocket of the venue is closed then
+    stale_per_hour: float = 0.0  # random stale episodes (Poisson)
+    stale_s: tuple[float, float] = (2.0, 10.0)  # their duration, uniform
+    disconnect_per_hour: float = 0.0  # random disconnects (Poisson)
 
 
 @dataclass(frozen=True)
@@ -277,6 +299,8 @@ class ExchangesConfig:
     update_interval_s: tuple[float, float] = (0.1, 0.25)
     heartbeat_s: float = 1.0
     per_venue: Mapping[str, VenueConfig] = field(default_factory=lambda: MappingProxyType({}))
+    pairs: tuple[str, ...] = PAIRS  # books served on every venue (btceur always)
+    lag_ms: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # per pair, signed
 
 
 @dataclass(frozen=True)
@@ -613,6 +637,16 @@ def _price(t: _Table) -> PriceConfig:
         jump_rate_per_hour=t.num("jump_rate_per_hour", d.jump_rate_per_hour, lo=0.0, hi=3600.0),
         jump_size_bps=t.num("jump_size_bps", d.jump_size_bps, lo=0.0, hi=5000.0),
         tick_s=t.num("tick_s", d.tick_s, lo=0.001, hi=60.0),
+        regime_vol_multiplier=t.num("regime_vol_multiplier", d.regime_vol_multiplier, lo=1.0, hi=100.0),
+        regime_calm_mean_s=t.pos("regime_calm_mean_s", d.regime_calm_mean_s),
+        regime_turbulent_mean_s=t.pos("regime_turbulent_mean_s", d.regime_turbulent_mean_s),
+        jump_branching=t.num("jump_branching", d.jump_branching, lo=0.0, hi=0.95),
+        jump_decay_s=t.pos("jump_decay_s", d.jump_decay_s),
+        crash_at_s=t.num("crash_at_s", 0.0, lo=0.0) if t.has("crash_at_s") else None,
+        crash_bps=t.num("crash_bps", d.crash_bps, lo=-9000.0, hi=9000.0),
+        crash_duration_s=t.num("crash_duration_s", d.crash_duration_s, lo=0.0, hi=86_400.0),
+        eurusd_start=t.dec("eurusd_start", d.eurusd_start, lo=Decimal("0.0001")),
+        eurusd_vol_annual=t.num("eurusd_vol_annual", d.eurusd_vol_annual, lo=0.0, hi=5.0),
     )
     t.done()
     return out
@@ -643,15 +677,84 @@ def _exchanges(t: _Table) -> ExchangesConfig:
             raise vt.fail("half_spread_bps", "must be positive")
         basis = vt.num("basis_bps", 0.0, lo=-1000.0, hi=1000.0) if vt.has("basis_bps") else None
         noise = vt.num("noise_bps", 0.0, lo=0.0, hi=100.0) if vt.has("noise_bps") else None
+        regimes = _venue_market(vt)
         vt.done()
-        per_venue[name] = VenueConfig(half_spread_bps=spread, basis_bps=basis, noise_bps=noise)
+        per_venue[name] = VenueConfig(half_spread_bps=spread, basis_bps=basis, noise_bps=noise, **regimes)
+    pairs = t.str_list("pairs", PAIRS)
+    if "btceur" not in pairs or set(pairs) - set(PAIRS) or len(set(pairs)) != len(pairs):
+        raise t.fail("pairs", f"must list btceur and others of {', '.join(PAIRS)} once each")
+    lag_ms = _lags(t, "lag_ms")
     t.done()
     return ExchangesConfig(
         venues=tuple(venues),
         update_interval_s=interval,
         heartbeat_s=heartbeat,
         per_venue=MappingProxyType(per_venue),
+        pairs=tuple(p for p in PAIRS if p in pairs),
+        lag_ms=lag_ms,
     )
+
+
+def _lags(t: _Table, key: str) -> Mapping[str, int]:
+    """``{pair = lag_ms}``: signed integer milliseconds (negative = ahead of the true path)."""
+    if not t.has(key):
+        t.used.add(key)
+        return MappingProxyType({})
+    value = t.raw(key)
+    if not isinstance(value, Mapping):
+        raise t.fail(key, f"must be a table of pair = milliseconds ({', '.join(PAIRS)})")
+    out: dict[str, int] = {}
+    for pair, ms in value.items():
+        if pair not in PAIRS:
+            raise InputError(f"{t.where} {key}.{pair}: unknown pair (known: {', '.join(PAIRS)})")
+        if isinstance(ms, bool) or not isinstance(ms, int) or abs(ms) > 600_000:
+            raise InputError(
+                f"{t.where} {key}.{pair}: must be an integer in -600000..600000, got {_show(ms)}"
+            )
+        out[pair] = ms
+    return MappingProxyType(out)
+
+
+def _venue_market(vt: _Table) -> dict[str, Any]:
+    """The issue-16 keys of ``[exchanges.<venue>]``: microstructure, lags, outages."""
+    stale: list[tuple[float, float]] = []
+    if vt.has("stale"):
+        raw = vt.raw("stale")
+        if not isinstance(raw, list):
+            raise vt.fail("stale", "must be a list of [at_s, duration_s] pairs")
+        for item in raw:
+            ok = isinstance(item, list) and len(item) == 2
+            ok = ok and all(
+                isinstance(v, (int, Decimal)) and not isinstance(v, bool) and v >= 0 for v in item
+            )
+            if not ok:
+                raise vt.fail("stale", "must be a list of [at_s, duration_s] pairs of numbers >= 0")
+            stale.append((float(item[0]), float(item[1])))
+    else:
+        vt.used.add("stale")
+    disconnects: list[float] = []
+    if vt.has("disconnect_at_s"):
+        raw = vt.raw("disconnect_at_s")
+        ok = isinstance(raw, list) and all(
+            isinstance(v, (int, Decimal)) and not isinstance(v, bool) and v >= 0 for v in raw
+        )
+        if not ok or not isinstance(raw, list):
+            raise vt.fail("disconnect_at_s", "must be a list of seconds >= 0")
+        disconnects = sorted(float(v) for v in raw)
+    else:
+        vt.used.add("disconnect_at_s")
+    d = VenueConfig()
+    return {
+        "noise_ar": vt.num("noise_ar", 0.0, lo=0.0, hi=0.999) if vt.has("noise_ar") else None,
+        "jitter_bps": vt.num("jitter_bps", 0.0, lo=0.0, hi=100.0) if vt.has("jitter_bps") else None,
+        "lag_ms": _lags(vt, "lag_ms"),
+        "stale": tuple(stale),
+        "dead_at_s": vt.num("dead_at_s", 0.0, lo=0.0) if vt.has("dead_at_s") else None,
+        "disconnect_at_s": tuple(disconnects),
+        "stale_per_hour": vt.num("stale_per_hour", d.stale_per_hour, lo=0.0, hi=3600.0),
+        "stale_s": vt.range_("stale_s", d.stale_s),
+        "disconnect_per_hour": vt.num("disconnect_per_hour", d.disconnect_per_hour, lo=0.0, hi=3600.0),
+    }
 
 
 def _relay(t: _Table) -> RelayConfig:

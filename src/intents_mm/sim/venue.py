@@ -128,15 +128,7 @@ class SimVenue:
             accept_legacy_nonces=s.relay.accept_legacy_nonces,
             salt_grace_ns=grace,
         )
-        self.path = PricePath(
-            subseed(seed, "price"),
-            s.price.start_price,
-            s.price.vol_annual,
-            s.price.jump_rate_per_hour,
-            s.price.jump_size_bps,
-            s.price.tick_s,
-            clock=clock,
-        )
+        self.path = PricePath.from_config(subseed(seed, "price"), s.price, clock=clock)
         self.bridge = SimBridge(
             clock,
             self.verifier.credit,
@@ -175,6 +167,7 @@ class SimVenue:
             if override.noise_bps is not None:
                 changes["noise_bps"] = override.noise_bps
             venue.profile = dataclasses.replace(venue.profile, **changes)
+        self.exchanges.configure(s.exchanges)
 
         # Accounts and keys (play money; deterministic so the printed .env block is stable).
         self.mm_key: SigningKey = s.market_maker.signing_key()
