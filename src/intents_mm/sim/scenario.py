@@ -302,6 +302,10 @@ class NearConfig:
     block_time_ms: int = 600
     timeout_fault_hold_s: float = 10.0  # how long an rpc_timeouts fault holds a request
     contract_error_shape: str = "result_error"  # or "rpc_error" (newer nodes)
+    final_lag_blocks: int = 2  # `final` views read the state this many blocks behind the latest
+    lagged_views: bool = True  # false: every view reads the latest state (the pre-issue-16 venue)
+    history_blocks: int = 600  # blocks of state kept for views by block_id
+    settlement_delay_ms: int = 0  # from a publish until its execute_intents lands in a block
 
 
 @dataclass(frozen=True)
@@ -658,7 +662,13 @@ def _near(t: _Table) -> NearConfig:
         contract_error_shape=t.str_(
             "contract_error_shape", d.contract_error_shape, choices=("result_error", "rpc_error")
         ),
+        final_lag_blocks=t.int_("final_lag_blocks", d.final_lag_blocks, lo=0, hi=1000),
+        lagged_views=t.bool_("lagged_views", d.lagged_views),
+        history_blocks=t.int_("history_blocks", d.history_blocks, lo=1, hi=1_000_000),
+        settlement_delay_ms=t.int_("settlement_delay_ms", d.settlement_delay_ms, lo=0, hi=600_000),
     )
+    if out.history_blocks <= out.final_lag_blocks:
+        raise t.fail("history_blocks", f"must be > final_lag_blocks ({out.final_lag_blocks})")
     t.done()
     return out
 

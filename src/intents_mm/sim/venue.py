@@ -146,7 +146,14 @@ class SimVenue:
             withdrawal_status_shape="docs" if s.bridge.withdrawal_status_shape == "docs" else "sdk",
             seed=subseed(seed, "bridge"),
         )
-        self.chain = SimNear(clock, self.verifier, block_time_ms=s.near.block_time_ms)
+        self.chain = SimNear(
+            clock,
+            self.verifier,
+            block_time_ms=s.near.block_time_ms,
+            final_lag_blocks=s.near.final_lag_blocks,
+            lagged_views=s.near.lagged_views,
+            history_blocks=s.near.history_blocks,
+        )
         self.chain.on_withdraw = self._on_withdraw
         self.rpc_server = SimNearRpcServer(
             self.chain,
@@ -202,6 +209,7 @@ class SimVenue:
             envelope="docs" if s.relay.envelope == "docs" else "event",
             accept_legacy_nonces=s.relay.accept_legacy_nonces,
             early_close=s.relay.early_close,
+            settlement_delay_ms=s.near.settlement_delay_ms,
         )
         self.users: list[SimUser] = []
         self.solvers: list[CompetingSolver] = []
