@@ -47,6 +47,7 @@ from intents_mm.domain.amounts import Rounding, to_units
 from intents_mm.errors import InputError
 from intents_mm.near.keys import SigningKey
 from intents_mm.sim.bridge import SimBridge
+from intents_mm.sim.competitors import solver_class, solver_kwargs
 from intents_mm.sim.exchanges import SimExchanges
 from intents_mm.sim.near_rpc import SimNear, SimNearRpcServer
 from intents_mm.sim.participants import (
@@ -347,7 +348,7 @@ class SimVenue:
             self.users.append(user)
 
         for i, spec in enumerate(s.solvers):
-            solver = CompetingSolver(
+            solver = solver_class(spec)(
                 self.clock,
                 self.verifier,
                 self.relay.ws_url,
@@ -362,6 +363,7 @@ class SimVenue:
                     instance_id=spec.instance_id,
                 ),
                 initial_balances=spec.balances,
+                **solver_kwargs(spec),
             )
             self.solvers.append(solver)
             await solver.start()
