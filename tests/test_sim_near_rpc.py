@@ -159,7 +159,7 @@ async def make_venue(
     def on_withdraw(tx_hash: str, account: str, asset_id: str, amount: int, destination: str) -> None:
         burns.append((tx_hash, account, asset_id, amount, destination))
 
-    chain = SimNear(clock, verifier, block_time_ms=600, on_withdraw=on_withdraw)
+    chain = SimNear(clock, verifier, block_time_ms=600, on_withdraw=on_withdraw, lagged_views=True)
     for account, key in ((MM, MM_KEY), (USER, USER_KEY), (RELAY, RELAY_KEY)):
         chain.add_account(account, key.public_key.to_string(), nonce=5)
     verifier.add_public_key(MM, MM_KEY.public_key.to_string())
@@ -734,7 +734,9 @@ async def test_past_simulate_does_not_touch_the_live_nonces(venue: Venue) -> Non
 async def test_lag_setting_and_garbage_collected_history() -> None:
     clock = ManualClock()
     verifier = Verifier(clock, salt=bytes.fromhex("252812b3"))
-    chain = SimNear(clock, verifier, block_time_ms=600, final_lag_blocks=5, history_blocks=10)
+    chain = SimNear(
+        clock, verifier, block_time_ms=600, final_lag_blocks=5, history_blocks=10, lagged_views=True
+    )
     clock.advance(20 * 600 * MS)
     verifier.credit(MM, BTC, 7)
     assert chain.block_for_finality("final").height == chain.height - 5
@@ -745,6 +747,6 @@ async def test_lag_setting_and_garbage_collected_history() -> None:
     with pytest.raises(Exception, match="no longer kept"):
         chain.state_at(chain.height - 30)
     assert chain.state_at(chain.height - 5).balance_of(MM, BTC) == 7
-    flat = SimNear(clock, Verifier(clock), lagged_views=False)
+    flat = SimNear(clock, Verifier(clock))  # a bare chain: every view reads the latest state
     flat.verifier.credit(MM, BTC, 3)
     assert flat.state_at(flat.height - 2).balance_of(MM, BTC) == 3

@@ -28,7 +28,7 @@ MM_KEY = SigningKey.from_seed(b"\x01" * 32)
 async def test_production_client_views_and_transactions(shape: str) -> None:
     clock = ManualClock()
     verifier = Verifier(clock, fee_pips=100, salt=bytes.fromhex("252812b3"))
-    chain = SimNear(clock, verifier)
+    chain = SimNear(clock, verifier, lagged_views=True)
     clock.advance(6 * 10**9)  # ten 600 ms blocks after genesis
     chain.add_account(MM, MM_KEY.public_key.to_string(), nonce=41)
     verifier.add_public_key(MM, MM_KEY.public_key.to_string())

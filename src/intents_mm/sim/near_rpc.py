@@ -14,7 +14,8 @@ with nearcore's error shapes. Views read the Verifier's state at the block they 
 the latest, ``near-final`` one block behind, ``final`` ``final_lag_blocks`` behind (default 2), a
 ``block_id`` that block (``GARBAGE_COLLECTED_BLOCK`` once older than ``history_blocks``), so a
 ``final`` view misses a fill the latest view shows until the chain moves on
-(``lagged_views=False``: every view reads the latest state). Access keys are always the latest.
+(with ``lagged_views``; the venue's scenario turns it on by default, ``[near] lagged_views``; a bare
+``SimNear`` reads the latest state in every view). Access keys are always the latest.
 Faults: :meth:`SimNearRpcServer.fail_next`, :meth:`SimNearRpcServer.set_fault_rate`,
 :meth:`SimNearRpcServer.set_latency_ms`.
 """
@@ -226,7 +227,7 @@ class SimNear:
         chain_id: str = "sim-mainnet",
         auto_create_implicit: bool = True,
         final_lag_blocks: int = 2,
-        lagged_views: bool = True,
+        lagged_views: bool = False,
         history_blocks: int = 600,
     ) -> None:
         """``validity_blocks``: how old a transaction's block hash may be. ``auto_create_implicit``:
