@@ -6,8 +6,11 @@
   price path and trade only against stale quotes. Accepting means signing the user's own side
   (``counterparty_diff``, versioned nonce with the current salt) and calling ``publish_intent``,
   in-process (fast) or over HTTP ``/rpc``.
+  When the publish fails with ``nonce was already used`` (a one-nonce-per-state solver's quote that
+  another batch settled first) the user tries the next best quote it still accepts (``fallbacks``).
 * :class:`CompetingSolver`: a plain solver on the real WebSocket (API key, subscribe, answer every
-  request of its pair at reference mid +/- its spread with a correct NEP-413 ``token_diff``).
+  request of its pair at reference mid +/- its spread with a correct NEP-413 ``token_diff``). Its
+  hooks ``quote_amount``, ``quote_nonce`` and ``on_fill`` are what ``sim/competitors.py`` overrides.
 
 Both run as tasks with ``start()`` / ``stop()``. Prices are ``Decimal`` EUR per base token from a
 ``price_at(ns)`` callable (e.g. ``PricePath.mid_at``); amounts are ints in smallest units.
