@@ -367,3 +367,32 @@ spread_bps = 35
         Scenario.from_toml('[[solvers]]\nkind = "tight"\nspread_bps = 50\nmax_spread_bps = 10\n', "t.toml")
     with pytest.raises(InputError, match="history_blocks"):
         Scenario.from_toml("[near]\nfinal_lag_blocks = 5\nhistory_blocks = 5\n", "t.toml")
+
+
+def test_same_seed_same_quotes() -> None:
+    def run(seed: int) -> list[Any]:
+        clock = ManualClock(1_800_000_000 * 10**9)
+        verifier = Verifier(clock)
+        pool = ConstantProductSolver(
+            clock,
+            verifier,
+            "ws://unused",
+            flat,
+            api_key=None,
+            seed=seed,
+            initial_balances=POOL,
+            margin_bps=10,
+        )
+        pool.fund()
+        lead = tight(clock, verifier, lambda ns: MID + Decimal(ns % 997), lead_ms=300)
+        out: list[Any] = []
+        for i in range(5):
+            clock.advance(250 * 10**6)
+            out.append(pool.make_response(quote_event(f"q{i}", str(10_000 * (i + 1)))))
+            quoted = lead.make_response(quote_event(f"q{i}", str(10_000 * (i + 1))))
+            out.append(None if quoted is None else quoted["quote_output"])  # its nonces are random
+            verifier.credit(pool.account_id, BTC, 1 + i)  # its reserves move: the next nonce differs
+        return out
+
+    assert run(4) == run(4)
+    assert run(4) != run(5)  # another key: other signatures
