@@ -159,7 +159,7 @@ async def make_venue(
     def on_withdraw(tx_hash: str, account: str, asset_id: str, amount: int, destination: str) -> None:
         burns.append((tx_hash, account, asset_id, amount, destination))
 
-    chain = SimNear(clock, verifier, block_time_ms=600, on_withdraw=on_withdraw)
+    chain = SimNear(clock, verifier, block_time_ms=600, on_withdraw=on_withdraw, lagged_views=True)
     for account, key in ((MM, MM_KEY), (USER, USER_KEY), (RELAY, RELAY_KEY)):
         chain.add_account(account, key.public_key.to_string(), nonce=5)
     verifier.add_public_key(MM, MM_KEY.public_key.to_string())
@@ -679,3 +679,74 @@ async def test_timeout_fault_released_on_stop() -> None:
     finally:
         await v.http.close()
         await server.stop()
+
+
+# --- lagged views (issue 16: chain realism) --------------------------------------------------------
+
+
+async def test_final_view_misses_a_fill_the_latest_view_shows(venue: Venue) -> None:
+    v = venue
+    v.verifier.credit(MM, BTC, 10**8)  # at genesis: the genesis state, final at once
+    v.verifier.credit(USER, EURE, 10**22)
+    v.clock.advance(10 * 600 * MS)
+    mm_diff = {EURE: 950 * 10**18, BTC: -(10**6)}
+    batch = [v.payload(MM_KEY, MM, mm_diff), v.payload(USER_KEY, USER, counterparty_diff(mm_diff, 1))]
+    outcome = await v.call(RELAY, RELAY_KEY, "execute_intents", {"signed": batch}, deposit=0)
+    assert status_of(outcome) == {"SuccessValue": ""}
+    fill_height = v.chain.tx_record(outcome["transaction"]["hash"]).block_height  # type: ignore[union-attr]
+    args = {"account_id": MM, "token_ids": [BTC, EURE]}
+    before, after = [str(10**8), "0"], [str(10**8 - 10**6), str(950 * 10**18)]
+    nonce = batch[0]["payload"]["nonce"]
+
+    assert await v.view("mt_batch_balance_of", args, finality="optimistic") == after
+    assert await v.view("mt_batch_balance_of", args, finality="final") == before  # two blocks behind
+    assert await v.view("is_nonce_used", {"account_id": MM, "nonce": nonce}, finality="final") is False
+    assert await v.view("mt_batch_balance_of", args, block_id=fill_height) == after
+    assert await v.view("mt_batch_balance_of", args, block_id=fill_height - 1) == before
+    final = (await v.view_raw("mt_batch_balance_of", args, finality="final"))["result"]
+    assert final["block_height"] == v.chain.height - 2 < fill_height
+
+    v.clock.advance(600 * MS)
+    assert await v.view("mt_batch_balance_of", args, finality="final") == before
+    assert await v.view("mt_batch_balance_of", args, finality="near-final") == after
+    v.clock.advance(600 * MS)  # the fill's block is final now
+    assert await v.view("mt_batch_balance_of", args, finality="final") == after
+    assert await v.view("is_nonce_used", {"account_id": MM, "nonce": nonce}, finality="final") is True
+    assert v.verifier.balance_of(MM, BTC) == 10**8 - 10**6  # the past views never touched the state
+
+
+async def test_past_simulate_does_not_touch_the_live_nonces(venue: Venue) -> None:
+    v = venue
+    v.verifier.credit(MM, BTC, 10**8)
+    v.verifier.credit(USER, EURE, 10**22)
+    v.clock.advance(10 * 600 * MS)
+    mm_diff = {EURE: 950 * 10**18, BTC: -(10**6)}
+    batch = [v.payload(MM_KEY, MM, mm_diff), v.payload(USER_KEY, USER, counterparty_diff(mm_diff, 1))]
+    await v.call(RELAY, RELAY_KEY, "execute_intents", {"signed": batch}, deposit=0)
+    # at `final` the nonces are not used yet: the batch simulates fine there, and nothing changes
+    sim = await v.view("simulate_intents", {"signed": batch}, finality="final")
+    assert "invariant_violated" not in sim and len(sim["intents_executed"]) == 2
+    doc = await v.view_raw("simulate_intents", {"signed": batch}, finality="optimistic")
+    assert "nonce was already used" in doc["result"]["error"]
+    assert v.verifier.is_nonce_used(MM, base64.b64decode(batch[0]["payload"]["nonce"]))
+
+
+async def test_lag_setting_and_garbage_collected_history() -> None:
+    clock = ManualClock()
+    verifier = Verifier(clock, salt=bytes.fromhex("252812b3"))
+    chain = SimNear(
+        clock, verifier, block_time_ms=600, final_lag_blocks=5, history_blocks=10, lagged_views=True
+    )
+    clock.advance(20 * 600 * MS)
+    verifier.credit(MM, BTC, 7)
+    assert chain.block_for_finality("final").height == chain.height - 5
+    assert chain.state_at(chain.height - 5).balance_of(MM, BTC) == 0
+    assert chain.state_at(chain.height).balance_of(MM, BTC) == 7
+    clock.advance(20 * 600 * MS)
+    verifier.credit(MM, BTC, 1)  # prunes the history older than ten blocks
+    with pytest.raises(Exception, match="no longer kept"):
+        chain.state_at(chain.height - 30)
+    assert chain.state_at(chain.height - 5).balance_of(MM, BTC) == 7
+    flat = SimNear(clock, Verifier(clock))  # a bare chain: every view reads the latest state
+    flat.verifier.credit(MM, BTC, 3)
+    assert flat.state_at(flat.height - 2).balance_of(MM, BTC) == 3

@@ -28,7 +28,7 @@ MM_KEY = SigningKey.from_seed(b"\x01" * 32)
 async def test_production_client_views_and_transactions(shape: str) -> None:
     clock = ManualClock()
     verifier = Verifier(clock, fee_pips=100, salt=bytes.fromhex("252812b3"))
-    chain = SimNear(clock, verifier)
+    chain = SimNear(clock, verifier, lagged_views=True)
     clock.advance(6 * 10**9)  # ten 600 ms blocks after genesis
     chain.add_account(MM, MM_KEY.public_key.to_string(), nonce=41)
     verifier.add_public_key(MM, MM_KEY.public_key.to_string())
@@ -38,6 +38,9 @@ async def test_production_client_views_and_transactions(shape: str) -> None:
     rpc = NearRpcClient([url], timeout_s=5.0)
     try:
         views = VerifierClient(rpc)
+        balances, height = await views.mt_batch_balance_of(MM, [BTC])
+        assert balances == {BTC: 0} and height == chain.height - 2  # `final` lags the credit
+        clock.advance(1_200_000_000)  # two blocks later the credit is final
         balances, height = await views.mt_batch_balance_of(MM, [BTC])
         assert balances == {BTC: 5000} and height == chain.height - 2
         assert await views.has_public_key(MM, MM_KEY.public_key) is True
@@ -51,6 +54,8 @@ async def test_production_client_views_and_transactions(shape: str) -> None:
         args = {"signed": [cancel.to_json_obj()]}
         result = await sender.call("intents.near", "execute_intents", args, deposit=0)
         assert chain.tx_record(result.tx_hash) is not None
+        assert await views.is_nonce_used(MM, nonce) is False  # not final yet
+        clock.advance(1_200_000_000)
         assert await views.is_nonce_used(MM, nonce) is True
         assert (await rpc.view_access_key(MM, MM_KEY.public_key)).nonce == 42
         assert verifier.balances(MM) == {BTC: 5000}

@@ -10,7 +10,12 @@ or as an intent) is reported to ``on_withdraw(tx_hash, account, asset_id, amount
 ``SimNearRpcServer`` speaks NEAR JSON-RPC 2.0 at ``POST /`` (reference section 5): ``query``
 (``call_function`` on every Verifier view, ``view_access_key``), ``block``, ``send_tx``,
 ``broadcast_tx_commit``, ``broadcast_tx_async``, ``tx`` / ``EXPERIMENTAL_tx_status`` and ``status``,
-with nearcore's error shapes. Views always read the latest state whatever block is named.
+with nearcore's error shapes. Views read the Verifier's state at the block they name: ``optimistic``
+the latest, ``near-final`` one block behind, ``final`` ``final_lag_blocks`` behind (default 2), a
+``block_id`` that block (``GARBAGE_COLLECTED_BLOCK`` once older than ``history_blocks``), so a
+``final`` view misses a fill the latest view shows until the chain moves on
+(with ``lagged_views``; the venue's scenario turns it on by default, ``[near] lagged_views``; a bare
+``SimNear`` reads the latest state in every view). Access keys are always the latest.
 Faults: :meth:`SimNearRpcServer.fail_next`, :meth:`SimNearRpcServer.set_fault_rate`,
 :meth:`SimNearRpcServer.set_latency_ms`.
 """
@@ -45,6 +50,7 @@ from intents_mm.near.transaction import (
 )
 from intents_mm.sim.verifier import (
     ERR_BAD_ARGS,
+    HistoryGoneError,
     MethodNotFoundError,
     ProhibitedInViewError,
     Verifier,
@@ -220,11 +226,21 @@ class SimNear:
         validity_blocks: int = 86_400,
         chain_id: str = "sim-mainnet",
         auto_create_implicit: bool = True,
+        final_lag_blocks: int = 2,
+        lagged_views: bool = False,
+        history_blocks: int = 600,
     ) -> None:
         """``validity_blocks``: how old a transaction's block hash may be. ``auto_create_implicit``:
-        a 64-hex implicit account signing with its own key gets that key on first use."""
+        a 64-hex implicit account signing with its own key gets that key on first use.
+        ``final_lag_blocks``: how far ``final`` is behind the latest block (``near-final`` is
+        ``min(1, final_lag_blocks)``). ``lagged_views``: views read the state at their block (the
+        Verifier keeps ``history_blocks`` blocks of history), else always the latest state."""
         if block_time_ms <= 0:
             raise InputError("block_time_ms must be positive")
+        if not 0 <= final_lag_blocks <= 1000 or history_blocks <= final_lag_blocks:
+            raise InputError("final_lag_blocks must be in 0..1000 and below history_blocks")
+        self.final_lag_blocks = final_lag_blocks
+        self.lagged_views = lagged_views
         if validity_blocks <= 0 or genesis_height <= 0:
             raise InputError("validity_blocks and genesis_height must be positive")
         self.clock = clock
@@ -241,6 +257,15 @@ class SimNear:
         self._txs: dict[str, TxRecord] = {}
         self._hash_by_height: dict[int, str] = {}
         self._height_by_hash: dict[str, int] = {}
+        if lagged_views:
+            verifier.track_blocks(
+                lambda: self.height, genesis_height=genesis_height, keep_blocks=history_blocks
+            )
+
+    def state_at(self, height: int) -> Verifier:
+        """The Verifier as it was at the end of block ``height`` (read-only; the latest when
+        ``lagged_views`` is off). ``HistoryGoneError`` below the kept history."""
+        return self.verifier.at_height(height) if self.lagged_views else self.verifier
 
     # --- accounts --------------------------------------------------------------------------------
 
@@ -296,8 +321,11 @@ class SimNear:
         return None if height is None else self.block_at(height)
 
     def block_for_finality(self, finality: str) -> Block:
-        """``optimistic`` → latest, ``near-final`` → latest−1, ``final`` → latest−2 (never before genesis)."""
-        lag = {"optimistic": 0, "near-final": 1, "final": 2}[finality]
+        """``optimistic`` → latest, ``near-final`` → latest−min(1, lag), ``final`` → latest−lag (lag =
+        ``final_lag_blocks``, default 2; never before genesis)."""
+        lag = {"optimistic": 0, "near-final": min(1, self.final_lag_blocks), "final": self.final_lag_blocks}[
+            finality
+        ]
         block = self.block_at(max(self._genesis_height, self.height - lag))
         assert block is not None
         return block
@@ -789,7 +817,15 @@ class SimNearRpcServer:
             args_bytes = base64.b64decode(args_b64, validate=True)
         except (binascii.Error, ValueError):
             raise _parse_error("args_base64 is not valid base64") from None
-        verifier = self.chain.verifier
+        try:
+            verifier = self.chain.state_at(block.height)
+        except HistoryGoneError:
+            raise _handler_error(
+                "GARBAGE_COLLECTED_BLOCK",
+                {"block_height": block.height, "block_hash": block.hash},
+                f"The data for block #{block.height} is garbage collected on this node, "
+                "use an archival node to fetch historical data",
+            ) from None
         if account_id != verifier.contract_id:
             raise _handler_error(
                 "UNKNOWN_ACCOUNT",

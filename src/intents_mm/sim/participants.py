@@ -25,8 +25,11 @@
   random draw comes from RNGs seeded by the user's seed, so the same seed gives the same flow; the
   defaults (Poisson, lognormal, limit acceptance, no latency-arb or option flow) draw exactly what
   they drew before these kinds existed.
+  When the publish fails with ``nonce was already used`` (a one-nonce-per-state solver's quote that
+  another batch settled first) the user tries the next best quote it still accepts (``fallbacks``).
 * :class:`CompetingSolver`: a plain solver on the real WebSocket (API key, subscribe, answer every
-  request of its pair at reference mid +/- its spread with a correct NEP-413 ``token_diff``).
+  request of its pair at reference mid +/- its spread with a correct NEP-413 ``token_diff``). Its
+  hooks ``quote_amount``, ``quote_nonce`` and ``on_fill`` are what ``sim/competitors.py`` overrides.
 
 Both run as tasks with ``start()`` / ``stop()``. Prices are ``Decimal`` EUR per base token from a
 ``price_at(ns)`` callable (e.g. ``PricePath.mid_at``); amounts are ints in smallest units.
@@ -59,7 +62,7 @@ from intents_mm.near.nonce import random_versioned_nonce
 from intents_mm.near.payload import build_intent_message, sign_nep413, token_diff_intent
 from intents_mm.near.timefmt import parse_deadline
 from intents_mm.sim.relay import SimRelay
-from intents_mm.sim.verifier import Verifier, counterparty_diff
+from intents_mm.sim.verifier import ERR_NONCE_USED, Verifier, counterparty_diff
 
 log = logging.getLogger(__name__)
 
@@ -578,6 +581,15 @@ class SimUser:
                 self.counts[f"{planned.kind}_accepted"] += 1
             outcome.published_ns = self._clock.now_ns()
             result = await self._publish([best["quote_hash"]], self.sign_acceptance(best))
+            # a quote whose nonce another batch used meanwhile (one nonce per reserve state) is dead:
+            # fall back to the next best one the user still accepts
+            for nxt in quotes[1:]:
+                if result.get("status") == "OK" or ERR_NONCE_USED not in str(result.get("reason")):
+                    break
+                if not self.accepts(planned, self.quote_price_eur(nxt), self._clock.now_ns()):
+                    break
+                self.counts["fallbacks"] += 1
+                result = await self._publish([nxt["quote_hash"]], self.sign_acceptance(nxt))
             outcome.publish = result
             self.counts["published_ok" if result.get("status") == "OK" else "published_failed"] += 1
         except (InputError, RpcError, TransportError) as exc:
@@ -677,6 +689,8 @@ class _SentQuote:
     amount_out: int
     status: Literal["pending", "ok", "rejected"] = "pending"
     reason: str | None = None
+    asset_in: str = ""  # what the solver receives
+    nonce: bytes = b""
 
 
 @dataclass
@@ -863,6 +877,7 @@ class CompetingSolver:
         elif kind == "quote_status":
             self.statuses.append(data)
             self.statuses_received += 1
+            self.on_fill(data)
             self._status_event.set()
             seq = params.get("seq")
             if self.config.instance_id and isinstance(seq, int):
@@ -903,7 +918,22 @@ class CompetingSolver:
         await asyncio.sleep(self.config.response_delay_ms / 1000)
         await self._answer(data)
 
-    # ------------------------------------------------------------------ quoting
+    # ------------------------------------------------------------------ quoting (hooks for subclasses)
+
+    def quote_amount(self, asset_in: str, exact_in: bool, fixed: int) -> int | None:
+        """The non-fixed amount (what the solver gives for exact-in, asks for exact-out), or ``None``
+        when not quoting. Here: the true mid now +/- ``spread_bps``, rounded against the solver."""
+        mid = self._price_at(self._clock.now_ns())
+        return quote_other_side(
+            self.pair, mid, self.config.spread_bps, asset_in=asset_in, exact_in=exact_in, fixed=fixed
+        )
+
+    def quote_nonce(self, deadline_ns: int) -> bytes | None:
+        """The nonce to sign with (``None``: do not quote). Here: a fresh versioned nonce."""
+        return random_versioned_nonce(self._verifier.current_salt(), deadline_ns)
+
+    def on_fill(self, data: Mapping[str, Any]) -> None:
+        """Called for every ``quote_status`` received (one of this solver's quotes settled)."""
 
     def make_response(self, data: Mapping[str, Any]) -> dict[str, Any] | None:
         """The ``quote_response`` params object for a quote event, or ``None`` when not quoting it."""
@@ -929,10 +959,10 @@ class CompetingSolver:
         except (InputError, KeyError):
             self.stats.skipped["malformed"] += 1
             return None
-        mid = self._price_at(self._clock.now_ns())
-        other = quote_other_side(
-            self.pair, mid, self.config.spread_bps, asset_in=asset_in, exact_in=exact_in, fixed=fixed
-        )
+        other = self.quote_amount(asset_in, exact_in, fixed)
+        if other is None:
+            self.stats.skipped["pricing"] += 1
+            return None
         amount_in, amount_out = (fixed, other) if exact_in else (other, fixed)
         if amount_in <= 0 or amount_out <= 0:
             self.stats.skipped["dust"] += 1
@@ -945,11 +975,16 @@ class CompetingSolver:
         message = build_intent_message(
             self.account_id, deadline_ns, [token_diff_intent({asset_in: amount_in, asset_out: -amount_out})]
         )
-        nonce = random_versioned_nonce(self._verifier.current_salt(), deadline_ns)
+        nonce = self.quote_nonce(deadline_ns)
+        if nonce is None:
+            self.stats.skipped["nonce"] += 1
+            return None
         signed = sign_nep413(self.key, message, nonce, self._verifier.contract_id)
         output = {"amount_out": str(amount_out)} if exact_in else {"amount_in": str(amount_in)}
         quote_hash = signed.hash_b58()
-        self.sent[quote_hash] = _SentQuote(str(data.get("quote_id")), quote_hash, amount_in, amount_out)
+        self.sent[quote_hash] = _SentQuote(
+            str(data.get("quote_id")), quote_hash, amount_in, amount_out, asset_in=asset_in, nonce=nonce
+        )
         while len(self.sent) > _SENT_KEPT:
             self.sent.popitem(last=False)
         response = {

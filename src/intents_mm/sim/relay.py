@@ -23,6 +23,10 @@ status). From then on the relay refuses those nonces: a ``quote_response``, a pu
 chosen quotes use one fails with ``nonce was already used``, and the ``quote`` answer drops every
 candidate whose nonce is cancelled here or used on the Verifier, so the user gets the next best quote.
 
+Settlement takes ``settlement_delay_ms`` (default 0): the intent is ``PENDING`` meanwhile and the
+``execute_intents`` transaction lands in the block current when the delay ends (it may then fail,
+e.g. when another batch used a nonce first); the publish answer comes when it has landed.
+
 Waiting windows run on the event loop's timer (real time); every timestamp the protocol checks
 (deadlines) comes from the injected clock, and latency samples use ``clock.monotonic_ns()``.
 """
@@ -358,6 +362,7 @@ class SimRelay:
         relay_account: str = "solver-relay.near",
         accept_legacy_nonces: bool = True,
         early_close: bool = True,
+        settlement_delay_ms: int = 0,
         frontend_partner_id: str = "1click",
     ) -> None:
         if envelope not in ("event", "docs"):
@@ -374,6 +379,7 @@ class SimRelay:
         self.relay_account = relay_account
         self.accept_legacy_nonces = accept_legacy_nonces
         self.early_close = early_close
+        self.settlement_delay_ms = _int_ms(settlement_delay_ms, "settlement_delay_ms")
         self.frontend_partner_id = frontend_partner_id
 
         self._conns: dict[int, _Connection] = {}
@@ -1140,6 +1146,8 @@ class SimRelay:
             return failed(ERR_NONCE_USED)
         for h in hashes:
             self._set_status(_IntentStatus(h, "PENDING"))
+        if self.settlement_delay_ms:  # the transaction lands in a block this long after the publish
+            await asyncio.sleep(self.settlement_delay_ms / 1000)
         batch = [*signed_datas, *(c.signed_data for c in quotes)]
         try:
             record = await self._chain.submit_internal(

@@ -326,6 +326,10 @@ class NearConfig:
     block_time_ms: int = 600
     timeout_fault_hold_s: float = 10.0  # how long an rpc_timeouts fault holds a request
     contract_error_shape: str = "result_error"  # or "rpc_error" (newer nodes)
+    final_lag_blocks: int = 2  # `final` views read the state this many blocks behind the latest
+    lagged_views: bool = True  # false: every view reads the latest state (the pre-issue-16 venue)
+    history_blocks: int = 600  # blocks of state kept for views by block_id
+    settlement_delay_ms: int = 0  # from a publish until its execute_intents lands in a block
 
 
 @dataclass(frozen=True)
@@ -410,6 +414,18 @@ class SolverSpec:
     max_min_deadline_ms: int = 60000
     instance_id: str | None = None
     balances: Mapping[str, int] = field(default_factory=lambda: _SOLVER_BALANCES)
+    # "fixed" (true mid +/- spread_bps), "amm" (constant product on its reserves, one nonce per reserve
+    # state; default balances 1 BTC + start_price EURe) or "tight" (leading price, widens on markouts)
+    kind: str = "fixed"
+    margin_bps: int = 30  # amm: margin in bips taken from the input
+    lead_ms: int = 300  # tight: prices off the true path this far ahead
+    markout_ms: int = 5000  # tight: marks each fill this long after it
+    widen_factor: Decimal = Decimal(1)  # tight: bps of spread per bps of adverse average markout
+    markout_alpha: Decimal = Decimal("0.3")  # tight: weight of the newest markout in the average
+    max_spread_bps: Decimal = Decimal(200)  # tight: widening stops here
+
+
+SOLVER_KINDS: tuple[str, ...] = ("fixed", "amm", "tight")
 
 
 @dataclass(frozen=True)
@@ -572,7 +588,7 @@ class Scenario:
         bridge = _bridge(top.table("bridge"))
         flow = _flow(top.table("flow"))
         solvers = tuple(
-            _solver(_Table(item, f"{source}: [[solvers]] #{i + 1}"))
+            _solver(_Table(item, f"{source}: [[solvers]] #{i + 1}"), price.start_price)
             for i, item in enumerate(_array(top, "solvers"))
         )
         accounts = tuple(
@@ -611,7 +627,7 @@ class Scenario:
             "flow_rate_per_s": self.flow.rate_per_s,
             "users": self.flow.users,
             "flow_mix": self.flow.mix(),
-            "solvers": [{"spread_bps": str(s.spread_bps)} for s in self.solvers],
+            "solvers": [{"kind": s.kind, "spread_bps": str(s.spread_bps)} for s in self.solvers],
             "accounts": [a.account_id for a in self.accounts],
             "market_maker_balances": human_balances(self.market_maker.balances),
             "venues": list(self.exchanges.venues),
@@ -794,7 +810,13 @@ def _near(t: _Table) -> NearConfig:
         contract_error_shape=t.str_(
             "contract_error_shape", d.contract_error_shape, choices=("result_error", "rpc_error")
         ),
+        final_lag_blocks=t.int_("final_lag_blocks", d.final_lag_blocks, lo=0, hi=1000),
+        lagged_views=t.bool_("lagged_views", d.lagged_views),
+        history_blocks=t.int_("history_blocks", d.history_blocks, lo=1, hi=1_000_000),
+        settlement_delay_ms=t.int_("settlement_delay_ms", d.settlement_delay_ms, lo=0, hi=600_000),
     )
+    if out.history_blocks <= out.final_lag_blocks:
+        raise t.fail("history_blocks", f"must be > final_lag_blocks ({out.final_lag_blocks})")
     t.done()
     return out
 
@@ -908,16 +930,30 @@ def _size_curve(t: _Table, key: str) -> tuple[tuple[Decimal, float], ...]:
     return tuple(out)
 
 
-def _solver(t: _Table) -> SolverSpec:
+def _solver(t: _Table, start_price: Decimal = PriceConfig.start_price) -> SolverSpec:
     d = SolverSpec()
+    kind = t.str_("kind", d.kind, choices=SOLVER_KINDS)
+    default_balances = d.balances
+    if kind == "amm":  # a pool priced at the path's start
+        eure = to_units(EURE, start_price, Rounding.FLOOR)
+        default_balances = MappingProxyType({BTC.token_id: _units(BTC, "1"), EURE.token_id: eure})
     out = SolverSpec(
+        kind=kind,
+        margin_bps=t.int_("margin_bps", d.margin_bps, lo=0, hi=9999),
+        lead_ms=t.int_("lead_ms", d.lead_ms, lo=0, hi=600_000),
+        markout_ms=t.int_("markout_ms", d.markout_ms, lo=1, hi=3_600_000),
+        widen_factor=t.dec("widen_factor", d.widen_factor, lo=Decimal(0), hi=Decimal(100)),
+        markout_alpha=t.dec("markout_alpha", d.markout_alpha, lo=Decimal("0.000001"), hi=Decimal(1)),
+        max_spread_bps=t.dec("max_spread_bps", d.max_spread_bps, lo=Decimal(0), hi=Decimal(5000)),
         spread_bps=t.dec("spread_bps", d.spread_bps, lo=Decimal(0), hi=Decimal(5000)),
         response_delay_ms=t.int_("response_delay_ms", d.response_delay_ms, lo=0, hi=600_000),
         deadline_margin_ms=t.int_("deadline_margin_ms", d.deadline_margin_ms, lo=0, hi=3_600_000),
         max_min_deadline_ms=t.int_("max_min_deadline_ms", d.max_min_deadline_ms, lo=0, hi=86_400_000),
         instance_id=t.opt_str("instance_id"),
-        balances=t.balances("balances", d.balances),
+        balances=t.balances("balances", default_balances),
     )
+    if out.kind == "tight" and out.max_spread_bps < out.spread_bps:
+        raise t.fail("max_spread_bps", f"must be >= spread_bps ({out.spread_bps})")
     t.done()
     return out
 

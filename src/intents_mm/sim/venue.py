@@ -47,6 +47,7 @@ from intents_mm.domain.amounts import Rounding, to_units
 from intents_mm.errors import InputError
 from intents_mm.near.keys import SigningKey
 from intents_mm.sim.bridge import SimBridge
+from intents_mm.sim.competitors import solver_class, solver_kwargs
 from intents_mm.sim.exchanges import SimExchanges
 from intents_mm.sim.near_rpc import SimNear, SimNearRpcServer
 from intents_mm.sim.participants import (
@@ -139,7 +140,14 @@ class SimVenue:
             withdrawal_status_shape="docs" if s.bridge.withdrawal_status_shape == "docs" else "sdk",
             seed=subseed(seed, "bridge"),
         )
-        self.chain = SimNear(clock, self.verifier, block_time_ms=s.near.block_time_ms)
+        self.chain = SimNear(
+            clock,
+            self.verifier,
+            block_time_ms=s.near.block_time_ms,
+            final_lag_blocks=s.near.final_lag_blocks,
+            lagged_views=s.near.lagged_views,
+            history_blocks=s.near.history_blocks,
+        )
         self.chain.on_withdraw = self._on_withdraw
         self.rpc_server = SimNearRpcServer(
             self.chain,
@@ -196,6 +204,7 @@ class SimVenue:
             envelope="docs" if s.relay.envelope == "docs" else "event",
             accept_legacy_nonces=s.relay.accept_legacy_nonces,
             early_close=s.relay.early_close,
+            settlement_delay_ms=s.near.settlement_delay_ms,
         )
         self.users: list[SimUser] = []
         self.solvers: list[CompetingSolver] = []
@@ -334,7 +343,7 @@ class SimVenue:
             self.users.append(user)
 
         for i, spec in enumerate(s.solvers):
-            solver = CompetingSolver(
+            solver = solver_class(spec)(
                 self.clock,
                 self.verifier,
                 self.relay.ws_url,
@@ -349,6 +358,7 @@ class SimVenue:
                     instance_id=spec.instance_id,
                 ),
                 initial_balances=spec.balances,
+                **solver_kwargs(spec),
             )
             self.solvers.append(solver)
             await solver.start()

@@ -20,6 +20,11 @@ Behaviour follows the ``near/intents`` ``defuse`` contract (reference sections 3
   change method it fails like any unknown method (``MethodNotFoundError``, ``MethodNotFound`` on the
   chain); as an intent it is an unknown variant (``JSON: unknown variant …``).
 * ``simulate_intents`` runs the same code and always rolls back.
+* Block history (:meth:`Verifier.track_blocks`, wired by the simulated chain): before the first change
+  in block ``M`` the state is captured; :meth:`Verifier.at_height` answers views from the state as it
+  was at the end of block ``h`` (balances, keys, nonces, salts, auth flag), so a ``final`` view a few
+  blocks behind does not show a fill the latest view shows. Changes at the genesis height (scenario
+  funding) are the genesis state. History older than ``keep_blocks`` is dropped (:class:`HistoryGoneError`).
 
 ``call`` and ``view`` dispatch the contract's change and view methods by name with JSON arguments,
 exactly as a NEAR transaction or ``call_function`` query would; the NEAR RPC simulator uses them.
@@ -27,6 +32,7 @@ exactly as a NEAR transaction or ``call_function`` query would; the NEAR RPC sim
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -483,6 +489,22 @@ class _Batch:
             self.net.pop(token_id, None)
 
 
+class HistoryGoneError(IntentsMMError):
+    """The state at that height is older than the kept history (a node's garbage-collected block)."""
+
+
+@dataclass(frozen=True)
+class _State:
+    """Everything a view reads except nonces (those carry the height they were used at)."""
+
+    balances: dict[str, dict[str, int]]
+    keys: dict[str, dict[str, None]]
+    implicit_key_removed: set[str]
+    auth_disabled: set[str]
+    current_salt: bytes
+    previous_salts: dict[bytes, int | None]
+
+
 class Verifier:
     """The simulated ``intents.near`` contract. All amounts are ``int``; all methods are synchronous
     and atomic (no partial effects on error)."""
@@ -525,6 +547,77 @@ class Verifier:
         self._current_salt = bytes(salt) if salt is not None else self._derive_salt()
         self._undo: list[Callable[[], None]] = []
         self._depth = 0
+        # block history: see track_blocks / at_height
+        self._height: Callable[[], int] | None = None
+        self._genesis_height = 0
+        self._keep_blocks = 0
+        self._history_floor = 0  # the lowest height whose state is still known exactly
+        self._pre_state: dict[int, _State] = {}  # block M -> the state before M's first change
+        self._nonce_height: dict[tuple[str, bytes], int] = {}  # nonces used after genesis -> block
+        self._view_height: int | None = None  # set on a past view (at_height): a read-only copy
+        self._view_nonces: set[tuple[str, bytes]] = set()  # nonces a past view's sandbox committed
+
+    # --- block history ---------------------------------------------------------------------------
+
+    def track_blocks(self, height: Callable[[], int], *, genesis_height: int, keep_blocks: int) -> None:
+        """Record history per block: ``height()`` is the block current at each change (the chain's)."""
+        if keep_blocks < 1:
+            raise InputError("keep_blocks must be >= 1")
+        self._height = height
+        self._genesis_height = self._history_floor = genesis_height
+        self._keep_blocks = keep_blocks
+
+    def _capture(self) -> _State:
+        return _State(
+            balances={a: dict(t) for a, t in self._balances.items()},
+            keys={a: dict(k) for a, k in self._keys.items()},
+            implicit_key_removed=set(self._implicit_key_removed),
+            auth_disabled=set(self._auth_disabled),
+            current_salt=self._current_salt,
+            previous_salts=dict(self._previous_salts),
+        )
+
+    def _changing(self) -> int | None:
+        """Called before every state change: captures the state before this block's first change.
+        Returns the block height of the change (``None`` untracked or at genesis)."""
+        if self._height is None:
+            return None
+        height = self._height()
+        if height <= self._genesis_height:
+            return None
+        if height not in self._pre_state:
+            self._pre_state[height] = self._capture()
+            cutoff = height - self._keep_blocks
+            for old in [m for m in self._pre_state if m <= cutoff]:
+                del self._pre_state[old]
+                self._history_floor = max(self._history_floor, old)
+        return height
+
+    def at_height(self, height: int) -> Verifier:
+        """A read-only view of the state at the end of block ``height`` (``self`` when nothing changed
+        since). Its views and ``simulate_intents`` answer as the contract did then; never mutate it.
+        Raises :class:`HistoryGoneError` below the kept history."""
+        if self._height is None or self._view_height is not None:
+            return self
+        later = [m for m in self._pre_state if m > height]
+        if not later:
+            return self
+        if height < self._history_floor:
+            raise HistoryGoneError(f"state at block {height} is no longer kept")
+        state = self._pre_state[min(later)]
+        past = copy.copy(self)
+        past._balances = state.balances
+        past._keys = state.keys
+        past._implicit_key_removed = state.implicit_key_removed
+        past._auth_disabled = state.auth_disabled
+        past._current_salt = state.current_salt
+        past._previous_salts = state.previous_salts
+        past._undo = []
+        past._depth = 0
+        past._height = None
+        past._view_height = height
+        past._view_nonces = set()
+        return past
 
     # --- journal ---------------------------------------------------------------------------------
 
@@ -563,6 +656,7 @@ class Verifier:
             self._undo.append(undo)
 
     def _set_balance(self, account_id: str, token_id: str, amount: int) -> None:
+        self._changing()
         tokens = self._balances.setdefault(account_id, {})
         old = tokens.get(token_id)
 
@@ -596,15 +690,28 @@ class Verifier:
         self._set_balance(account_id, token_id, new)
 
     def _commit_nonce(self, account_id: str, nonce: bytes) -> None:
-        used = self._nonces.setdefault(account_id, set())
-        if nonce in used:
+        if self.is_nonce_used(account_id, nonce):
             raise VerifierError(ERR_NONCE_USED)
-        used.add(nonce)
-        self._record(lambda: self._nonces[account_id].discard(nonce))
+        key = (account_id, bytes(nonce))
+        if self._view_height is not None:  # a past view's sandbox: never touch the shared nonce sets
+            self._view_nonces.add(key)
+            self._record(lambda: self._view_nonces.discard(key))
+            return
+        height = self._changing()
+        self._nonces.setdefault(account_id, set()).add(nonce)
+        if height is not None:
+            self._nonce_height[key] = height
+
+        def undo() -> None:
+            self._nonces[account_id].discard(nonce)
+            self._nonce_height.pop(key, None)
+
+        self._record(undo)
 
     def _insert_key(self, account_id: str, public_key: str) -> None:
         if self.has_public_key(account_id, public_key):
             raise VerifierError(f"public key '{public_key}' already exists for account '{account_id}'")
+        self._changing()
         if public_key == self._implicit_key_of(account_id):
             self._implicit_key_removed.discard(account_id)
             self._record(lambda: self._implicit_key_removed.add(account_id))
@@ -615,6 +722,7 @@ class Verifier:
     def _delete_key(self, account_id: str, public_key: str) -> None:
         if not self.has_public_key(account_id, public_key):
             raise VerifierError(f"public key '{public_key}' doesn't exist for account '{account_id}'")
+        self._changing()
         if public_key == self._implicit_key_of(account_id):
             self._implicit_key_removed.add(account_id)
             self._record(lambda: self._implicit_key_removed.discard(account_id))
@@ -696,13 +804,21 @@ class Verifier:
         return keys
 
     def is_nonce_used(self, account_id: str, nonce: bytes) -> bool:
-        return bytes(nonce) in self._nonces.get(account_id, set())
+        nonce = bytes(nonce)
+        used = nonce in self._nonces.get(account_id, ())
+        if self._view_height is not None:
+            key = (account_id, nonce)
+            if used and self._nonce_height.get(key, 0) > self._view_height:
+                used = False
+            used = used or key in self._view_nonces
+        return used
 
     def is_auth_by_predecessor_id_enabled(self, account_id: str) -> bool:
         return account_id not in self._auth_disabled
 
     def disable_auth_by_predecessor_id(self, account_id: str) -> None:
         self._ensure_predecessor_auth(account_id)
+        self._changing()
         self._auth_disabled.add(account_id)
         self._record(lambda: self._auth_disabled.discard(account_id))
 
@@ -725,6 +841,7 @@ class Verifier:
 
     def rotate_salt(self) -> bytes:
         """Make a fresh salt current; the old one stays valid (for ``salt_grace_ns`` when set)."""
+        self._changing()
         old = self._current_salt
         until = None if self.salt_grace_ns is None else self._clock.now_ns() + self.salt_grace_ns
         self._previous_salts[old] = until
@@ -738,6 +855,7 @@ class Verifier:
             self.rotate_salt()
         if salt not in self._previous_salts:
             raise VerifierError(ERR_INVALID_SALT)
+        self._changing()
         self._previous_salts[salt] = -1
 
     def is_valid_salt(self, salt: bytes) -> bool:
