@@ -393,7 +393,7 @@ class SimVenue:
         if self._flow_started:
             return
         self._flow_started = True
-        self._snapshot_scoreboard_start()
+        self.start_scoreboard()
         for user in self.users:
             await user.start()
         if self.scenario.faults:
@@ -567,7 +567,8 @@ class SimVenue:
             entries.append(SolverEntry(spec.account_id, "external", spec.account_id, partners))
         return entries
 
-    def _snapshot_scoreboard_start(self) -> None:
+    def start_scoreboard(self) -> None:
+        """Take the scoreboard's start balances now (:meth:`start_flow` does; PnL counts from here)."""
         self._board_start_ns = self.clock.now_ns()
         self._board_start = {
             e.account_id: dict(self.verifier.balances(e.account_id)) for e in self.scoreboard_entries()
@@ -597,7 +598,7 @@ class SimVenue:
     def scoreboard(self, mark_ns: int | None = None) -> dict[str, Any]:
         """Every solver's row (``sim/scoreboard.py``), PnL marked at the true price at ``mark_ns`` (now)."""
         if self._board_start_ns is None:
-            self._snapshot_scoreboard_start()
+            self.start_scoreboard()
         mark = self.clock.now_ns() if mark_ns is None else mark_ns
         entries = self.scoreboard_entries()
         latency: dict[str, list[float]] = {}
