@@ -235,3 +235,67 @@ async def test_every_named_scenario_loads_and_runs(name: str) -> None:
         assert sum(r["requests_seen"] for r in board["solvers"]) >= 3
     finally:
         await venue.stop()
+
+
+def sample_board() -> dict[str, Any]:
+    return build_scoreboard(
+        [
+            SolverEntry("market-maker", "ours", "mm.near", ("market-maker",)),
+            SolverEntry("sim-solver-1", "competitor", "solver.near", ("p",)),
+        ],
+        start_balances={"solver.near": {EURE.token_id: 0}},
+        end_balances={"solver.near": {EURE.token_id: 3 * 10**17}},
+        fills=[fill(BTC.token_id, 10**6, EURE.token_id, 590 * 10**18, "i1")],
+        partner_stats={},
+        latency_ms={},
+        price_at=lambda ns: Decimal(60000),
+        mark_ns=0,
+        flow_of={"i1": ("uninformed", False)}.get,
+    )
+
+
+def test_simulate_summary_prints_the_scoreboard() -> None:
+    from intents_mm.simulate import render_summary
+
+    summary: dict[str, Any] = {
+        "seed": 7,
+        "duration_s": 1.0,
+        "requests_seen": 0,
+        "declined_by_reason": {},
+        "quotes_sent": 0,
+        "accepted_by_relay": 0,
+        "won": 0,
+        "settled": 0,
+        "volume": {},
+        "inventory_start": {},
+        "inventory_end": {},
+        "pnl": {},
+        "markouts_avg_bps": {},
+        "quote_latency_ms": {"p50": None, "p90": None, "p99": None, "max": None, "count": 0},
+        "history_store": "sqlite",
+        "scoreboard": sample_board(),
+    }
+    text = render_summary(summary)
+    assert "scoreboard (PLAY MONEY" in text and "sim-solver-1" in text and "0.3000" in text
+
+
+def test_catalogue_script_row_reads_the_summary() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "sim" / "catalogue.py"
+    spec = importlib.util.spec_from_file_location("catalogue", path)
+    assert spec is not None and spec.loader is not None
+    catalogue = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(catalogue)
+    board = sample_board()
+    board["solvers"][0].update(
+        fills=2, informed_fills=1, markouts_bps={"1s": "1.5", "10s": "-2", "60s": None}
+    )
+    summary = {
+        "pnl": {"trade_pnl_eure": "0.12346", "flow_adjusted_mark_to_market_pnl_eure": "-1"},
+        "settled": 2,
+    }
+    line = catalogue.row("toxic", 3, {**summary, "scoreboard": board})
+    assert line == ("| toxic | 3 | 0.1235 | -1.0000 | 2 | 1.50 | -2.00 | n/a | 1/2 | solver-1: 0.3000 |")
+    assert line.count("|") == catalogue.HEADER.count("|")
