@@ -114,6 +114,7 @@ async def test_prints_urls_key_and_env_fast_and_stops_on_sigint(
         assert f"relay API key     {env['NEAR_INTENTS_API_KEY']}" in text
         assert f"solver account    {env['NEAR_INTENTS_ACCOUNT_ID']}" in text
         assert env["NEAR_INTENTS_SIGNER_PRIVATE_KEY"] in text
+        assert "accounts (every funded solver account" in text and "sim-solver-2" in text
         # the block pasted into .env is a valid configuration for the services
         dotenv = tmp_path / ".env"
         dotenv.write_text("\n".join(f"{k}={v}" for k, v in env.items()) + "\n", encoding="utf-8")
@@ -138,6 +139,9 @@ async def test_prints_urls_key_and_env_fast_and_stops_on_sigint(
     assert code == 0, err
     assert "sim-venue stopped:" in err
     assert "Traceback" not in err
+    # at exit: every solver's scoreboard row (ours, the two competitors of the default scenario)
+    assert "scoreboard (PLAY MONEY" in err
+    assert all(label in err for label in ("market-maker", "sim-solver-1", "sim-solver-2"))
 
 
 async def test_allow_anonymous_admits_keyless_solvers_and_sigterm_stops(

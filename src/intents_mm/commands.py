@@ -123,7 +123,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("simulate", help="run the whole system against the simulated venue (play money)")
     p.add_argument("--duration", type=float, default=120.0, help="seconds (default 120)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--scenario", help="scenario TOML file")
+    p.add_argument("--scenario", help="scenario TOML file, or a built-in name (docs/sim-venue.md)")
     p.add_argument("--summary-json", help="write the end-of-run summary here")
     p.add_argument(
         "--distributed",
@@ -162,7 +162,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("sim-venue", help="run the simulated venue alone (play money) until Ctrl-C")
-    p.add_argument("--scenario", help="scenario TOML file, or a built-in name: default, faults")
+    p.add_argument("--scenario", help="scenario TOML file, or a built-in name (docs/sim-venue.md)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument(
         "--allow-anonymous",

@@ -5,7 +5,8 @@ competing solvers), points the seven real services at it through their ordinary 
 URLs and the play-money account differ from a live run), runs them on the runbook ports, arms the
 strategy and the executor after warm-up through their own audited control endpoints, starts the user
 flow and shows progress until the duration ends or Ctrl-C. Then it prints a summary (and writes it
-as JSON with ``--summary-json``).
+as JSON with ``--summary-json``), including the venue's scoreboard of every solver
+(``sim/scoreboard.py``: ours, each competitor and each ``[[accounts]]`` account).
 
 A service task that dies (crash-only, ``services/runtime.py``) ends the run: it says which service
 and task died and of what, stops everything, prints the summary and fails with ``simulate failed:
@@ -45,6 +46,7 @@ from intents_mm.errors import IntentsMMError
 from intents_mm.eventloop import DEFAULT_EVENT_LOOP
 from intents_mm.services.runtime import freeze_startup_heap, to_jsonable
 from intents_mm.sim.scenario import Scenario, load_scenario
+from intents_mm.sim.scoreboard import render_scoreboard
 from intents_mm.sim.venue import SimVenue
 from intents_mm.storage.migrate import migrate, redact_url, resolve_store_url
 from intents_mm.storage.store import HistoryStore
@@ -410,6 +412,8 @@ class Simulation:
                 "faults_applied": list(self.venue.faults_applied),
                 "competitors": [s.account_id for s in self.venue.solvers],
             },
+            # every solver (ours, competitors, [[accounts]]) from the venue's own records: sim/scoreboard.py
+            "scoreboard": self.venue.scoreboard(),
         }
         return to_jsonable(summary)  # type: ignore[no-any-return]
 
@@ -463,6 +467,8 @@ def render_summary(summary: Mapping[str, Any]) -> str:
         f"max {fmt(lat['max'])}  (n={lat['count']})",
         f"history store        {summary['history_store']}",
     ]
+    if summary.get("scoreboard"):
+        lines += ["", render_scoreboard(summary["scoreboard"])]
     return "\n".join(lines)
 
 

@@ -73,6 +73,7 @@ _CLOSED_QUOTES_KEPT = 100_000
 _LATENCY_KEPT = 200_000
 _STATUSES_KEPT = 100_000
 _QUEUE_KEPT = 100_000  # unacknowledged events per guaranteed queue (the real relay keeps 7 days)
+_FILLS_KEPT = 200_000  # settled quotes kept for the scoreboard (sim/scoreboard.py)
 
 _json_encoder = msgspec.json.Encoder()
 _json_decoder = msgspec.json.Decoder()
@@ -104,6 +105,30 @@ class LatencySample:
     @property
     def latency_ns(self) -> int | None:
         return None if self.response_ns is None else self.response_ns - self.sent_ns
+
+
+@dataclass(frozen=True)
+class FillRecord:
+    """One solver quote settled by a successful publish (the scoreboard's input, ``sim/scoreboard.py``).
+
+    ``amount_in`` / ``amount_out`` are the request's sides as quoted: the solver ``signer_id``
+    receives ``amount_in`` of ``asset_in`` and gives ``amount_out`` of ``asset_out`` (fees aside).
+    ``intent_hash`` is the first user intent of the publish, ``users`` every user signer in it,
+    ``at_ns`` the relay clock's ``now_ns()`` when the chain accepted the batch.
+    """
+
+    quote_hash: str
+    quote_id: str
+    partner_id: str
+    signer_id: str
+    intent_hash: str
+    users: tuple[str, ...]
+    asset_in: str
+    asset_out: str
+    amount_in: int
+    amount_out: int
+    at_ns: int
+    tx_hash: str
 
 
 @dataclass
@@ -396,6 +421,11 @@ class SimRelay:
         self._latency_by_partner: dict[tuple[str, str], _LatencyRecord] = {}
         self._fail_next = 0
         self._fail_message = "relay unavailable"
+        # per-partner scoreboard counters (requests_seen, quotes, quotes_rejected, wins, fills) and
+        # which signer accounts each partner quoted for; settled quotes in order
+        self._partner_counts: dict[str, Counter[str]] = {}
+        self._partner_signers: dict[str, set[str]] = {}
+        self.fills: deque[FillRecord] = deque(maxlen=_FILLS_KEPT)
         self._counts: Counter[str] = Counter()
         self._rejections: Counter[str] = Counter()
         # nonces cancelled at the relay (publish of empty-intents payloads), never put on chain:
@@ -502,6 +532,21 @@ class SimRelay:
             LatencySample(r.quote_id, r.connection_id, r.partner_id, r.sent_ns, r.response_ns, r.accepted)
             for r in self._latency
         ]
+
+    def _partner_count(self, partner_id: str, what: str, n: int = 1) -> None:
+        self._partner_counts.setdefault(partner_id, Counter())[what] += n
+
+    def partner_stats(self) -> dict[str, dict[str, Any]]:
+        """Per partner: ``requests_seen`` (quote events sent, once per request), ``quotes`` (valid
+        responses), ``quotes_rejected``, ``wins`` (ranked best), ``fills`` and the ``signers`` quoted for."""
+        out: dict[str, dict[str, Any]] = {}
+        for partner in sorted(set(self._partner_counts) | set(self._partner_signers)):
+            counts = self._partner_counts.get(partner, Counter())
+            out[partner] = {
+                k: counts[k] for k in ("requests_seen", "quotes", "quotes_rejected", "wins", "fills")
+            }
+            out[partner]["signers"] = sorted(self._partner_signers.get(partner, ()))
+        return out
 
     def clear_latency_samples(self) -> None:
         self._latency.clear()
@@ -715,6 +760,7 @@ class SimRelay:
             self._rejections[str(exc).split(":", 1)[0]] += 1
             if record is not None and record.accepted is None:
                 record.accepted = False
+            self._partner_count(conn.partner_id, "quotes_rejected")
             req = self._open.get(quote_id)
             if req is not None:
                 # a refused answer counts for its own socket only: the partner may still retry (e.g. a
@@ -728,6 +774,8 @@ class SimRelay:
         if record is not None and record.accepted is None:
             record.accepted = True
         self._counts["quote_responses_accepted"] += 1
+        self._partner_count(conn.partner_id, "quotes")
+        self._partner_signers.setdefault(conn.partner_id, set()).add(candidate.signer_id)
         req.note_response(conn.id, conn.partner_id)
         return "OK"
 
@@ -923,6 +971,8 @@ class SimRelay:
             if sent:
                 req.expected.add(conn.id)
                 req.partner_of[conn.id] = conn.partner_id
+                if (req.quote_id, conn.partner_id) not in self._latency_by_partner:
+                    self._partner_count(conn.partner_id, "requests_seen")
                 rec = _LatencyRecord(req.quote_id, conn.id, conn.partner_id, self._clock.monotonic_ns())
                 self._latency.append(rec)
                 self._latency_index[(req.quote_id, conn.id)] = rec
@@ -1058,6 +1108,7 @@ class SimRelay:
             ranked = sorted(live, key=lambda c: (-c.amount_out, c.arrival))
         else:
             ranked = sorted(live, key=lambda c: (c.amount_in, c.arrival))
+        self._partner_count(ranked[0].partner_id, "wins")
         return [
             {
                 "quote_hash": c.quote_hash,
@@ -1161,6 +1212,16 @@ class SimRelay:
         for h in hashes:
             self._set_status(_IntentStatus(h, "SETTLED", tx_hash=tx_hash))
         self._counts["publish_ok"] += 1
+        settled_ns = self._clock.now_ns()
+        users = tuple(p.signer_id for p in payloads)
+        for c in quotes:
+            self._partner_count(c.partner_id, "fills")
+            self.fills.append(
+                FillRecord(
+                    c.quote_hash, c.quote_id, c.partner_id, c.signer_id, hashes[0], users,
+                    c.asset_in, c.asset_out, c.amount_in, c.amount_out, settled_ns, tx_hash,
+                )
+            )  # fmt: skip
         for c in quotes:
             self._push_status(
                 c.partner_id, {"quote_hash": c.quote_hash, "intent_hash": hashes[0], "tx_hash": tx_hash}

@@ -35,7 +35,16 @@ from intents_mm.near.keys import PublicKey, SigningKey, is_implicit_account, val
 
 VENUES: tuple[str, ...] = ("kraken", "bitstamp", "coinbase", "binance")
 PAIRS: tuple[str, ...] = ("btceur", "btcusd", "eurusd")  # = intents_mm.sim.pricepath.PAIRS
-BUILTIN_SCENARIOS: tuple[str, ...] = ("default", "faults")
+BUILTIN_SCENARIOS: tuple[str, ...] = (
+    "calm",
+    "default",
+    "toxic",
+    "latency-arb",
+    "option-exercise",
+    "crash",
+    "outage",
+    "faults",
+)  # the catalogue (sim/scenarios/<name>.toml; docs/sim-venue.md "The scenario catalogue")
 FAULT_KINDS: tuple[str, ...] = (
     "relay_disconnect",
     "relay_error_replies",
@@ -1025,7 +1034,7 @@ def _cross_checks(s: Scenario, source: str) -> None:
 
 
 def load_scenario(spec: str | Path | None = None) -> Scenario:
-    """A scenario from a file path, or a built-in by name (``default``, ``faults``); ``None`` = default."""
+    """A scenario from a file path, or a built-in by name (:data:`BUILTIN_SCENARIOS`); ``None`` = default."""
     if spec is None:
         return builtin_scenario("default")
     text_spec = str(spec)

@@ -60,7 +60,8 @@ from intents_mm.sim.participants import (
 )
 from intents_mm.sim.pricepath import PricePath
 from intents_mm.sim.relay import SimRelay
-from intents_mm.sim.scenario import VENUES, Fault, Scenario, human_balances, parse_fault
+from intents_mm.sim.scenario import VENUES, Fault, Scenario, human_balances, key_from_label, parse_fault
+from intents_mm.sim.scoreboard import SolverEntry, build_scoreboard, render_scoreboard
 from intents_mm.sim.verifier import Verifier
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,8 @@ class SimVenue:
         self._fault_generation: Counter[tuple[str, str]] = Counter()
         self._started = False
         self._flow_started = False
+        self._board_start: dict[str, dict[str, int]] = {}  # scoreboard: balances when the flow started
+        self._board_start_ns: int | None = None
         self._stopped = False
 
     # ------------------------------------------------------------------ wiring helpers
@@ -395,6 +398,7 @@ class SimVenue:
         if self._flow_started:
             return
         self._flow_started = True
+        self.start_scoreboard()
         for user in self.users:
             await user.start()
         if self.scenario.faults:
@@ -554,6 +558,72 @@ class SimVenue:
             await self.exchanges.set_down(fault.venue, False)
         record["ended_ns"] = self.clock.now_ns()
 
+    # ------------------------------------------------------------------ scoreboard
+
+    def scoreboard_entries(self) -> list[SolverEntry]:
+        """Ours, each competitor and each ``[[accounts]]`` account, with their relay partner ids."""
+        signers = {p: set(v["signers"]) for p, v in self.relay.partner_stats().items()}
+        entries = [SolverEntry("market-maker", "ours", self.mm_account, ("market-maker",))]
+        for i, solver in enumerate(self.solvers):
+            label = f"sim-solver-{i + 1}"
+            entries.append(SolverEntry(label, "competitor", solver.account_id, (label,)))
+        for spec in self.scenario.accounts:
+            partners = tuple(sorted(p for p, who in signers.items() if spec.account_id in who))
+            entries.append(SolverEntry(spec.account_id, "external", spec.account_id, partners))
+        return entries
+
+    def start_scoreboard(self) -> None:
+        """Take the scoreboard's start balances now (:meth:`start_flow` does; PnL counts from here)."""
+        self._board_start_ns = self.clock.now_ns()
+        self._board_start = {
+            e.account_id: dict(self.verifier.balances(e.account_id)) for e in self.scoreboard_entries()
+        }
+
+    def flow_of(self, intent_hash: str) -> tuple[str, bool] | None:
+        """``(kind, informed)`` of the simulated user request behind ``intent_hash`` (None = not ours).
+
+        Read generically from the request plan: its ``kind`` when it has one, its ``informed`` flag."""
+        return self._flow_index().get(intent_hash)
+
+    def _flow_index(self) -> dict[str, tuple[str, bool]]:
+        index: dict[str, tuple[str, bool]] = {}
+        for user in self.users:
+            for outcome in user.outcomes:
+                publish = outcome.publish
+                if not publish or publish.get("status") != "OK" or "intent_hash" not in publish:
+                    continue
+                informed = bool(getattr(outcome.planned, "informed", False))
+                kind = getattr(outcome.planned, "kind", None)
+                index[publish["intent_hash"]] = (
+                    str(kind) if kind else ("informed" if informed else "uninformed"),
+                    informed,
+                )
+        return index
+
+    def scoreboard(self, mark_ns: int | None = None) -> dict[str, Any]:
+        """Every solver's row (``sim/scoreboard.py``), PnL marked at the true price at ``mark_ns`` (now)."""
+        if self._board_start_ns is None:
+            self.start_scoreboard()
+        mark = self.clock.now_ns() if mark_ns is None else mark_ns
+        entries = self.scoreboard_entries()
+        latency: dict[str, list[float]] = {}
+        for sample in self.relay.latency_samples():
+            if sample.latency_ns is not None:
+                latency.setdefault(sample.partner_id, []).append(sample.latency_ns / 1e6)
+        index = self._flow_index()
+        return build_scoreboard(
+            entries,
+            start_balances=self._board_start,
+            end_balances={e.account_id: dict(self.verifier.balances(e.account_id)) for e in entries},
+            fills=list(self.relay.fills),
+            partner_stats=self.relay.partner_stats(),
+            latency_ms=latency,
+            price_at=self.path.mid_at,
+            mark_ns=mark,
+            flow_of=index.get,
+            start_ns=self._board_start_ns,
+        )
+
     # ------------------------------------------------------------------ introspection
 
     def stats(self) -> dict[str, Any]:
@@ -572,6 +642,10 @@ class SimVenue:
             "balances": {
                 "market_maker": _amounts(self.verifier.balances(self.mm_account)),
                 "fee_collector": _amounts(self.verifier.balances(self.verifier.fee_collector)),
+                "accounts": {
+                    a.account_id: _amounts(self.verifier.balances(a.account_id))
+                    for a in self.scenario.accounts
+                },
             },
             "price": {
                 "start": str(self.scenario.price.start_price),
@@ -607,6 +681,7 @@ class SimVenue:
             "exchanges": self.exchanges.state(),
             "salt_rotations": self.salt_rotations,
             "faults_applied": list(self.faults_applied),
+            "scoreboard": self.scoreboard() if self._started else None,
         }
 
     # ------------------------------------------------------------------ admin HTTP
@@ -736,12 +811,43 @@ def banner(venue: SimVenue, started_s: float) -> str:
         f"flow              {s.flow.rate_per_s:g} requests/s over {s.flow.users} users, "
         f"{len(s.solvers)} competing solvers, {len(s.faults)} scheduled faults",
         "",
+        *account_lines(venue),
+        "",
         "# paste into .env to point the services at this venue (play money):",
         *(f"{name}={value}" for name, value in venue.env().items()),
         "",
         "Ctrl-C (or SIGTERM) stops the venue.",
     ]
     return "\n".join(lines)
+
+
+def _human(balances: Mapping[str, int]) -> str:
+    shown = ", ".join(f"{amount} {symbol}" for symbol, amount in human_balances(balances).items())
+    return shown or "none"
+
+
+def account_lines(venue: SimVenue) -> list[str]:
+    """The banner's account list: every solver account the venue funded (ours, competitors, extras)."""
+    s = venue.scenario
+    lines = [f"accounts (every funded solver account; scoreboard rows; {len(s.accounts)} from [[accounts]])"]
+    lines.append(f"  market-maker  {venue.mm_account}  {_human(s.market_maker.balances)}  (ours, above)")
+    for i, (spec, solver) in enumerate(zip(s.solvers, venue.solvers, strict=False)):
+        lines.append(
+            f"  sim-solver-{i + 1}  {solver.account_id}  {_human(spec.balances)}  "
+            f"(competitor, spread {spec.spread_bps} bps, delay {spec.response_delay_ms} ms)"
+        )
+    for acct in s.accounts:
+        lines.append(f"  external      {acct.account_id}  {_human(acct.balances)}")
+        lines.append(f"{'':16}public key {acct.public_key}, registered on the Verifier and the chain")
+        if acct.secret_seed is not None:
+            secret = key_from_label(f"account:{acct.secret_seed}").to_secret_string()
+            lines.append(f"{'':16}secret key {secret}  (from seed {acct.secret_seed!r}; play money only)")
+    if s.relay.api_keys:
+        lines.append(
+            f"  relay keys    {len(s.relay.api_keys)} extra key(s) from [relay] api_keys "
+            f"(partners external-1..{len(s.relay.api_keys)})"
+        )
+    return lines
 
 
 async def run_standalone(
@@ -771,6 +877,7 @@ async def run_standalone(
             loop.remove_signal_handler(sig)
         await venue.stop()
     flow = venue.stats()["flow"]["counts"]
+    print(render_scoreboard(venue.scoreboard()), file=sys.stderr, flush=True)
     print(
         f"sim-venue stopped: {flow.get('requests', 0)} requests, {flow.get('published_ok', 0)} settled, "
         f"{len(venue.faults_applied)} faults applied",
