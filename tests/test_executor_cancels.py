@@ -15,6 +15,7 @@ import pytest
 
 from intents_mm.messages import OperatorAction, ReferencePrice, TradeResult, encode, new_envelope
 from intents_mm.near.encoding import b64decode
+from intents_mm.services.quote_canceller import QuoteCanceller
 from test_trade_executor import BTC, EUR, EURE, EXECUTOR_KEY, MM_ACCOUNT, Harness, _harness
 
 PRICED_MID = Decimal("60000")  # Harness.command prices every quote at this mid
@@ -319,3 +320,52 @@ async def test_quotes_the_relay_cancelled_before_a_restart_are_still_reported_ca
     status, body = await h.post("/kill")
     assert status == 200 and body["counts"] == {"cancelled": 2}, body
     assert all(_used(h, r) for r in quotes)
+
+
+async def test_a_reverted_cancel_batch_that_no_view_explains_is_sent_one_transaction_each(h: Harness) -> None:
+    """One settled nonce reverts the whole execute_intents; when the nonce views cannot say which (here:
+    none configured, as when they lag or fail), each payload goes in a transaction of its own, so the
+    settled quote is reported as such and every other one is still cancelled."""
+    executor = await h.start_executor(EXECUTOR_CANCEL_ON_MOVE="false")
+    settled, live, other = await _live_quotes(h, 3)
+    assert (await _user_takes(h, settled))["status"] == "OK"
+    assert executor.canceller is not None and executor.sender is not None
+    blind = QuoteCanceller(
+        key=EXECUTOR_KEY,
+        signer_id=MM_ACCOUNT,
+        contract_id="intents.near",
+        standard="nep413",
+        clock=h.clock,
+        relay_rpc=None,
+        sender=executor.sender,
+        verifier=None,
+    )
+    targets = [o.target() for o in sorted(executor.outstanding.values(), key=lambda o: o.deadline_ns)]
+    outcomes = {
+        o.target.nonce_b64: o
+        for o in await blind.cancel(targets, via_relay=False, on_chain=True, precheck=True)
+    }
+    assert outcomes[settled.nonce_b64].outcome == "already_settled", outcomes[settled.nonce_b64]
+    for r in (live, other):
+        assert outcomes[r.nonce_b64].outcome == "cancelled" and _used(h, r)
+
+
+@pytest.fixture
+async def h_lagged(sqlite_url: str) -> AsyncIterator[Harness]:
+    async for harness in _harness(sqlite_url, lagged_views=True):
+        yield harness
+
+
+async def test_kill_right_after_a_settlement_on_a_chain_whose_final_views_lag(h_lagged: Harness) -> None:
+    """`final` views lag the latest state (two blocks, as live); the stop checks nonces on the latest
+    state: the settled quote is reported settled, the other cancelled in one transaction."""
+    h = h_lagged
+    await h.start_executor(EXECUTOR_CANCEL_ON_MOVE="false")
+    settled, live = await _live_quotes(h, 2)
+    assert (await _user_takes(h, settled))["status"] == "OK"
+    ours_before = [r for r in h.chain.transactions if r.signer_id == MM_ACCOUNT]
+    status, body = await h.post("/kill")  # at once: the settlement is not yet in a `final` view
+    assert status == 200 and body["counts"] == {"already_settled": 1, "cancelled": 1}, body
+    assert body["already_used"] == [settled.nonce_b64] and _used(h, live)
+    ours = [r for r in h.chain.transactions if r.signer_id == MM_ACCOUNT]
+    assert len(ours) - len(ours_before) == 1  # the check saw the settlement: no transaction reverted

@@ -210,16 +210,21 @@ class Harness:
         return counts.get("quote_responses", 0)
 
 
-async def _harness(store_url: str, *, register_key: bool = True) -> AsyncIterator[Harness]:
+async def _harness(
+    store_url: str, *, register_key: bool = True, lagged_views: bool = False
+) -> AsyncIterator[Harness]:
     with tempfile.TemporaryDirectory(prefix="executor-var-") as var_dir:
-        async for h in _harness_in(store_url, var_dir, register_key=register_key):
+        async for h in _harness_in(store_url, var_dir, register_key=register_key, lagged_views=lagged_views):
             yield h
 
 
-async def _harness_in(store_url: str, var_dir: str, *, register_key: bool) -> AsyncIterator[Harness]:
+async def _harness_in(
+    store_url: str, var_dir: str, *, register_key: bool, lagged_views: bool = False
+) -> AsyncIterator[Harness]:
     clock = SystemClock()
     verifier = Verifier(clock)
-    chain = SimNear(clock, verifier)
+    # lagged_views: `final` views 2 blocks (of 600 ms) behind the latest state, as on the live chain
+    chain = SimNear(clock, verifier, lagged_views=lagged_views)
     pk = EXECUTOR_KEY.public_key.to_string()
     chain.add_account(MM_ACCOUNT, pk)
     if register_key:

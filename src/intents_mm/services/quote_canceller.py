@@ -11,8 +11,10 @@ chosen per call:
    payload is sent again on its own to learn which one it refused and why.
 2. **chain** — the same payloads in ``execute_intents`` transactions from our account, at most
    ``chain_batch`` payloads a transaction (within the gas limit). One used nonce reverts the whole
-   transaction, so nonces are checked with ``is_nonce_used`` first, and a transaction that still fails
-   with ``nonce was already used`` (a settlement raced us) is retried once without the nonces now used.
+   transaction, so nonces are checked with ``is_nonce_used`` first (on the latest state: a ``final`` view
+   lags a settlement by blocks), and a transaction that still fails with ``nonce was already used`` (a
+   settlement raced us) is retried once without the nonces now used; when no view can tell which, each
+   payload goes in a transaction of its own.
 
 Each quote gets one :class:`CancelOutcome`: ``cancelled`` (on chain, or at the relay when the chain path
 is off), ``already_settled`` (its nonce was used before our cancel: the quote settled), ``expired`` (its
@@ -300,9 +302,13 @@ class QuoteCanceller:
             except ContractError as exc:
                 if attempt == 0 and is_nonce_used_error(str(exc)):
                     used = await self.used_nonces([o.target for o in pending])
-                    if not used:  # cannot tell which one: report them all
+                    if not used and len(pending) > 1:
+                        # the views cannot tell which (they lag, or failed): one transaction each
                         for o in pending:
-                            o.chain = f"failed: {exc}"
+                            await self._chain_batch([o], payloads)
+                        return
+                    if not used:
+                        pending[0].chain = "used"  # its own transaction said so
                         return
                     for o in pending:
                         if o.target.nonce_b64 in used:

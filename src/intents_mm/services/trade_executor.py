@@ -366,7 +366,8 @@ class TradeExecutor(Service):
                 clock=self.clock,
                 relay_rpc=self.relay_rpc,
                 sender=self.sender,
-                verifier=self.verifier,
+                # nonce checks read the latest state: a `final` view is blocks behind a settlement
+                verifier=VerifierClient(self.rpc, self.contract_id, finality="optimistic"),
                 chain_batch=self.chain_batch,
             )
         await self._load_store_ledger()
