@@ -73,13 +73,14 @@ from intents_mm.bench_venue import (
 )
 from intents_mm.clock import SYSTEM_CLOCK
 from intents_mm.config import SERVICES
+from intents_mm.domain.stats import ms_summary, percentile
 from intents_mm.errors import IntentsMMError
 from intents_mm.eventloop import DEFAULT_EVENT_LOOP
 from intents_mm.messages import REFERENCE_PRICE, ReferencePrice, encode, new_envelope
 from intents_mm.services.runtime import to_jsonable
 from intents_mm.services.trade_executor import TradeExecutor
 from intents_mm.sim.scenario import Scenario, builtin_scenario
-from intents_mm.simulate import Simulation, percentile
+from intents_mm.simulate import Simulation
 
 DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
 CPU_SAMPLE_S: Final = 0.002
@@ -471,8 +472,8 @@ class Bench(Simulation):
                 break
         return {
             "threshold_bps": str(executor.cancel_move_bps),
-            "during_drive": _pct_ms(during),
-            "probe": _pct_ms(probe),
+            "during_drive": ms_summary(during),
+            "probe": ms_summary(probe),
         }
 
     async def _drive_child(self) -> dict[str, Any]:
@@ -498,16 +499,6 @@ class Bench(Simulation):
                 await call
             raise IntentsMMError("bench interrupted while driving; the venue process is being stopped")
         return call.result()
-
-
-def _pct_ms(samples_ns: list[int]) -> dict[str, Any]:
-    ms = [x / 1e6 for x in samples_ns]
-    return {
-        "count": len(ms),
-        "p50": _round(percentile(ms, 50)),
-        "p99": _round(percentile(ms, 99)),
-        "max": _round(max(ms) if ms else None),
-    }
 
 
 #: Strategy decline reasons that mean quoting is paused (as opposed to one request declined).

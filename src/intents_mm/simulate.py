@@ -42,6 +42,7 @@ from intents_mm.bus.port import Bus
 from intents_mm.config import SERVICES, Config, load_config
 from intents_mm.domain.amounts import format_units
 from intents_mm.domain.assets import AssetRegistry
+from intents_mm.domain.stats import percentile
 from intents_mm.errors import IntentsMMError
 from intents_mm.eventloop import DEFAULT_EVENT_LOOP
 from intents_mm.services.runtime import freeze_startup_heap, to_jsonable
@@ -105,14 +106,6 @@ def rotate_sqlite(path: Path) -> None:
     ledger = path.parent / "trade-executor" / FILE_NAME
     if ledger.exists():
         ledger.replace(ledger.with_name(FILE_NAME + ".prev"))
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 class Simulation:

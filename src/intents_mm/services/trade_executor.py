@@ -76,6 +76,7 @@ from aiohttp import web
 
 from intents_mm.bus.port import Delivery, Subscription
 from intents_mm.domain.cancel import MoveWatch, WatchedQuote
+from intents_mm.domain.stats import ms_summary
 from intents_mm.errors import InputError, IntentsMMError, StoreError
 from intents_mm.messages import (
     EXECUTE_TRADE,
@@ -1326,7 +1327,7 @@ class TradeExecutor(Service):
                 "watched_quotes": len(self.watch),
                 "cancelled_at_relay_only": len(self.relay_cancelled),
                 "in_flight": len(self._cancel_tasks),
-                "reaction_ms": _percentiles_ms(self.cancel_reaction_ns),
+                "reaction_ms": ms_summary(self.cancel_reaction_ns),
                 "last": list(self.last_cancels),
                 "unwritten_rows": len(self._cancel_rows),
                 "write_error": self.cancel_write_error,
@@ -1346,18 +1347,6 @@ class TradeExecutor(Service):
                 "mirror_rejected": self.mirror_rejected,
             },
         }
-
-
-def _percentiles_ms(samples: collections.deque[int]) -> dict[str, float | int | None]:
-    """p50/p99/max of reaction samples (ns) in ms, and how many there are."""
-    if not samples:
-        return {"count": 0, "p50": None, "p99": None, "max": None}
-    ordered = sorted(samples)
-
-    def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6, 3)
-
-    return {"count": len(ordered), "p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1] / 1e6, 3)}
 
 
 def _reply_text(reply: RelayReply | None) -> str | None:

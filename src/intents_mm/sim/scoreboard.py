@@ -43,6 +43,7 @@ from typing import Any
 from intents_mm.domain.amounts import format_units
 from intents_mm.domain.assets import BTC_EURE, Pair
 from intents_mm.domain.pnl import markout_bps
+from intents_mm.domain.stats import percentile
 from intents_mm.sim.relay import FillRecord
 
 MARKOUT_HORIZONS_S: tuple[int, ...] = (1, 10, 60)
@@ -116,15 +117,6 @@ def fill_side_price(pair: Pair, fill: FillRecord) -> tuple[str, Decimal, int, in
         scale = Decimal(10) ** (pair.quote.decimals - pair.base.decimals)
         price = Decimal(quote_units) / (Decimal(base_units) * scale) / pair.quote_per_fiat
     return side, price, base_units, quote_units
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (as ``intents-mm simulate`` reports our latency); None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 def build_scoreboard(
