@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Literal
 
 from intents_mm.clock import Clock
@@ -72,7 +72,7 @@ class CancelOutcome:
     chain: str | None = None  # "cancelled" | "used" | "failed: <error>"
     chain_tx_hash: str | None = None
     relay_sent_ns: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    unused_on_chain: bool = False  # the relay refused it as used, but the chain has not used it
 
     def to_json(self) -> dict[str, object]:
         t = self.target
@@ -198,7 +198,7 @@ class QuoteCanceller:
             o.outcome, o.reason = "cancelled", None
         elif o.relay is not None and is_nonce_used_error(o.relay):
             # the relay refuses a nonce used on chain (settled) and one it cancelled before
-            if o.extra.get("unused_on_chain"):
+            if o.unused_on_chain:
                 o.outcome, o.reason = "cancelled", "already cancelled at the relay (unused on chain)"
             else:
                 o.outcome, o.reason = "already_settled", "nonce was already used"
@@ -257,7 +257,7 @@ class QuoteCanceller:
                 if o.target.nonce_b64 in used:
                     o.relay = f"refused: {refused}"
                 else:  # the relay refuses a nonce it cancelled before, too: unused on chain says which
-                    o.extra["unused_on_chain"] = "yes"
+                    o.unused_on_chain = True
             todo = [o for o in todo if o.target.nonce_b64 not in used]
             if used and todo:
                 refused = await self._publish(relay, todo, payloads)
